@@ -1,0 +1,1 @@
+//! Cluster layer: cluster.conf, membership, network and disk heartbeat, quorum and fencing.

@@ -1,0 +1,1 @@
+//! The replicated block device (DRBD-style mirror).
