@@ -55,9 +55,12 @@ impl BlockDevice for FileDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("read", offset, buf.len() as u64, self.size)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| DevError::Io { op: "read", offset, len: buf.len() as u64, source })
+        self.file.read_exact_at(buf, offset).map_err(|source| DevError::Io {
+            op: "read",
+            offset,
+            len: buf.len() as u64,
+            source,
+        })
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -65,9 +68,12 @@ impl BlockDevice for FileDevice {
             return Err(DevError::ReadOnly);
         }
         check_range("write", offset, buf.len() as u64, self.size)?;
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|source| DevError::Io { op: "write", offset, len: buf.len() as u64, source })
+        self.file.write_all_at(buf, offset).map_err(|source| DevError::Io {
+            op: "write",
+            offset,
+            len: buf.len() as u64,
+            source,
+        })
     }
 
     fn flush(&self) -> Result<()> {

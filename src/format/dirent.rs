@@ -75,10 +75,18 @@ pub fn parse_entries(area: &[u8], blkno: u64) -> Result<Vec<DirEntry>> {
         let name_len = u8_at(area, off + 10) as usize;
         let file_type = u8_at(area, off + 11);
         if rec_len < MIN_REC_LEN || rec_len % 4 != 0 || rec_len > rest {
-            return Err(at.out_of_range("rec_len", rec_len as u64, format!("16..={rest}, multiple of 4, at offset {off}")));
+            return Err(at.out_of_range(
+                "rec_len",
+                rec_len as u64,
+                format!("16..={rest}, multiple of 4, at offset {off}"),
+            ));
         }
         if inode != 0 && (name_len == 0 || rec_len_for(name_len) > rec_len) {
-            return Err(at.out_of_range("name_len", name_len as u64, format!("1..={} at offset {off}", rec_len - DIRENT_HEADER)));
+            return Err(at.out_of_range(
+                "name_len",
+                name_len as u64,
+                format!("1..={} at offset {off}", rec_len - DIRENT_HEADER),
+            ));
         }
         let name = if inode != 0 { slice(area, off + DIRENT_HEADER, name_len).to_vec() } else { Vec::new() };
         out.push(DirEntry { offset: off, inode, rec_len: rec_len as u16, file_type, name });
@@ -131,7 +139,8 @@ mod tests {
 
     #[test]
     fn built_area_parses_back() {
-        let area = build_area(3896, &[(33, FT_DIR, b"."), (33, FT_DIR, b".."), (35393, FT_DIR, b"lost+found")]).unwrap();
+        let area =
+            build_area(3896, &[(33, FT_DIR, b"."), (33, FT_DIR, b".."), (35393, FT_DIR, b"lost+found")]).unwrap();
         let e = parse_entries(&area, 33).unwrap();
         assert_eq!(e.len(), 3);
         assert_eq!(e[2].name, b"lost+found");

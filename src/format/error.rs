@@ -9,13 +9,7 @@ pub enum FormatError {
     #[error("block {blkno}: {structure}: buffer of {have} bytes, need at least {need}")]
     Short { blkno: u64, structure: &'static str, have: usize, need: usize },
     #[error("block {blkno}: {structure}: {field} = {value} is out of range ({expected})")]
-    OutOfRange {
-        blkno: u64,
-        structure: &'static str,
-        field: &'static str,
-        value: u64,
-        expected: String,
-    },
+    OutOfRange { blkno: u64, structure: &'static str, field: &'static str, value: u64, expected: String },
     #[error("block {blkno}: {structure}: {what}")]
     Invalid { blkno: u64, structure: &'static str, what: String },
 }

@@ -70,7 +70,12 @@ impl ExtentList {
             .map(|i| {
                 let r = LIST_HEADER + i * REC_SIZE;
                 if tree_depth == 0 {
-                    ExtentRec { cpos: le32(b, r), len: le16(b, r + 4) as u32, flags: u8_at(b, r + 7), blkno: le64(b, r + 8) }
+                    ExtentRec {
+                        cpos: le32(b, r),
+                        len: le16(b, r + 4) as u32,
+                        flags: u8_at(b, r + 7),
+                        blkno: le64(b, r + 8),
+                    }
                 } else {
                     ExtentRec { cpos: le32(b, r), len: le32(b, r + 4), flags: 0, blkno: le64(b, r + 8) }
                 }

@@ -163,10 +163,7 @@ pub fn uuid_hash(uuid: &[u8; 16]) -> u32 {
 
 /// Byte offsets of the backup superblocks that exist on a volume of `total_blocks` blocks (§2.3).
 pub fn backup_superblock_blknos(block_size: usize, total_blocks: u64) -> Vec<u64> {
-    (0..6u32)
-        .map(|i| (1u64 << 30 << (2 * i)) / block_size as u64)
-        .filter(|&blkno| blkno < total_blocks)
-        .collect()
+    (0..6u32).map(|i| (1u64 << 30 << (2 * i)) / block_size as u64).filter(|&blkno| blkno < total_blocks).collect()
 }
 
 /// The leading space mkfs writes in blocks 0-1 (§2.2): 0x02 filler with OCFS1 decoy strings so

@@ -1,1 +1,9 @@
-//! Filesystem core.
+//! Filesystem core: geometry, allocator bitmaps, system files and volume access; later the
+//! mounted filesystem (buffer cache, journal users, inode cache, namespace operations).
+
+pub mod bitmap;
+pub mod geometry;
+pub mod sysfile;
+pub mod volume;
+
+pub use volume::{FsError, Volume};
