@@ -1,1 +1,3 @@
 //! Cluster layer: cluster.conf, membership, network and disk heartbeat, quorum and fencing.
+
+pub mod config;

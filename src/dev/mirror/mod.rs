@@ -1,1 +1,3 @@
 //! The replicated block device (DRBD-style mirror).
+
+pub mod config;
