@@ -1,6 +1,7 @@
 //! Filesystem core: geometry, allocator bitmaps, system files and volume access; later the
 //! mounted filesystem (buffer cache, journal users, inode cache, namespace operations).
 
+pub mod alloc;
 pub mod bitmap;
 pub mod geometry;
 pub mod sysfile;

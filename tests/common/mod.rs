@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: locating the workspace's binaries and judging
+//! images with Debian's ocfs2-tools exactly as ocfs2-format.md §17.2 prescribes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Directory holding the workspace binaries (target/<profile>), next to the test executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/test").to_path_buf()
+}
+
+/// Path of a workspace program by its installed name (mkfs.o2fs, fsck.o2fs, o2fs); the test fails
+/// if it was not built. Cargo cannot name a binary with a dot, so `mkfs.o2fs` is built as
+/// `mkfs-o2fs` and reached through a symlink of the installed name (argv[0] stays right).
+pub fn bin(name: &str) -> PathBuf {
+    let built = bin_dir().join(name.replace('.', "-"));
+    assert!(built.exists(), "{} is missing: build the workspace first (cargo build --workspace)", built.display());
+    let p = bin_dir().join(name);
+    if name.contains('.') && std::fs::symlink_metadata(&p).is_err() {
+        // Several tests may race to make it; any of them succeeding is enough.
+        let _ = std::os::unix::fs::symlink(&built, &p);
+    }
+    p
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs a command with `y` lines on standard input (fsck.ocfs2 -F asks for confirmation).
+pub fn run_yes(cmd: &mut Command) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all("y\n".repeat(64).as_bytes());
+    }
+    child.wait_with_output().expect("wait")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// True when ocfs2-tools are installed. In CI they must be (`.ci/run` installs them), so a
+/// missing tool is a failure there, not a skip.
+pub fn have_ocfs2_tools() -> bool {
+    let found = Command::new("fsck.ocfs2").arg("-V").stdin(Stdio::null()).output().is_ok();
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("ocfs2-tools are not installed, and CI must run these tests");
+    }
+    found
+}
+
+/// fsck.ocfs2's verdict (§17.2): `-fnF` exits 0 even when it finds problems, so a problem is any
+/// line starting with '[' or a missing "All passes succeeded". Returns the log on failure.
+pub fn fsck_ocfs2(img: &Path) -> Result<(), String> {
+    let out = run_yes(Command::new("fsck.ocfs2").arg("-fnF").arg(img));
+    let log = text(&out);
+    let problems = log.lines().any(|l| l.starts_with('['));
+    if problems || !log.lines().any(|l| l.starts_with("All passes succeeded")) {
+        return Err(log);
+    }
+    Ok(())
+}
+
+pub fn assert_fsck_ocfs2_clean(img: &Path) {
+    if let Err(log) = fsck_ocfs2(img) {
+        panic!("fsck.ocfs2 -fnF {} found problems:\n{log}", img.display());
+    }
+}
+
+/// `debugfs.ocfs2 -R CMD IMG` output.
+pub fn debugfs(img: &Path, cmd: &str) -> String {
+    text(&run(Command::new("debugfs.ocfs2").arg("-R").arg(cmd).arg(img)))
+}
+
+/// A sparse image file of `size` bytes in `dir`.
+pub fn sparse_image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("create image");
+    f.set_len(size).expect("size image");
+    p
+}
+
+/// mkfs.ocfs2 with the supported subset (§17.1); `local` picks the non-clustered variant.
+pub fn mkfs_ocfs2(img: &Path, bs: &str, cs: &str, slots: u32, local: bool) {
+    let mut cmd = Command::new("mkfs.ocfs2");
+    cmd.args(["-q", "-b", bs, "-C", cs, "-N", &slots.to_string(), "--fs-feature-level=max-compat"]);
+    if local {
+        cmd.args(["-M", "local", "--fs-features=sparse,unwritten,inline-data,extended-slotmap"]);
+    } else {
+        cmd.args([
+            "--cluster-stack=o2cb",
+            "--cluster-name=ocfs2",
+            "--fs-features=sparse,unwritten,inline-data,extended-slotmap,clusterinfo",
+        ]);
+    }
+    let out = run_yes(cmd.arg("-F").arg(img));
+    assert!(out.status.success(), "mkfs.ocfs2 failed: {}", text(&out));
+}
