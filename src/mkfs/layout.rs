@@ -59,6 +59,29 @@ impl ClusterMap {
         bitmap::set_range(&mut self.bits, start, n as usize);
         Ok(start as u64)
     }
+
+    /// Allocates `n` clusters as few first-fit runs as it takes (a run cannot cross a global
+    /// group's descriptor cluster, so large files on small-block volumes need several).
+    fn alloc_runs(&mut self, mut n: u64, max_runs: usize, what: &str) -> Result<Vec<(u64, u64)>, String> {
+        let mut runs = Vec::new();
+        let mut from = 0usize;
+        while n > 0 {
+            let start = bitmap::find_clear_run(&self.bits, self.total as usize, from, 1)
+                .ok_or_else(|| format!("volume too small: no room for {what}"))?;
+            let mut len = 0u64;
+            while len < n && !bitmap::test(&self.bits, start + len as usize) && start + (len as usize) < self.total as usize {
+                len += 1;
+            }
+            bitmap::set_range(&mut self.bits, start, len as usize);
+            runs.push((start as u64, len));
+            if runs.len() > max_runs {
+                return Err(format!("volume too fragmented: {what} needs more than {max_runs} extents"));
+            }
+            n -= len;
+            from = start + len as usize;
+        }
+        Ok(runs)
+    }
 }
 
 /// Blocks the system directory needs by mkfs.ocfs2's estimate: 52-byte entries (the record of a
@@ -142,12 +165,16 @@ pub fn build(plan: &Plan, id: &Identity) -> Result<Image, String> {
         orphan_data.push((!inline).then(|| map.alloc(1, &format!("orphan_dir:{slot:04}"))).transpose()?);
     }
 
-    // 8. Journals, zero-filled.
+    // 8. Journals, zero-filled; one extent when the space allows.
     let mut journals = Vec::new();
     for slot in 0..plan.slots {
-        let c = map.alloc(plan.journal_clusters as u64, &format!("journal:{slot:04}"))?;
-        out.zero.push((c * cs, plan.journal_clusters as u64 * cs));
-        journals.push(c);
+        let what = format!("journal:{slot:04}");
+        let runs = match map.alloc(plan.journal_clusters as u64, &what) {
+            Ok(c) => vec![(c, plan.journal_clusters as u64)],
+            Err(_) => map.alloc_runs(plan.journal_clusters as u64, recs_per_inode(bs) as usize, &what)?,
+        };
+        out.zero.extend(runs.iter().map(|&(c, n)| (c * cs, n * cs)));
+        journals.push(runs);
     }
 
     // 9. Extent allocator groups of every slot.
@@ -182,7 +209,6 @@ pub fn build(plan: &Plan, id: &Identity) -> Result<Image, String> {
         let mut inode = Inode::new(blkno, gen, id2);
         inode.suballoc_slot = 0xFFFF;
         inode.suballoc_bit = bit;
-        inode.suballoc_loc = sys_group_blk;
         inode.mode = mode;
         inode.links_count = 1;
         inode.flags = VALID_FL | SYSTEM_FL | flags;
@@ -342,9 +368,19 @@ pub fn build(plan: &Plan, id: &Identity) -> Result<Image, String> {
                 }
             }
             SystemFile::Journal(slot) => {
-                let c = journals[slot as usize];
+                let runs = &journals[slot as usize];
                 let jclusters = plan.journal_clusters as u64;
-                inode.id2 = one_extent(c, jclusters);
+                let mut cpos = 0;
+                inode.id2 = extents(
+                    runs.iter()
+                        .map(|&(c, n)| {
+                            let rec = ExtentRec { cpos, len: n as u32, flags: 0, blkno: geo.cluster_to_blkno(c) };
+                            cpos += n as u32;
+                            rec
+                        })
+                        .collect(),
+                );
+                let c = runs[0].0;
                 inode.clusters = jclusters as u32;
                 inode.size = jclusters * cs;
                 let jsb = JournalSuperblock {
