@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages o2fs's programs and tests use, when they are missing:
+# ocfs2-tools (the independent judge of the format), kmod (mkfs/fsck.ocfs2 fork modprobe),
+# fuse3 (mounting), fio (benchmarks), nftables and iproute2 (network-split tests).
+set -euo pipefail
+pkgs=(ocfs2-tools kmod fuse3 fio nftables iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)"; exit 1; }
