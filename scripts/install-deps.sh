@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages o2fs's programs and tests use, when they are missing:
 # ocfs2-tools (the independent judge of the format), kmod (mkfs/fsck.ocfs2 fork modprobe),
-# fuse3 (mounting), fio (benchmarks), nftables and iproute2 (network-split tests).
+# fuse3 (mounting), fio and bc (benchmarks), nftables and iproute2 (network-split tests).
 set -euo pipefail
-pkgs=(ocfs2-tools kmod fuse3 fio nftables iproute2)
+pkgs=(ocfs2-tools kmod fuse3 fio nftables iproute2 bc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
