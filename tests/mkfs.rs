@@ -49,6 +49,8 @@ fn geometry_matrix_passes_fsck_ocfs2_and_debugfs_reads_it_back() {
         if let Err(log) = fsck_ocfs2(&img) {
             panic!("case {i} {args:?}: fsck.ocfs2 found problems:\n{log}");
         }
+        let ours = run(Command::new(bin("fsck.o2fs")).arg("-fn").arg(&img));
+        assert_eq!(ours.status.code(), Some(0), "case {i} {args:?}: fsck.o2fs -fn: {}", text(&ours));
         let stats = debugfs(&img, "stats");
         let ctx = format!("case {i} {args:?}:\n{stats}");
         assert_eq!(stat_field(&stats, "Label:"), "matrix", "{ctx}");

@@ -3,8 +3,10 @@
 
 pub mod alloc;
 pub mod bitmap;
+pub mod error;
 pub mod geometry;
 pub mod sysfile;
 pub mod volume;
 
-pub use volume::{FsError, Volume};
+pub use error::{FsError, Result};
+pub use volume::Volume;

@@ -2,7 +2,7 @@
 //! list directories and find system files. Everything read is validated; a bad block comes back
 //! as an error that names it.
 
-use crate::dev::{BlockDevice, DevError};
+use crate::dev::BlockDevice;
 use crate::format::dirent::{parse_entries, DirEntry};
 use crate::format::extent::{ExtentBlock, ExtentRec};
 use crate::format::inode::{Id2, Inode};
@@ -13,23 +13,7 @@ use crate::fs::sysfile::SystemFile;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    #[error(transparent)]
-    Dev(#[from] DevError),
-    #[error("no OCFS2 superblock found (tried block sizes 512..4096)")]
-    NotOcfs2,
-    #[error("this is an OCFS1 volume, which o2fs does not read")]
-    Ocfs1,
-    #[error("system file {0} is missing from the system directory")]
-    MissingSystemFile(String),
-    #[error("inode {blkno}: {what}")]
-    Corrupt { blkno: u64, what: String },
-}
-
-pub type Result<T> = std::result::Result<T, FsError>;
+pub use super::error::{FsError, Result};
 
 /// An open volume: its device, superblock inode and geometry.
 pub struct Volume {
