@@ -11,5 +11,6 @@ pub mod cluster;
 pub mod dev;
 pub mod format;
 pub mod fs;
+pub mod journal;
 pub mod fsck;
 pub mod mkfs;
