@@ -13,4 +13,6 @@ pub mod format;
 pub mod fs;
 pub mod journal;
 pub mod fsck;
+pub mod fuse;
 pub mod mkfs;
+pub mod net;
