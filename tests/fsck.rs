@@ -8,9 +8,12 @@ mod common;
 use o2fs::dev::{BlockDevice, DevError, FileDevice};
 use o2fs::format::bytes::*;
 use o2fs::format::dirent::{parse_entries, rec_len_for, write_entry, FT_REG_FILE};
+use o2fs::format::inode::{Inode, JOURNAL_DIRTY_FL};
+use o2fs::format::jbd2::{JournalSuperblock, FEATURE_INCOMPAT_CSUM_V3};
 use o2fs::fs::sysfile::SystemFile;
 use o2fs::fs::Volume;
 use o2fs::fsck::{self, Mode, Options};
+use o2fs::journal::Journal;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -374,6 +377,123 @@ fn refuses_a_volume_in_use_without_big_f() {
     assert!(out.contains("slot 1"), "{out}");
     let (code, out) = fsck_o2fs(&img, &["-fnF"]);
     assert_eq!(code, 0, "{out}");
+}
+
+fn mtime(img: &Path, blk: u64) -> u64 {
+    Inode::decode(&read(img, blk), blk).unwrap().mtime
+}
+
+fn journal_dirty(img: &Path, slot: u16) -> bool {
+    open(img).system_inode(SystemFile::Journal(slot)).unwrap().journal_flags() & JOURNAL_DIRTY_FL != 0
+}
+
+/// A fresh 256 MiB clustered image (4K blocks and clusters, 2 slots) with journal:0000 emptied
+/// (mkfs leaves `s_start` = 1 over a zeroed log, §13.8) and opened.
+fn with_journal(dir: &Path, name: &str) -> (PathBuf, Volume, Journal) {
+    let img = common::sparse_image(dir, name, 256 << 20);
+    common::mkfs_ocfs2(&img, "4096", "4096", 2, false);
+    let vol = Volume::open(Arc::new(FileDevice::open(&img, true).unwrap())).unwrap();
+    let (_, mut j) = common::open_journal(&vol, 0);
+    assert_eq!(j.discard().unwrap().transactions, 0);
+    assert_eq!(j.superblock().start, 0);
+    (img, vol, j)
+}
+
+/// A node that crashed after committing: a transaction changing the root inode's mtime sits in
+/// journal:0000, not checkpointed, and the slot is marked dirty. `-n` reports it and writes
+/// nothing; `-y` replays it through the journal layer and clears the flag.
+#[test]
+fn dirty_journal_is_replayed() {
+    if !common::have_ocfs2_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, vol, mut j) = with_journal(dir.path(), "j.img");
+    let root = vol.sb().root_blkno;
+    let mut raw = vol.read_block(root).unwrap();
+    let mut inode = Inode::decode(&raw, root).unwrap();
+    let old_mtime = inode.mtime;
+    inode.mtime += 1000;
+    inode.encode(&mut raw);
+    j.commit(vec![(root, raw)], vec![]).unwrap();
+    drop(j);
+    common::set_journal_dirty(&vol, 0, true);
+    drop(vol);
+    assert_eq!(mtime(&img, root), old_mtime);
+
+    let (code, out) = fsck_o2fs(&img, &["-fn"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.lines().any(|l| l.starts_with("[JOURNAL_DIRTY]") && l.contains("journal:0000")), "{out}");
+    assert_eq!(mtime(&img, root), old_mtime, "-n replayed the journal");
+    assert!(journal_dirty(&img, 0), "-n cleared the dirty flag");
+
+    let (code, out) = fsck_o2fs(&img, &["-fy"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("replayed 1 transaction"), "{out}");
+    assert_eq!(mtime(&img, root), old_mtime + 1000);
+    assert!(!journal_dirty(&img, 0), "-y left the dirty flag set");
+    let vol = open(&img);
+    assert!(!common::open_journal(&vol, 0).1.needs_recovery());
+    drop(vol);
+
+    let (code, out) = fsck_o2fs(&img, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    common::assert_fsck_ocfs2_clean(&img);
+}
+
+/// The dirty flag over an empty log (`s_start` = 0, what a node leaves while mounted): nothing
+/// to replay, the flag is cleared.
+#[test]
+fn dirty_flag_over_an_empty_log_is_cleared() {
+    if !common::have_ocfs2_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, vol, j) = with_journal(dir.path(), "e.img");
+    drop(j);
+    common::set_journal_dirty(&vol, 0, true);
+    drop(vol);
+    let (code, out) = fsck_o2fs(&img, &["-fn"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(journal_dirty(&img, 0));
+    let (code, out) = fsck_o2fs(&img, &["-fy"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("journal:0000") && out.contains("empty log"), "{out}");
+    assert!(!journal_dirty(&img, 0), "-y left the dirty flag set");
+    let (code, out) = fsck_o2fs(&img, &["-fn"]);
+    assert_eq!(code, 0, "{out}");
+    common::assert_fsck_ocfs2_clean(&img);
+}
+
+/// A dirty journal the journal layer refuses to open (a JBD2 feature OCFS2 never uses) is
+/// reported with the reason and left alone, flag and all.
+#[test]
+fn dirty_journal_with_unsupported_features_is_left_alone() {
+    if !common::have_ocfs2_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (img, vol, j) = with_journal(dir.path(), "u.img");
+    drop(j);
+    common::set_journal_dirty(&vol, 0, true);
+    let jsb_blk = {
+        let ino = vol.system_inode(SystemFile::Journal(0)).unwrap();
+        vol.leaf_extents(&ino).unwrap()[0].blkno
+    };
+    drop(vol);
+    edit(&img, jsb_blk, |b| {
+        let mut sb = JournalSuperblock::decode(b, 0).unwrap();
+        sb.feature_incompat |= FEATURE_INCOMPAT_CSUM_V3;
+        sb.encode(b);
+    });
+    let before = read(&img, jsb_blk);
+    for args in [&["-fn"][..], &["-fy"][..]] {
+        let (code, out) = fsck_o2fs(&img, args);
+        assert_eq!(code, 4, "{args:?}: {out}");
+        assert!(out.lines().any(|l| l.starts_with("[JOURNAL_UNKNOWN_FEATURE]") && l.contains("CSUM_V3")), "{out}");
+        assert!(journal_dirty(&img, 0), "{args:?} cleared the dirty flag");
+        assert_eq!(read(&img, jsb_blk), before, "{args:?} wrote the journal superblock");
+    }
 }
 
 /// Copy-on-write view of an image held in memory: flips and repairs never touch the base.

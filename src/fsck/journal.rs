@@ -1,161 +1,99 @@
-//! Dirty journals (ocfs2-format.md §13.7, §13.8): a journal whose inode has JOURNAL_DIRTY_FL
-//! and whose JBD2 superblock has `s_start` ≠ 0 is replayed before any check (write modes); with
-//! `-n` it is only reported.
+//! Dirty journals (ocfs2-format.md §13.7, §13.8): every slot whose journal inode has
+//! JOURNAL_DIRTY_FL is replayed through the journal layer ([`crate::journal`]) before any check
+//! (write modes); with `-n` it is only reported. A journal the layer refuses to open is
+//! reported with the reason and left alone. The flag itself is cleared at the end of the run.
 
-use super::{Checker, Report, Result};
-use crate::format::extent::ExtentRec;
+use super::{Checker, FsckError, Report, Result};
 use crate::format::inode::{Inode, JOURNAL_DIRTY_FL};
-use crate::format::jbd2::*;
 use crate::fs::sysfile::SystemFile;
 use crate::fs::Volume;
-use std::collections::HashMap;
+use crate::journal::{Journal, JournalError, JournalMap, RecoveryInfo};
 
-/// A journal that needs recovery.
+/// A journal whose inode says it needs recovery.
 pub struct Dirty {
     pub slot: u16,
     pub inode: Inode,
 }
 
-/// Journals whose dirty flag is set over a non-empty log. Unreadable journals are skipped
-/// here (pass 1 reports broken inodes).
+/// Journals whose inode has the dirty flag. Unreadable journal inodes are skipped here (pass 1
+/// reports broken inodes).
 pub fn dirty_slots(vol: &Volume) -> Result<Vec<Dirty>> {
     let mut out = Vec::new();
     for slot in 0..vol.sb().max_slots {
         let Ok(inode) = vol.system_inode(SystemFile::Journal(slot)) else { continue };
-        if inode.journal_flags() & JOURNAL_DIRTY_FL == 0 {
-            continue;
-        }
-        let Ok(leaves) = vol.leaf_extents(&inode) else { continue };
-        let Some(jsb) = read_jsb(vol, &leaves) else { continue };
-        if jsb.start != 0 {
+        if inode.journal_flags() & JOURNAL_DIRTY_FL != 0 {
             out.push(Dirty { slot, inode });
         }
     }
     Ok(out)
 }
 
-fn read_jsb(vol: &Volume, leaves: &[ExtentRec]) -> Option<JournalSuperblock> {
-    let (blk, _) = vol.map_block(leaves, 0)?;
-    let buf = vol.read_block(blk).ok()?;
-    JournalSuperblock::decode(&buf, blk).ok()
+/// Opens a slot's journal; the Err is the problem code and the reason it cannot be used.
+fn open(vol: &Volume, inode: &Inode) -> std::result::Result<Journal, (&'static str, String)> {
+    let leaves = vol.leaf_extents(inode).map_err(|e| ("JOURNAL_FILE_INVALID", e.to_string()))?;
+    let map = JournalMap::from_extent_recs(&leaves, vol.geo.bpc());
+    Journal::open(vol.dev.clone(), map, vol.block_size()).map_err(|e| match e {
+        JournalError::UnsupportedFeatures(_) => ("JOURNAL_UNKNOWN_FEATURE", e.to_string()),
+        _ => ("JOURNAL_FILE_INVALID", e.to_string()),
+    })
 }
 
-/// Replays (write modes) or reports (`-n`) every dirty journal.
+/// Replays (write modes) or reports (`-n`) every dirty journal. A device error while replaying
+/// ends the run (exit 8); a log the layer refuses to replay leaves the problem unrepaired.
 pub fn replay_dirty(vol: &Volume, dirty: &[Dirty], report: &mut Report) -> Result<()> {
     for d in dirty {
-        let msg = format!("journal:{:04} (inode {}) is dirty and needs replay", d.slot, d.inode.blkno);
-        if !report.found("JOURNAL_DIRTY", d.inode.blkno, true, msg) {
+        let name = format!("journal:{:04} (inode {})", d.slot, d.inode.blkno);
+        let mut journal = match open(vol, &d.inode) {
+            Ok(j) => j,
+            Err((code, why)) => {
+                report.unfixable(code, d.inode.blkno, format!("{name} is dirty but cannot be replayed: {why}"));
+                continue;
+            }
+        };
+        let had_log = journal.needs_recovery();
+        let state = if had_log { "needs replay" } else { "has an empty log" };
+        if !report.found("JOURNAL_DIRTY", d.inode.blkno, true, format!("{name} is dirty and {state}")) {
             continue;
         }
-        match replay(vol, &d.inode)? {
-            Ok(n) => report.note(format!("journal:{:04}: replayed {n} transactions", d.slot)),
-            Err(why) => {
-                if let Some(p) = report.problems.last_mut() {
-                    p.fixed = false;
-                    p.message.push_str(&format!("; replay failed: {why}"));
-                }
+        let (fixed, outcome) = match journal.recover() {
+            Ok(info) => (true, describe(&info, had_log)),
+            Err(JournalError::Io { what, source }) => {
+                tracing::error!("{name}: {what}: {source}");
+                return Err(FsckError::Dev(source));
             }
+            Err(e) => (false, format!("replay failed: {e}")),
+        };
+        report.note(format!("{name}: {outcome}"));
+        if let Some(p) = report.problems.last_mut() {
+            p.fixed = fixed;
+            p.message.push_str("; ");
+            p.message.push_str(&outcome);
         }
     }
     Ok(())
 }
 
-/// One committed transaction: its ID and the (log position, tag) of each logged block.
-struct Transaction {
-    seq: u32,
-    blocks: Vec<(u64, Tag)>,
-}
-
-/// Scans the log from `s_start` (bounded by `s_maxlen` blocks), then writes every committed,
-/// unrevoked block home and marks the log empty. The inner Err is a journal that cannot be
-/// replayed.
-fn replay(vol: &Volume, inode: &Inode) -> Result<std::result::Result<usize, String>> {
-    let leaves = match vol.leaf_extents(inode) {
-        Ok(l) => l,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let Some((jsb_blk, _)) = vol.map_block(&leaves, 0) else { return Ok(Err("no journal superblock".into())) };
-    let mut jbuf = vol.read_block(jsb_blk)?;
-    let mut jsb = match JournalSuperblock::decode(&jbuf, jsb_blk) {
-        Ok(j) => j,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    if jsb.block_size as usize != vol.block_size() {
-        return Ok(Err("journal block size differs from the volume's".into()));
-    }
-    let is64 = jsb.is_64bit();
-    let (first, maxlen) = (jsb.first as u64, jsb.maxlen as u64);
-    let next = |p: u64| if p + 1 >= maxlen { first } else { p + 1 };
-    let read_log = |p: u64| -> Option<(u64, Vec<u8>)> {
-        let (blk, _) = vol.map_block(&leaves, p)?;
-        vol.read_block(blk).ok().map(|b| (blk, b))
-    };
-    // Scan (§13.7 step 1 and 2).
-    let mut pos = jsb.start as u64;
-    let mut seq = jsb.sequence;
-    let mut txs = Vec::new();
-    let mut current = Vec::new();
-    let mut revoked: HashMap<u64, u32> = HashMap::new();
-    let mut steps = 0u64;
-    while steps < maxlen {
-        let Some((blk, buf)) = read_log(pos) else { break };
-        let Ok(h) = BlockHeader::decode(&buf, blk) else { break };
-        if h.sequence != seq {
-            break;
-        }
-        steps += 1;
-        match h.blocktype {
-            BLOCKTYPE_DESCRIPTOR => {
-                let Ok(d) = DescriptorBlock::decode(&buf, blk, is64) else { break };
-                pos = next(pos);
-                for t in d.tags {
-                    current.push((pos, t));
-                    pos = next(pos);
-                    steps += 1;
-                }
-            }
-            BLOCKTYPE_COMMIT => {
-                txs.push(Transaction { seq, blocks: std::mem::take(&mut current) });
-                seq = seq.wrapping_add(1);
-                pos = next(pos);
-            }
-            BLOCKTYPE_REVOKE => {
-                let Ok(r) = RevokeBlock::decode(&buf, blk, is64) else { break };
-                for b in r.blocks {
-                    let e = revoked.entry(b).or_insert(seq);
-                    if (seq.wrapping_sub(*e) as i32) > 0 {
-                        *e = seq;
-                    }
-                }
-                pos = next(pos);
-            }
-            _ => break,
+/// What a replay did, for the problem line; `had_log`: the superblock named a log (`s_start` ≠ 0).
+fn describe(info: &RecoveryInfo, had_log: bool) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    match info.transactions {
+        0 if had_log => "no committed transaction in the log; log marked empty".into(),
+        0 => "nothing to replay".into(),
+        n => {
+            let ids = if n == 1 {
+                format!("ID {}", info.first_tid)
+            } else {
+                format!("IDs {}..={}", info.first_tid, info.end_tid.wrapping_sub(1))
+            };
+            format!(
+                "replayed {n} transaction{} ({ids}): {} block{} written in place, {} revoked",
+                plural(n as u64),
+                info.blocks_replayed,
+                plural(info.blocks_replayed),
+                info.blocks_revoked
+            )
         }
     }
-    // Replay (§13.7 step 3).
-    let total = vol.geo.total_blocks();
-    for tx in &txs {
-        for (p, tag) in &tx.blocks {
-            if let Some(&r) = revoked.get(&tag.blocknr) {
-                if (r.wrapping_sub(tx.seq) as i32) >= 0 {
-                    continue;
-                }
-            }
-            if tag.blocknr >= total {
-                continue;
-            }
-            let Some((_, mut data)) = read_log(*p) else { continue };
-            if tag.is_escaped() {
-                unescape(&mut data);
-            }
-            vol.write_block(tag.blocknr, &data)?;
-        }
-    }
-    jsb.start = 0;
-    jsb.sequence = seq.wrapping_add(1);
-    jsb.encode(&mut jbuf);
-    vol.write_block(jsb_blk, &jbuf)?;
-    Ok(Ok(txs.len()))
 }
 
 /// After a run that left nothing unrepaired, clears JOURNAL_DIRTY_FL on replayed journals

@@ -105,3 +105,30 @@ pub fn mkfs_ocfs2(img: &Path, bs: &str, cs: &str, slots: u32, local: bool) {
     let out = run_yes(cmd.arg("-F").arg(img));
     assert!(out.status.success(), "mkfs.ocfs2 failed: {}", text(&out));
 }
+
+/// Opens slot `slot`'s JBD2 journal (`journal:NNNN`) on the volume's device, mapped through the
+/// journal inode's extents; returns the journal inode's block number too.
+pub fn open_journal(vol: &o2fs::fs::Volume, slot: u16) -> (u64, o2fs::journal::Journal) {
+    use o2fs::fs::sysfile::SystemFile;
+    let blkno = vol.system_file_blkno(SystemFile::Journal(slot)).expect("journal inode");
+    let inode = vol.read_inode(blkno).expect("read journal inode");
+    let leaves = vol.leaf_extents(&inode).expect("journal extents");
+    let map = o2fs::journal::JournalMap::from_extent_recs(&leaves, vol.geo.bpc());
+    let journal = o2fs::journal::Journal::open(vol.dev.clone(), map, vol.block_size()).expect("open journal");
+    (blkno, journal)
+}
+
+/// Sets or clears JOURNAL_DIRTY_FL in slot `slot`'s journal inode (re-encoded and written, then
+/// flushed), as a node does when it loads or cleanly unloads its journal (§13.8).
+pub fn set_journal_dirty(vol: &o2fs::fs::Volume, slot: u16, dirty: bool) {
+    use o2fs::format::inode::{Inode, JOURNAL_DIRTY_FL};
+    use o2fs::fs::sysfile::SystemFile;
+    let blkno = vol.system_file_blkno(SystemFile::Journal(slot)).expect("journal inode");
+    let mut raw = vol.read_block(blkno).expect("read journal inode");
+    let mut inode = Inode::decode(&raw, blkno).expect("decode journal inode");
+    let flags = inode.journal_flags() & !JOURNAL_DIRTY_FL | if dirty { JOURNAL_DIRTY_FL } else { 0 };
+    inode.set_journal(flags, inode.journal_recovery_generation());
+    inode.encode(&mut raw);
+    vol.write_block(blkno, &raw).expect("write journal inode");
+    vol.dev.flush().expect("flush");
+}
