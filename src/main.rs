@@ -1,1 +1,179 @@
-fn main() {}
+//! o2fs: the daemon and administration program. `o2fs mount` serves a volume through FUSE;
+//! invoked by mount(8) as `mount.fuse.o2fs` (or by mount.fuse3 as `o2fs SOURCE DIR -o OPTS`)
+//! it mounts too, so an /etc/fstab line works. Command lines only: the work is in the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use o2fs::dev::FileDevice;
+use o2fs::fs::mount::{mount, MountConfig};
+use o2fs::fuse::{MountOptions, O2Fuse};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "o2fs", version, about = "o2fs cluster filesystem daemon and tools")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mount a volume (single node).
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MountArgs {
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Mount options (comma-separated; may be repeated).
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// Image file or block device.
+    image: PathBuf,
+    /// Mount point.
+    dir: PathBuf,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // mount(8) runs helpers as `mount.fuse.o2fs SOURCE DIR [-o OPTS]`; mount.fuse3 runs `o2fs
+    // SOURCE DIR -o OPTS`. Both mean `o2fs mount`.
+    let is_mount_helper = invoked_as.starts_with("mount.") || argv.get(1).is_some_and(|a| Path::new(a).exists() && !["mount"].contains(&a.as_str()));
+    let cli = if is_mount_helper {
+        let mut args = vec!["o2fs".to_string(), "mount".to_string()];
+        args.extend(argv.into_iter().skip(1).filter(|a| a != "-n" && a != "-s" && a != "-v"));
+        Cli::parse_from(args)
+    } else {
+        Cli::parse()
+    };
+    let result = match cli.cmd {
+        Cmd::Mount(a) => cmd_mount(a),
+    };
+    if let Err(e) = result {
+        eprintln!("o2fs: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cmd_mount(a: MountArgs) -> Result<()> {
+    let mut opts = MountOptions::default();
+    for o in &a.options {
+        opts.parse_into(o).map_err(anyhow::Error::msg)?;
+    }
+    if !a.dir.is_dir() {
+        bail!("mount point {} is not a directory", a.dir.display());
+    }
+    if a.foreground {
+        return serve(&a, &opts, None);
+    }
+    // Daemonise only once the mount is ready: the parent waits for the child's word.
+    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: fork is required to daemonise; no other thread exists yet at this point, so the
+    // child starts from a consistent single-threaded state.
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(wr);
+            // The child writes "ok" once mounted (and keeps the pipe open), or an error and exits.
+            let mut msg = Vec::new();
+            let mut rd = std::fs::File::from(rd);
+            let mut buf = [0u8; 512];
+            use std::io::Read;
+            while msg != b"ok" {
+                match rd.read(&mut buf).context("waiting for the daemon")? {
+                    0 => break,
+                    n => msg.extend_from_slice(&buf[..n]),
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg).into_owned();
+            match msg.strip_prefix("ok") {
+                Some(_) => Ok(()),
+                None if msg.is_empty() => bail!("the mount daemon died before the mount was ready"),
+                None => bail!("{}", msg.trim_start_matches("err:").trim()),
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let wr = std::fs::File::from(wr);
+            let status = serve(&a, &opts, Some(wr.try_clone().context("pipe")?));
+            if let Err(e) = &status {
+                use std::io::Write;
+                let _ = write!(&wr, "err: {e:#}");
+            }
+            status
+        }
+    }
+}
+
+/// Mounts and serves until unmounted. `ready` hears "ok" once the mount is up.
+fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Result<()> {
+    // Before any thread starts, so that every thread inherits the blocked signals.
+    spawn_signal_unmounter(a.dir.clone());
+    let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
+    let cfg = MountConfig { read_only: opts.read_only, cache_bytes: opts.cache_bytes, ..Default::default() };
+    let mounted = mount(Arc::new(dev), &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
+    let fs = O2Fuse::new(mounted, opts);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(a.image.display().to_string()),
+        fuser::MountOption::Subtype("o2fs".into()),
+    ];
+    if opts.default_permissions {
+        config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    }
+    if opts.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    for k in &opts.kernel {
+        config.mount_options.push(fuser::MountOption::CUSTOM(k.clone()));
+    }
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
+    if let Some(mut w) = ready {
+        use std::io::Write;
+        let _ = w.write_all(b"ok");
+        drop(w);
+        redirect_stdio();
+    }
+    session.run().context("serving FUSE requests")?;
+    Ok(())
+}
+
+/// A daemon keeps no terminal.
+fn redirect_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in [0, 1] {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+/// SIGTERM/SIGINT unmount cleanly (the session then ends and the volume is released).
+fn spawn_signal_unmounter(dir: PathBuf) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            tracing::info!("signal received: unmounting {}", dir.display());
+            let _ = std::process::Command::new("fusermount3").arg("-u").arg(&dir).status();
+        }
+    });
+}

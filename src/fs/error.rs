@@ -47,6 +47,8 @@ pub enum FsError {
     ReadOnly,
     #[error("operation not supported")]
     NotSupported,
+    #[error("no data or hole past this offset")]
+    Nxio,
     #[error("journal: {0}")]
     Journal(String),
 }
@@ -71,6 +73,7 @@ impl FsError {
             FsError::Access => libc_errno::EACCES,
             FsError::ReadOnly => libc_errno::EROFS,
             FsError::NotSupported => libc_errno::EOPNOTSUPP,
+            FsError::Nxio => libc_errno::ENXIO,
             _ => libc_errno::EIO,
         }
     }

@@ -3,9 +3,19 @@
 
 pub mod alloc;
 pub mod bitmap;
+pub mod cache;
+pub mod core;
+pub mod dir;
 pub mod error;
+pub mod extent_map;
+pub mod file;
+pub mod extent_tree;
 pub mod geometry;
+pub mod lock;
+pub mod mount;
+pub mod namei;
 pub mod sysfile;
+pub mod sysfiles;
 pub mod volume;
 
 pub use error::{FsError, Result};

@@ -1,4 +1,5 @@
 //! Allocators: chain-allocator groups and chain lists shared by mkfs, fsck and the mounted
 //! filesystem (ocfs2-format.md §6).
 
+pub mod allocator;
 pub mod chain;

@@ -1,0 +1,209 @@
+//! The metadata buffer cache and the running transaction.
+//!
+//! Every metadata block the core reads or changes goes through here. A change lands in the
+//! running transaction's dirty set and stays pinned there until `commit`, which hands the blocks
+//! to the journal (or, on a volume mounted without one, writes them in place); committed blocks
+//! stay pinned until they are checkpointed, so a read never sees an older copy from the device.
+//! Clean blocks live in an LRU bounded by the `cache=` mount option.
+
+use super::error::{FsError, Result};
+use crate::dev::BlockDevice;
+use crate::format::extent::ExtentBlock;
+use crate::format::group::GroupDesc;
+use crate::format::inode::Inode;
+use lru::LruCache;
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+/// Where committed metadata goes: the journal, or the device in place.
+pub trait MetaSink: Send {
+    /// Makes one transaction's blocks durable (in the log or in place).
+    fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>) -> Result<()>;
+    /// Writes committed blocks in place and frees their log space.
+    fn checkpoint(&mut self) -> Result<()>;
+    /// True when every committed block has been written in place.
+    fn is_checkpointed(&self) -> bool;
+}
+
+/// No journal: a commit writes the blocks in place and flushes.
+pub struct InPlace(pub Arc<dyn BlockDevice>, pub usize);
+
+impl MetaSink for InPlace {
+    fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        for (blkno, data) in &blocks {
+            self.0.write_at(data, blkno * self.1 as u64)?;
+        }
+        Ok(())
+    }
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn is_checkpointed(&self) -> bool {
+        true
+    }
+}
+
+pub struct MetaCache {
+    dev: Arc<dyn BlockDevice>,
+    block_size: usize,
+    total_blocks: u64,
+    fs_generation: u32,
+    clean: LruCache<u64, Vec<u8>>,
+    /// Changed in the running transaction.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Committed but not yet checkpointed.
+    committed: BTreeMap<u64, Vec<u8>>,
+    sink: Box<dyn MetaSink>,
+    read_only: bool,
+}
+
+impl MetaCache {
+    pub fn new(
+        dev: Arc<dyn BlockDevice>,
+        block_size: usize,
+        total_blocks: u64,
+        fs_generation: u32,
+        cache_bytes: usize,
+        sink: Box<dyn MetaSink>,
+    ) -> Self {
+        let cap = NonZeroUsize::new((cache_bytes / block_size).max(64)).unwrap_or(NonZeroUsize::MIN);
+        MetaCache {
+            dev,
+            block_size,
+            total_blocks,
+            fs_generation,
+            clean: LruCache::new(cap),
+            dirty: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            sink,
+            read_only: false,
+        }
+    }
+
+    pub fn set_read_only(&mut self, ro: bool) {
+        self.read_only = ro;
+    }
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn dev(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// A copy of block `blkno`, newest version first.
+    pub fn read(&mut self, blkno: u64) -> Result<Vec<u8>> {
+        if let Some(b) = self.dirty.get(&blkno).or_else(|| self.committed.get(&blkno)) {
+            return Ok(b.clone());
+        }
+        if let Some(b) = self.clean.get(&blkno) {
+            return Ok(b.clone());
+        }
+        if blkno >= self.total_blocks {
+            return Err(FsError::Corrupt { blkno, what: format!("block past the end of the volume ({} blocks)", self.total_blocks) });
+        }
+        let mut buf = vec![0u8; self.block_size];
+        self.dev.read_block(blkno, &mut buf)?;
+        self.clean.put(blkno, buf.clone());
+        Ok(buf)
+    }
+
+    /// Replaces block `blkno` in the running transaction.
+    pub fn write(&mut self, blkno: u64, data: Vec<u8>) -> Result<()> {
+        if self.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if blkno >= self.total_blocks || data.len() != self.block_size {
+            return Err(FsError::Corrupt { blkno, what: "write of a block outside the volume".into() });
+        }
+        self.clean.pop(&blkno);
+        self.dirty.insert(blkno, data);
+        Ok(())
+    }
+
+    /// Forgets a block that is no longer metadata (freed), so a stale copy is never written.
+    pub fn forget(&mut self, blkno: u64) {
+        self.clean.pop(&blkno);
+        self.dirty.remove(&blkno);
+    }
+
+    pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {
+        let buf = self.read(blkno)?;
+        let inode = Inode::decode(&buf, blkno)?;
+        inode.check_identity(blkno, self.fs_generation)?;
+        Ok(inode)
+    }
+
+    pub fn write_inode(&mut self, inode: &Inode) -> Result<()> {
+        let mut b = vec![0u8; self.block_size];
+        inode.encode(&mut b);
+        self.write(inode.blkno, b)
+    }
+
+    pub fn read_group(&mut self, blkno: u64) -> Result<GroupDesc> {
+        let gd = GroupDesc::decode(&self.read(blkno)?, blkno)?;
+        if gd.blkno != blkno || gd.generation != self.fs_generation {
+            return Err(FsError::Corrupt { blkno, what: "group descriptor names another block or generation".into() });
+        }
+        Ok(gd)
+    }
+
+    pub fn write_group(&mut self, gd: &GroupDesc) -> Result<()> {
+        let mut b = vec![0u8; self.block_size];
+        gd.encode(&mut b);
+        self.write(gd.blkno, b)
+    }
+
+    pub fn read_extent_block(&mut self, blkno: u64) -> Result<ExtentBlock> {
+        let eb = ExtentBlock::decode(&self.read(blkno)?, blkno)?;
+        if eb.blkno != blkno || eb.fs_generation != self.fs_generation {
+            return Err(FsError::Corrupt { blkno, what: "extent block names another block or generation".into() });
+        }
+        Ok(eb)
+    }
+
+    pub fn write_extent_block(&mut self, eb: &ExtentBlock) -> Result<()> {
+        let mut b = vec![0u8; self.block_size];
+        eb.encode(&mut b);
+        self.write(eb.blkno, b)
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Commits the running transaction. The sink orders it after the data already written
+    /// (ordered mode: data before the metadata that points at it).
+    pub fn commit(&mut self) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
+        self.sink.commit(blocks.clone())?;
+        if self.sink.is_checkpointed() {
+            for (blkno, data) in blocks {
+                self.committed.remove(&blkno);
+                self.clean.put(blkno, data);
+            }
+        } else {
+            self.committed.extend(blocks);
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable on the device.
+    pub fn flush(&mut self) -> Result<()> {
+        self.dev.flush()?;
+        Ok(())
+    }
+
+    /// Commits, then writes everything committed in place.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.commit()?;
+        self.sink.checkpoint()?;
+        for (blkno, data) in std::mem::take(&mut self.committed) {
+            self.clean.put(blkno, data);
+        }
+        Ok(())
+    }
+}

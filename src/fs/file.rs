@@ -1,0 +1,308 @@
+//! File data (ocfs2-format.md §5, §9): inline data while it fits, then extents; holes stay
+//! holes, unwritten extents read as zeros. Data goes straight to the device; the metadata that
+//! points at it joins the running transaction, so data is on disk before it is referenced.
+
+use super::core::{Core, Time};
+use super::error::{FsError, Result};
+use super::extent_map;
+use crate::format::extent::{ExtentList, ExtentRec, EXT_UNWRITTEN};
+use crate::format::inline::inline_capacity;
+use crate::format::inode::{Id2, Inode, INLINE_DATA_FL, S_IFMT, S_IFREG};
+
+/// What `lseek` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    Data,
+    Hole,
+}
+
+impl Core {
+    /// Largest file size: cluster offsets are 32-bit.
+    pub fn max_file_size(&self) -> u64 {
+        (u32::MAX as u64) * self.cs()
+    }
+
+    /// Reads up to `len` bytes at `off` (short at end of file).
+    pub fn file_read(&mut self, inode: &Inode, off: u64, len: u64) -> Result<Vec<u8>> {
+        if off >= inode.size {
+            return Ok(Vec::new());
+        }
+        let len = len.min(inode.size - off) as usize;
+        if let Id2::Inline(d) = &inode.id2 {
+            let end = (off as usize + len).min(d.data.len());
+            return Ok(d.data.get(off as usize..end).unwrap_or(&[]).to_vec());
+        }
+        let tree = self.load_tree(inode)?;
+        let mut out = vec![0u8; len];
+        let cs = self.cs();
+        let mut pos = off;
+        while pos < off + len as u64 {
+            let cpos = pos / cs;
+            let chunk_end = ((cpos + 1) * cs).min(off + len as u64);
+            if let Some(r) = extent_map::lookup(&tree.recs, cpos).filter(|r| r.flags & EXT_UNWRITTEN == 0) {
+                // Read the whole contiguous run at once.
+                let run_end = (r.end() * cs).min(off + len as u64);
+                let phys = r.blkno * self.bs() as u64 + (pos - r.cpos as u64 * cs);
+                let dst = &mut out[(pos - off) as usize..(run_end - off) as usize];
+                self.cache.dev().read_at(dst, phys)?;
+                pos = run_end;
+            } else {
+                pos = chunk_end;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `off`, allocating what is missing; updates size and times in `inode`
+    /// (the caller writes it).
+    pub fn file_write(&mut self, inode: &mut Inode, off: u64, data: &[u8], now: Time) -> Result<()> {
+        let end = off.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
+        if end > self.max_file_size() {
+            return Err(FsError::TooBig);
+        }
+        if let Id2::Inline(d) = &mut inode.id2 {
+            if end as usize <= d.data.len() {
+                d.data[off as usize..end as usize].copy_from_slice(data);
+                inode.size = inode.size.max(end);
+                touch_mtime(inode, now);
+                return Ok(());
+            }
+            self.uninline_file(inode)?;
+        }
+        if !data.is_empty() {
+            self.ensure_written(inode, off, end)?;
+            self.write_mapped(inode, off, data)?;
+        }
+        inode.size = inode.size.max(end);
+        touch_mtime(inode, now);
+        Ok(())
+    }
+
+    /// Makes `[off, end)` backed by written clusters: allocates holes (zeroed) and converts
+    /// unwritten extents (zeroing them first, since they were never written).
+    fn ensure_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<()> {
+        let cs = self.cs();
+        let bpc = self.geo.bpc();
+        let (first, last) = (off / cs, (end - 1) / cs);
+        let mut tree = self.load_tree(inode)?;
+        let mut changed = false;
+        let mut c = first;
+        while c <= last {
+            match extent_map::lookup(&tree.recs, c).copied() {
+                Some(r) if r.flags & EXT_UNWRITTEN == 0 => c = r.end(),
+                Some(r) => {
+                    let stop = r.end().min(last + 1);
+                    self.zero_clusters(r.blkno + (c - r.cpos as u64) * bpc, stop - c)?;
+                    extent_map::mark_written(&mut tree.recs, c, stop - c, bpc);
+                    changed = true;
+                    c = stop;
+                }
+                None => {
+                    // The hole ends at the next mapped cluster or the end of the write.
+                    let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
+                    let want = (last + 1).min(next) - c;
+                    let goal = goal_after(&tree.recs, c, &self.geo);
+                    let (cluster, got) = self.alloc_clusters(want, goal)?;
+                    let blkno = self.geo.cluster_to_blkno(cluster);
+                    self.zero_clusters(blkno, got)?;
+                    extent_map::insert(&mut tree.recs, c as u32, got as u32, blkno, 0, bpc);
+                    changed = true;
+                    c += got;
+                }
+            }
+        }
+        if changed {
+            self.store_tree(inode, &mut tree)?;
+        }
+        Ok(())
+    }
+
+    /// Moves inline data into a first cluster (§9) and makes the inode extent-based.
+    fn uninline_file(&mut self, inode: &mut Inode) -> Result<()> {
+        let Id2::Inline(d) = &inode.id2 else { return Ok(()) };
+        let bytes = d.data[..(inode.size as usize).min(d.data.len())].to_vec();
+        inode.dyn_features &= !INLINE_DATA_FL;
+        inode.id2 = Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(self.bs())));
+        if !bytes.is_empty() {
+            self.ensure_written(inode, 0, bytes.len() as u64)?;
+            self.write_mapped(inode, 0, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the size: shrinking frees whole clusters past the end and zeroes the tail of the
+    /// last one; growing leaves a hole (sparse) or allocates zeroed clusters (non-sparse).
+    pub fn file_truncate(&mut self, inode: &mut Inode, size: u64, now: Time) -> Result<()> {
+        if size > self.max_file_size() {
+            return Err(FsError::TooBig);
+        }
+        if let Id2::Inline(d) = &mut inode.id2 {
+            if size as usize <= d.data.len() {
+                let from = (size as usize).min(inode.size as usize);
+                d.data[from..].fill(0);
+                inode.size = size;
+                touch_mtime(inode, now);
+                return Ok(());
+            }
+            self.uninline_file(inode)?;
+        }
+        let cs = self.cs();
+        if size < inode.size {
+            let keep = size.div_ceil(cs);
+            let mut tree = self.load_tree(inode)?;
+            let freed = extent_map::remove(&mut tree.recs, keep, u64::from(u32::MAX) + 1 - keep.min(u64::from(u32::MAX)), self.geo.bpc());
+            for (blkno, n) in freed {
+                self.free_clusters(blkno, n)?;
+            }
+            self.store_tree(inode, &mut tree)?;
+            // Bytes past the new end inside the last cluster must read as zeros later.
+            if size % cs != 0 {
+                if let Some(r) = extent_map::lookup(&tree.recs, size / cs).filter(|r| r.flags & EXT_UNWRITTEN == 0) {
+                    let phys = r.blkno * self.bs() as u64 + (size - r.cpos as u64 * cs);
+                    let zeros = vec![0u8; (cs - size % cs) as usize];
+                    self.cache.dev().write_at(&zeros, phys)?;
+                }
+            }
+        } else if size > inode.size && !self.sparse_enabled() {
+            self.ensure_written(inode, inode.size, size)?;
+        }
+        inode.size = size;
+        touch_mtime(inode, now);
+        Ok(())
+    }
+
+    /// fallocate: `keep_size` leaves i_size alone; `punch` frees whole clusters in the range
+    /// and zeroes the partial ones; otherwise holes become unwritten (or zeroed) extents.
+    pub fn file_fallocate(&mut self, inode: &mut Inode, off: u64, len: u64, keep_size: bool, punch: bool, now: Time) -> Result<()> {
+        let end = off.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > self.max_file_size() {
+            return Err(FsError::TooBig);
+        }
+        if inode.mode & S_IFMT != S_IFREG {
+            return Err(FsError::NotSupported);
+        }
+        if matches!(inode.id2, Id2::Inline(_)) {
+            if punch {
+                if let Id2::Inline(d) = &mut inode.id2 {
+                    let s = (off as usize).min(d.data.len());
+                    let e = (end as usize).min(d.data.len());
+                    d.data[s..e].fill(0);
+                }
+                return Ok(());
+            }
+            if end as usize <= inline_capacity(self.bs()) as usize {
+                if !keep_size {
+                    inode.size = inode.size.max(end);
+                }
+                return Ok(());
+            }
+            self.uninline_file(inode)?;
+        }
+        let cs = self.cs();
+        let bpc = self.geo.bpc();
+        let mut tree = self.load_tree(inode)?;
+        if punch {
+            let (first_full, end_full) = (off.div_ceil(cs), end / cs);
+            if end_full > first_full {
+                for (blkno, n) in extent_map::remove(&mut tree.recs, first_full, end_full - first_full, bpc) {
+                    self.free_clusters(blkno, n)?;
+                }
+                self.store_tree(inode, &mut tree)?;
+            }
+            // Partial clusters at either edge: write zeros over the written parts.
+            for (s, e) in [(off, (first_full * cs).min(end)), ((end_full * cs).max(off), end)] {
+                if e > s {
+                    let zeros = vec![0u8; (e - s) as usize];
+                    if let Some(r) = extent_map::lookup(&tree.recs, s / cs).filter(|r| r.flags & EXT_UNWRITTEN == 0) {
+                        let phys = r.blkno * self.bs() as u64 + (s - r.cpos as u64 * cs);
+                        self.cache.dev().write_at(&zeros, phys)?;
+                    }
+                }
+            }
+            touch_mtime(inode, now);
+            return Ok(());
+        }
+        let flags = if self.unwritten_enabled() { EXT_UNWRITTEN } else { 0 };
+        let mut c = off / cs;
+        let last = (end.max(off + 1) - 1) / cs;
+        while c <= last && len > 0 {
+            if let Some(r) = extent_map::lookup(&tree.recs, c) {
+                c = r.end();
+                continue;
+            }
+            let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
+            let want = (last + 1).min(next) - c;
+            let (cluster, got) = self.alloc_clusters(want, goal_after(&tree.recs, c, &self.geo))?;
+            let blkno = self.geo.cluster_to_blkno(cluster);
+            if flags == 0 {
+                self.zero_clusters(blkno, got)?;
+            }
+            extent_map::insert(&mut tree.recs, c as u32, got as u32, blkno, flags, bpc);
+            c += got;
+        }
+        self.store_tree(inode, &mut tree)?;
+        if !keep_size && end > inode.size {
+            inode.size = end;
+        }
+        inode.ctime = now.sec;
+        inode.ctime_nsec = now.nsec;
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from `off` (unwritten extents count as holes only when reading
+    /// them would give zeros; like ext4 without page-cache probing, they count as data).
+    pub fn file_seek(&mut self, inode: &Inode, off: u64, what: Seek) -> Result<u64> {
+        if off >= inode.size {
+            return Err(FsError::Nxio);
+        }
+        if matches!(inode.id2, Id2::Inline(_)) {
+            return Ok(if what == Seek::Data { off } else { inode.size });
+        }
+        let cs = self.cs();
+        let tree = self.load_tree(inode)?;
+        let mut c = off / cs;
+        loop {
+            let pos = (c * cs).max(off);
+            if pos >= inode.size {
+                return if what == Seek::Data { Err(FsError::Nxio) } else { Ok(inode.size) };
+            }
+            match (extent_map::lookup(&tree.recs, c), what) {
+                (Some(_), Seek::Data) | (None, Seek::Hole) => return Ok(pos),
+                (Some(r), Seek::Hole) => c = r.end(),
+                (None, Seek::Data) => match tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min() {
+                    Some(p) => c = p,
+                    None => return Err(FsError::Nxio),
+                },
+            }
+        }
+    }
+}
+
+/// Allocation goal: right after the physical end of the extent before `cpos`.
+fn goal_after(recs: &[ExtentRec], cpos: u64, geo: &super::geometry::Geometry) -> Option<u64> {
+    let prev = recs.iter().take_while(|r| (r.cpos as u64) < cpos).last()?;
+    Some((geo.blkno_to_cluster(prev.blkno) + prev.len as u64).min(geo.total_clusters as u64 - 1))
+}
+
+fn touch_mtime(inode: &mut Inode, now: Time) {
+    (inode.mtime, inode.mtime_nsec, inode.ctime, inode.ctime_nsec) = (now.sec, now.nsec, now.sec, now.nsec);
+}
+
+impl Core {
+    /// Writes file bytes through the extent map, run by run (the range must be mapped).
+    fn write_mapped(&mut self, inode: &Inode, off: u64, data: &[u8]) -> Result<()> {
+        let tree = self.load_tree(inode)?;
+        let (cs, bs) = (self.cs(), self.bs() as u64);
+        let dev = self.cache.dev().clone();
+        let end = off + data.len() as u64;
+        let mut pos = off;
+        while pos < end {
+            let r = extent_map::lookup(&tree.recs, pos / cs)
+                .ok_or(FsError::Corrupt { blkno: inode.blkno, what: format!("cluster {} unmapped after allocation", pos / cs) })?;
+            let run_end = (r.end() * cs).min(end);
+            dev.write_at(&data[(pos - off) as usize..(run_end - off) as usize], r.blkno * bs + (pos - r.cpos as u64 * cs))?;
+            pos = run_end;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! The cluster-lock seam (shared/docs/DESIGN.md "Cluster locks"): the core asks for locks on
+//! named resources through this trait and never knows whether a DLM or nothing stands behind it.
+//! A single-node mount uses `LocalLocks`; the cluster mount plugs the DLM-backed implementation in.
+
+use super::error::Result;
+
+/// Lock modes (at least NL, PR, EX, as OCFS2 uses them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LockMode {
+    Nl,
+    Pr,
+    Ex,
+}
+
+/// Lock resources, named by type and block number as OCFS2 names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockResource {
+    /// The superblock (mount/unmount, slot map).
+    Super,
+    /// Metadata and cached data of one inode.
+    InodeMeta { blkno: u64, generation: u32 },
+    /// Serialises truncate and direct I/O of one inode.
+    InodeRw { blkno: u64, generation: u32 },
+    /// Held by every node that has the inode open; an unlinked inode is freed when none does.
+    InodeOpen { blkno: u64, generation: u32 },
+    /// Cross-directory renames.
+    Rename,
+    /// A system file such as the global bitmap.
+    System { blkno: u64 },
+    /// A slot's journal: held at EX by the node mounted in that slot.
+    Journal { slot: u16 },
+}
+
+/// Called before a cached lock is given up: flush (losing EX) or invalidate (losing PR).
+pub type DownconvertFn = Box<dyn Fn(LockResource, LockMode) + Send + Sync>;
+
+pub trait ClusterLocks: Send + Sync {
+    /// Blocks until `res` is held at `mode` or stronger by this node.
+    fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
+    /// Like `acquire` but fails at once (`Ok(false)`) instead of waiting.
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
+    /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
+    fn release(&self, res: LockResource, mode: LockMode);
+    /// Registers the callback run before a cached lock is downconverted.
+    fn on_downconvert(&self, f: DownconvertFn);
+}
+
+/// Locks for a single-node mount: nobody else can ask, so every request is granted at once and
+/// nothing is ever downconverted. In-node exclusion is the core's own business.
+#[derive(Default)]
+pub struct LocalLocks;
+
+impl ClusterLocks for LocalLocks {
+    fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
+        Ok(())
+    }
+    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
+        Ok(true)
+    }
+    fn release(&self, _res: LockResource, _mode: LockMode) {}
+    fn on_downconvert(&self, _f: DownconvertFn) {}
+}

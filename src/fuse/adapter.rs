@@ -1,0 +1,486 @@
+//! The `fuser::Filesystem` implementation. One mutex serialises the core (single-node mounts);
+//! every mutating request commits its metadata before replying, and a commit thread makes it
+//! durable every `commit=` seconds. FUSE inode 1 is the root directory; every other FUSE inode
+//! number is the OCFS2 inode's block number.
+
+use super::attr::{attr, kind_of_dirent};
+use super::options::{ErrorsBehavior, MountOptions};
+use crate::format::inode::{Inode, ORPHANED_FL, S_IFMT, S_IFREG};
+use crate::fs::core::Time;
+use crate::fs::error::FsError;
+use crate::fs::file::Seek;
+use crate::fs::mount::Mounted;
+use crate::fs::namei::{Caller, RenameFlags as CoreRename, SetAttr};
+use fuser::*;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const TTL: Duration = Duration::from_secs(1);
+const FALLOC_FL_KEEP_SIZE: i32 = 1;
+const FALLOC_FL_PUNCH_HOLE: i32 = 2;
+const SEEK_DATA: i32 = 3;
+const SEEK_HOLE: i32 = 4;
+const O_DIRECT: i32 = 0o40000;
+
+struct State {
+    mounted: Option<Mounted>,
+    /// Open handles per inode (an unlinked inode is orphaned while this is non-zero).
+    open: HashMap<u64, u32>,
+}
+
+pub struct O2Fuse {
+    state: Arc<Mutex<State>>,
+    root: u64,
+    cluster_size: u64,
+    read_only: AtomicBool,
+    errors: ErrorsBehavior,
+    stop: Arc<AtomicBool>,
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn to_time(t: SystemTime) -> Time {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Time { sec: d.as_secs(), nsec: d.subsec_nanos() }
+}
+
+fn time_or_now(t: Option<TimeOrNow>, now: Time) -> Option<Time> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(s) => to_time(s),
+        TimeOrNow::Now => now,
+    })
+}
+
+impl O2Fuse {
+    pub fn new(mounted: Mounted, opts: &MountOptions) -> Self {
+        let root = mounted.core.root;
+        let cluster_size = mounted.core.cs();
+        let read_only = mounted.read_only;
+        let state = Arc::new(Mutex::new(State { mounted: Some(mounted), open: HashMap::new() }));
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_commit_thread(state.clone(), stop.clone(), opts.commit);
+        O2Fuse { state, root, cluster_size, read_only: AtomicBool::new(read_only), errors: opts.errors.clone(), stop }
+    }
+
+    fn blk(&self, ino: INodeNo) -> u64 {
+        if ino.0 == 1 {
+            self.root
+        } else {
+            ino.0
+        }
+    }
+    fn ino(&self, blkno: u64) -> u64 {
+        if blkno == self.root {
+            1
+        } else {
+            blkno
+        }
+    }
+
+    /// Runs `f` on the mounted core; commits its metadata; maps errors (a corruption may turn
+    /// the mount read-only, as errors=remount-ro says).
+    fn with<T>(&self, mutating: bool, f: impl FnOnce(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>) -> Result<T, Errno> {
+        if mutating && self.read_only.load(Ordering::Relaxed) {
+            return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
+        }
+        let mut st = self.state.lock();
+        let State { mounted, open } = &mut *st;
+        let Some(m) = mounted.as_mut() else { return Err(Errno::from_i32(crate::fs::error::libc_errno::EIO)) };
+        let r = f(m, open).and_then(|v| {
+            if mutating {
+                m.core.cache.commit()?;
+            }
+            Ok(v)
+        });
+        r.map_err(|e| {
+            if e.is_corruption() {
+                tracing::error!("{e}");
+                match self.errors {
+                    ErrorsBehavior::RemountRo => {
+                        if !self.read_only.swap(true, Ordering::Relaxed) {
+                            tracing::error!("errors=remount-ro: the mount is now read-only");
+                            m.core.cache.set_read_only(true);
+                        }
+                    }
+                    ErrorsBehavior::Panic => {
+                        tracing::error!("errors=panic: stopping the daemon");
+                        std::process::abort();
+                    }
+                    ErrorsBehavior::Continue => {}
+                }
+            }
+            errno(&e)
+        })
+    }
+
+    fn entry_attr(&self, inode: &Inode) -> FileAttr {
+        attr(self.ino(inode.blkno), inode, self.cluster_size)
+    }
+}
+
+/// Makes metadata durable every `interval` (the `commit=` option).
+fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval: Duration) {
+    std::thread::spawn(move || {
+        let step = Duration::from_millis(100);
+        let mut waited = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(step);
+            waited += step;
+            if waited < interval {
+                continue;
+            }
+            waited = Duration::ZERO;
+            if let Some(m) = state.lock().mounted.as_mut() {
+                if let Err(e) = m.sync() {
+                    tracing::error!("periodic commit failed: {e}");
+                }
+            }
+        }
+    });
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+impl Filesystem for O2Fuse {
+    fn destroy(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(m) = self.state.lock().mounted.take() {
+            if let Err(e) = m.unmount() {
+                tracing::error!("unmount: {e}");
+            }
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = self.blk(parent);
+        match self.with(false, |m, _| m.core.lookup(parent, name.as_bytes())) {
+            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let blk = self.blk(ino);
+        match self.with(false, |m, _| m.core.read_inode(blk)) {
+            Ok(inode) => reply.attr(&TTL, &self.entry_attr(&inode)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let blk = self.blk(ino);
+        let now = Time::now();
+        let change = SetAttr {
+            mode: mode.map(|m| m as u16),
+            uid,
+            gid,
+            size,
+            atime: time_or_now(atime, now),
+            mtime: time_or_now(mtime, now),
+            ctime: ctime.map(to_time),
+        };
+        match self.with(true, |m, _| m.core.setattr(blk, change, now)) {
+            Ok(inode) => reply.attr(&TTL, &self.entry_attr(&inode)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let blk = self.blk(ino);
+        match self.with(false, |m, _| m.core.readlink(blk)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let parent = self.blk(parent);
+        let who = caller(req);
+        let mode = (mode & !umask & 0o7777) as u16 | (mode as u16 & S_IFMT);
+        match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, rdev as u64, who, Time::now())) {
+            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let parent = self.blk(parent);
+        let who = caller(req);
+        let mode = crate::format::inode::S_IFDIR | (mode & !umask & 0o7777) as u16;
+        match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())) {
+            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.blk(parent);
+        match self.with(true, |m, open| m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.blk(parent);
+        match self.with(true, |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let parent = self.blk(parent);
+        let who = caller(req);
+        match self.with(true, |m, _| m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())) {
+            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        let (p, np) = (self.blk(parent), self.blk(newparent));
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL));
+        }
+        let f = CoreRename { noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE), exchange: flags.contains(RenameFlags::RENAME_EXCHANGE) };
+        match self.with(true, |m, open| m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (blk, np) = (self.blk(ino), self.blk(newparent));
+        match self.with(true, |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
+            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let blk = self.blk(ino);
+        match self.with(false, |m, open| {
+            m.core.read_inode(blk)?;
+            *open.entry(blk).or_insert(0) += 1;
+            Ok(())
+        }) {
+            Ok(()) => reply.opened(FileHandle(0), if flags.0 & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyData) {
+        let blk = self.blk(ino);
+        match self.with(false, |m, _| {
+            let inode = m.core.read_inode(blk)?;
+            m.core.file_read(&inode, offset, size as u64)
+        }) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyWrite) {
+        let blk = self.blk(ino);
+        match self.with(true, |m, _| {
+            let mut inode = m.core.read_inode(blk)?;
+            if inode.mode & S_IFMT != S_IFREG {
+                return Err(FsError::Invalid("write to a non-regular file"));
+            }
+            m.core.file_write(&mut inode, offset, data, Time::now())?;
+            m.core.write_inode(&inode)
+        }) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lo: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        let blk = self.blk(ino);
+        let r = self.with(false, |m, open| {
+            let last = match open.get_mut(&blk) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    open.remove(&blk);
+                    true
+                }
+            };
+            if last && !m.read_only {
+                let inode = m.core.cache.read_inode(blk)?;
+                if inode.is_valid() && inode.flags & ORPHANED_FL != 0 && inode.links_count == 0 {
+                    m.core.reap_orphan(blk)?;
+                    m.core.cache.commit()?;
+                }
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.with(false, |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let blk = self.blk(ino);
+        match self.with(false, |m, _| {
+            let dir = m.core.read_inode(blk)?;
+            m.core.dir_list(&dir, offset)
+        }) {
+            Ok(list) => {
+                for e in list {
+                    if reply.add(INodeNo(self.ino(e.ino)), e.cookie, kind_of_dirent(e.file_type), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.with(false, |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.with(false, |m, _| m.core.statfs()) {
+            Ok(s) => reply.statfs(s.blocks, s.free, s.free, s.files, s.free_files, self.cluster_size as u32, 255, self.cluster_size as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+    }
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+    }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+    }
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let blk = self.blk(ino);
+        let (uid, gid) = (req.uid(), req.gid());
+        match self.with(false, |m, _| m.core.read_inode(blk)) {
+            Ok(inode) => {
+                let want = mask.bits() as u16 & 0o7;
+                let bits = if uid == 0 {
+                    // Root may do anything but execute a file nobody may execute.
+                    if inode.mode & 0o111 != 0 || inode.is_dir() { 0o7 } else { 0o6 }
+                } else if uid == inode.uid {
+                    (inode.mode >> 6) & 7
+                } else if gid == inode.gid {
+                    (inode.mode >> 3) & 7
+                } else {
+                    inode.mode & 7
+                };
+                if want & !bits == 0 {
+                    reply.ok()
+                } else {
+                    reply.error(Errno::from_i32(crate::fs::error::libc_errno::EACCES))
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let parent = self.blk(parent);
+        let who = caller(req);
+        let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
+        match self.with(true, |m, open| {
+            let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
+            *open.entry(inode.blkno).or_insert(0) += 1;
+            Ok(inode)
+        }) {
+            Ok(inode) => reply.created(
+                &TTL,
+                &self.entry_attr(&inode),
+                Generation(inode.generation as u64),
+                FileHandle(0),
+                if flags & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let blk = self.blk(ino);
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 || (mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0) {
+            return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+        }
+        match self.with(true, |m, _| {
+            let mut inode = m.core.read_inode(blk)?;
+            m.core.file_fallocate(&mut inode, offset, length, mode & FALLOC_FL_KEEP_SIZE != 0, mode & FALLOC_FL_PUNCH_HOLE != 0, Time::now())?;
+            m.core.write_inode(&inode)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let blk = self.blk(ino);
+        let what = match whence {
+            SEEK_DATA => Seek::Data,
+            SEEK_HOLE => Seek::Hole,
+            _ => return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL)),
+        };
+        match self.with(false, |m, _| {
+            let inode = m.core.read_inode(blk)?;
+            m.core.file_seek(&inode, offset.max(0) as u64, what)
+        }) {
+            Ok(off) => reply.offset(off as i64),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! FUSE adapter: serves the filesystem core to the kernel through `fuser`, translating requests
+//! to core calls and errors to errnos.
+
+pub mod adapter;
+pub mod attr;
+pub mod options;
+
+pub use adapter::O2Fuse;
+pub use options::MountOptions;
