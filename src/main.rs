@@ -118,7 +118,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     // Before any thread starts, so that every thread inherits the blocked signals.
     spawn_signal_unmounter(a.dir.clone());
     let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
-    let cfg = MountConfig { read_only: opts.read_only, cache_bytes: opts.cache_bytes, ..Default::default() };
+    let cfg = MountConfig { read_only: opts.read_only, cache_bytes: opts.cache_bytes, data_ordered: opts.data_ordered, ..Default::default() };
     let mounted = mount(Arc::new(dev), &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let mut config = fuser::Config::default();

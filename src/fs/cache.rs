@@ -2,8 +2,8 @@
 //!
 //! Every metadata block the core reads or changes goes through here. A change lands in the
 //! running transaction's dirty set and stays pinned there until `commit`, which hands the blocks
-//! to the journal (or, on a volume mounted without one, writes them in place); committed blocks
-//! stay pinned until they are checkpointed, so a read never sees an older copy from the device.
+//! to the journal; committed blocks stay pinned until they are checkpointed, so a read never
+//! sees an older copy from the device.
 //! Clean blocks live in an LRU bounded by the `cache=` mount option.
 
 use super::error::{FsError, Result};
@@ -24,23 +24,9 @@ pub trait MetaSink: Send {
     fn checkpoint(&mut self) -> Result<()>;
     /// True when every committed block has been written in place.
     fn is_checkpointed(&self) -> bool;
-}
-
-/// No journal: a commit writes the blocks in place and flushes.
-pub struct InPlace(pub Arc<dyn BlockDevice>, pub usize);
-
-impl MetaSink for InPlace {
-    fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        for (blkno, data) in &blocks {
-            self.0.write_at(data, blkno * self.1 as u64)?;
-        }
-        Ok(())
-    }
-    fn checkpoint(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn is_checkpointed(&self) -> bool {
-        true
+    /// Largest transaction the sink takes, in blocks.
+    fn max_blocks(&self) -> usize {
+        usize::MAX
     }
 }
 
@@ -54,7 +40,8 @@ pub struct MetaCache {
     dirty: BTreeMap<u64, Vec<u8>>,
     /// Committed but not yet checkpointed.
     committed: BTreeMap<u64, Vec<u8>>,
-    sink: Box<dyn MetaSink>,
+    /// None on a read-only mount.
+    sink: Option<Box<dyn MetaSink>>,
     read_only: bool,
 }
 
@@ -65,7 +52,7 @@ impl MetaCache {
         total_blocks: u64,
         fs_generation: u32,
         cache_bytes: usize,
-        sink: Box<dyn MetaSink>,
+        sink: Option<Box<dyn MetaSink>>,
     ) -> Self {
         let cap = NonZeroUsize::new((cache_bytes / block_size).max(64)).unwrap_or(NonZeroUsize::MIN);
         MetaCache {
@@ -76,8 +63,8 @@ impl MetaCache {
             clean: LruCache::new(cap),
             dirty: BTreeMap::new(),
             committed: BTreeMap::new(),
+            read_only: sink.is_none(),
             sink,
-            read_only: false,
         }
     }
 
@@ -172,23 +159,33 @@ impl MetaCache {
         !self.dirty.is_empty()
     }
 
+    /// True when the running transaction should be committed before it grows further.
+    pub fn transaction_full(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| self.dirty.len() >= s.max_blocks())
+    }
+
     /// Commits the running transaction. The sink orders it after the data already written
     /// (ordered mode: data before the metadata that points at it).
     pub fn commit(&mut self) -> Result<()> {
         if self.dirty.is_empty() {
             return Ok(());
         }
+        let sink = self.sink.as_mut().ok_or(FsError::ReadOnly)?;
         let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
-        self.sink.commit(blocks.clone())?;
-        if self.sink.is_checkpointed() {
-            for (blkno, data) in blocks {
-                self.committed.remove(&blkno);
-                self.clean.put(blkno, data);
-            }
-        } else {
-            self.committed.extend(blocks);
+        sink.commit(blocks.clone())?;
+        let done = sink.is_checkpointed();
+        self.committed.extend(blocks);
+        if done {
+            self.unpin_committed();
         }
         Ok(())
+    }
+
+    /// Committed blocks are in place: they become ordinary clean cache entries.
+    fn unpin_committed(&mut self) {
+        for (blkno, data) in std::mem::take(&mut self.committed) {
+            self.clean.put(blkno, data);
+        }
     }
 
     /// Makes every write so far durable on the device.
@@ -200,10 +197,10 @@ impl MetaCache {
     /// Commits, then writes everything committed in place.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.commit()?;
-        self.sink.checkpoint()?;
-        for (blkno, data) in std::mem::take(&mut self.committed) {
-            self.clean.put(blkno, data);
+        if let Some(sink) = self.sink.as_mut() {
+            sink.checkpoint()?;
         }
+        self.unpin_committed();
         Ok(())
     }
 }

@@ -40,6 +40,10 @@ pub struct Core {
     pub features: Features,
     pub(super) dirs: HashMap<u64, DirIndex>,
     next_generation: u32,
+    /// Set when clusters that held journaled metadata (directory blocks) were freed: they may be
+    /// reused for file data at once, so the log must be checkpointed before a replay could write
+    /// the old copies over that data.
+    pub checkpoint_wanted: bool,
 }
 
 impl Core {
@@ -55,6 +59,7 @@ impl Core {
             features,
             dirs: HashMap::new(),
             next_generation: seed.nsec ^ seed.sec as u32,
+            checkpoint_wanted: false,
         }
     }
 
@@ -142,6 +147,7 @@ impl Core {
     /// (§4.8). The block keeps its signature with VALID clear and `i_dtime` set.
     pub fn delete_inode(&mut self, mut inode: Inode) -> Result<()> {
         if inode.extents().is_some() {
+            self.checkpoint_wanted |= inode.is_dir() && inode.clusters > 0;
             let mut tree = self.load_tree(&inode)?;
             for r in std::mem::take(&mut tree.recs) {
                 self.free_clusters(r.blkno, r.len as u64)?;

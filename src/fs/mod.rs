@@ -11,6 +11,7 @@ pub mod extent_map;
 pub mod file;
 pub mod extent_tree;
 pub mod geometry;
+pub mod journal_sink;
 pub mod lock;
 pub mod mount;
 pub mod namei;

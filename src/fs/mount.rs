@@ -2,7 +2,7 @@
 //! a live node in the heartbeat area, a dirty journal we cannot replay), claim a slot in the slot
 //! map, finish orphans, and the reverse at unmount (ocfs2-format.md §1.2, §12, §13.8).
 
-use super::cache::{InPlace, MetaCache};
+use super::cache::MetaCache;
 use super::core::Core;
 use super::error::{FsError, Result};
 use super::sysfiles::SysFiles;
@@ -10,7 +10,7 @@ use super::volume::Volume;
 use crate::dev::BlockDevice;
 use crate::format::features::{Features, Word, INCOMPAT_EXTENDED_SLOT_MAP, INCOMPAT_LOCAL_MOUNT};
 use crate::format::heartbeat::HeartbeatBlock;
-use crate::format::inode::JOURNAL_DIRTY_FL;
+use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
 use crate::format::slot_map::SlotMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +27,13 @@ pub struct MountConfig {
     pub node: u32,
     /// How long to watch the heartbeat area for a live node before mounting.
     pub heartbeat_wait: Duration,
+    /// data=ordered: file data reaches the device before the metadata pointing at it commits.
+    pub data_ordered: bool,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, heartbeat_wait: Duration::from_millis(2000) }
+        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, heartbeat_wait: Duration::from_millis(2000), data_ordered: true }
     }
 }
 
@@ -85,8 +87,10 @@ pub fn live_heartbeat_nodes(vol: &Volume, hb_blkno: u64, wait: Duration) -> Resu
 /// A mounted volume: the core plus what unmount must undo.
 pub struct Mounted {
     pub core: Core,
+    vol: Volume,
     pub read_only: bool,
-    slot_map_extended: bool,
+    /// None on a read-only mount (it claims no slot).
+    slot_map: Option<SlotMapLoc>,
 }
 
 pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
@@ -105,84 +109,119 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
             )));
         }
     }
-    // Journals: this mount writes metadata in place, so any dirty journal must be replayed
-    // first (fsck.o2fs or fsck.ocfs2 -y do that today).
-    for (slot, &j) in sys0.journal.iter().enumerate() {
-        let inode = vol.read_inode(j)?;
-        if inode.journal_flags() & JOURNAL_DIRTY_FL != 0 {
-            return Err(FsError::Refused(format!(
-                "journal:{slot:04} needs recovery; run fsck.o2fs -y (journal replay at mount is not implemented yet)"
-            )));
-        }
-    }
-
-    let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, Box::new(InPlace(dev.clone(), vol.block_size())));
-    let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features);
     if cfg.read_only {
-        core.cache.set_read_only(true);
-        return Ok(Mounted { core, read_only: true, slot_map_extended: extended });
+        for (slot, &j) in sys0.journal.iter().enumerate() {
+            if vol.read_inode(j)?.journal_flags() & crate::format::inode::JOURNAL_DIRTY_FL != 0 {
+                return Err(FsError::Refused(format!("journal:{slot:04} needs recovery, which a read-only mount cannot do")));
+            }
+        }
+        let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, None);
+        let core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features);
+        return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
+    // No other node is alive (checked above): every dirty journal is a crash to recover, ours
+    // included (§13.8). Replay happens in place before anything else reads the volume.
+    for &j in &sys0.journal {
+        recover_slot(&vol, j)?;
+    }
+    let slot_map = SlotMapLoc::find(&vol, sys0.slot_map, sb.max_slots as usize, extended)?;
+    let mut map = SlotMap::decode(&vol.dev_read(slot_map.blkno, slot_map.blocks)?, slot_map.slots, extended);
+    let slot = match map.slots.iter().position(|s| *s == Some(cfg.node)) {
+        Some(s) => s,
+        None => map.slots.iter().position(Option::is_none).ok_or(FsError::Refused("every slot of the volume is in use".into()))?,
+    };
+    let journal_blkno = sys0.journal[slot];
+    let journal = open_journal(&vol, &vol.read_inode(journal_blkno)?)?;
+    set_dirty_flag(&vol, journal_blkno, true)?;
+    let sink = JournalSink::new(journal, dev.clone(), cfg.data_ordered);
+    let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, Some(Box::new(sink)));
+    let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features);
+    core.sys.slot = slot as u16;
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans and free them.
-    let mut map = read_slot_map(&mut core, sb.max_slots as usize, extended)?;
-    for (slot, node) in map.occupied().collect::<Vec<_>>() {
-        tracing::warn!("slot {slot} was left in use by node {node}, which is not alive: recovering it");
-        for ino in core.orphans_of(slot as u16)? {
+    for (dead, node) in map.occupied().collect::<Vec<_>>() {
+        tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
+        for ino in core.orphans_of(dead as u16)? {
             core.reap_orphan(ino)?;
         }
-        map.slots[slot] = None;
+        map.slots[dead] = None;
     }
-    let slot = map.slots.iter().position(Option::is_none).ok_or(FsError::Refused("every slot of the volume is in use".into()))?;
     map.slots[slot] = Some(cfg.node);
-    write_slot_map(&mut core, &map, extended)?;
-    core.sys.slot = slot as u16;
+    slot_map.write(&mut core, &map)?;
     for ino in core.orphans_of(slot as u16)? {
         core.reap_orphan(ino)?;
     }
     core.cache.commit()?;
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");
-    Ok(Mounted { core, read_only: false, slot_map_extended: extended })
+    Ok(Mounted { core, vol, read_only: false, slot_map: Some(slot_map) })
 }
 
-fn slot_map_block(core: &mut Core) -> Result<u64> {
-    let inode = core.read_inode(core.sys.slot_map)?;
-    let tree = core.load_tree(&inode)?;
-    tree.recs.first().map(|r| r.blkno).ok_or(FsError::Corrupt { blkno: inode.blkno, what: "slot map has no data".into() })
+/// Where the slot map's entries live: the first blocks of its first extent (§12.1).
+struct SlotMapLoc {
+    blkno: u64,
+    blocks: u64,
+    slots: usize,
+    extended: bool,
 }
 
-fn read_slot_map(core: &mut Core, slots: usize, extended: bool) -> Result<SlotMap> {
-    let blk = slot_map_block(core)?;
-    let data = core.cache.read(blk)?;
-    Ok(SlotMap::decode(&data, slots, extended))
-}
+impl SlotMapLoc {
+    fn find(vol: &Volume, inode_blkno: u64, slots: usize, extended: bool) -> Result<Self> {
+        let inode = vol.read_inode(inode_blkno)?;
+        let first = vol.leaf_extents(&inode)?.into_iter().next();
+        let bytes = (slots * crate::format::slot_map::entry_size(extended)) as u64;
+        let blocks = bytes.div_ceil(vol.block_size() as u64);
+        match first {
+            Some(r) if r.len as u64 * vol.geo.bpc() >= blocks && inode.size >= bytes => Ok(SlotMapLoc { blkno: r.blkno, blocks, slots, extended }),
+            _ => Err(FsError::Corrupt { blkno: inode_blkno, what: format!("slot map too small for {slots} slots") }),
+        }
+    }
 
-fn write_slot_map(core: &mut Core, map: &SlotMap, extended: bool) -> Result<()> {
-    let blk = slot_map_block(core)?;
-    let mut data = core.cache.read(blk)?;
-    map.encode(&mut data, extended);
-    core.cache.write(blk, data)
+    fn read(&self, core: &mut Core) -> Result<SlotMap> {
+        let mut data = Vec::new();
+        for b in 0..self.blocks {
+            data.extend(core.cache.read(self.blkno + b)?);
+        }
+        Ok(SlotMap::decode(&data, self.slots, self.extended))
+    }
+
+    fn write(&self, core: &mut Core, map: &SlotMap) -> Result<()> {
+        let bs = core.bs();
+        let mut data = Vec::new();
+        for b in 0..self.blocks {
+            data.extend(core.cache.read(self.blkno + b)?);
+        }
+        map.encode(&mut data, self.extended);
+        for (i, chunk) in data.chunks(bs).enumerate() {
+            core.cache.write(self.blkno + i as u64, chunk.to_vec())?;
+        }
+        Ok(())
+    }
 }
 
 impl Mounted {
-    /// Makes everything durable (fsync, sync, commit interval).
+    /// Makes everything so far durable: commits the running transaction to the log (fsync).
     pub fn sync(&mut self) -> Result<()> {
+        self.core.cache.commit()?;
+        self.core.cache.flush()
+    }
+
+    /// Commits and writes every logged block in place, emptying the log.
+    pub fn checkpoint(&mut self) -> Result<()> {
         self.core.cache.checkpoint()?;
         self.core.cache.flush()
     }
 
-    /// Clean unmount: checkpoint and release the slot.
+    /// Clean unmount: checkpoint, release the slot, mark the journal clean (§13.9 step 5).
     pub fn unmount(mut self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        let slots = self.core.sys.journal.len();
-        let mut map = read_slot_map(&mut self.core, slots, self.slot_map_extended)?;
+        let Some(loc) = self.slot_map.take() else { return Ok(()) };
+        let mut map = loc.read(&mut self.core)?;
         if let Some(s) = map.slots.get_mut(self.core.sys.slot as usize) {
             *s = None;
         }
-        write_slot_map(&mut self.core, &map, self.slot_map_extended)?;
-        self.sync()?;
+        loc.write(&mut self.core, &map)?;
+        self.checkpoint()?;
+        set_dirty_flag(&self.vol, self.core.sys.journal[self.core.sys.slot as usize], false)?;
         tracing::info!("unmounted cleanly");
         Ok(())
     }

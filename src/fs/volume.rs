@@ -117,6 +117,16 @@ impl Volume {
         Ok(())
     }
 
+    /// `count` consecutive blocks from `blkno`, as one buffer.
+    pub fn dev_read(&self, blkno: u64, count: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; (count as usize) * self.geo.block_size];
+        if blkno + count > self.geo.total_blocks() {
+            return Err(FsError::Corrupt { blkno, what: "read past the end of the volume".into() });
+        }
+        self.dev.read_at(&mut buf, blkno * self.geo.block_size as u64)?;
+        Ok(buf)
+    }
+
     pub fn write_block(&self, blkno: u64, buf: &[u8]) -> Result<()> {
         self.dev.write_block(blkno, buf)?;
         Ok(())

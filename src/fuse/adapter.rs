@@ -1,6 +1,7 @@
 //! The `fuser::Filesystem` implementation. One mutex serialises the core (single-node mounts);
-//! every mutating request commits its metadata before replying, and a commit thread makes it
-//! durable every `commit=` seconds. FUSE inode 1 is the root directory; every other FUSE inode
+//! requests add their metadata to the running journal transaction, which a commit thread makes
+//! durable and checkpoints every `commit=` seconds (fsync commits at once).
+//! FUSE inode 1 is the root directory; every other FUSE inode
 //! number is the OCFS2 inode's block number.
 
 use super::attr::{attr, kind_of_dirent};
@@ -94,8 +95,14 @@ impl O2Fuse {
         let mut st = self.state.lock();
         let State { mounted, open } = &mut *st;
         let Some(m) = mounted.as_mut() else { return Err(Errno::from_i32(crate::fs::error::libc_errno::EIO)) };
+        // Operations join the running transaction; it commits every `commit=` seconds, at
+        // fsync, when it grows large, or at once with a checkpoint when freed clusters held
+        // journaled metadata (see Core::checkpoint_wanted).
         let r = f(m, open).and_then(|v| {
-            if mutating {
+            if m.core.checkpoint_wanted {
+                m.core.checkpoint_wanted = false;
+                m.checkpoint()?;
+            } else if m.core.cache.transaction_full() {
                 m.core.cache.commit()?;
             }
             Ok(v)
@@ -138,8 +145,8 @@ fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval
                 continue;
             }
             waited = Duration::ZERO;
-            if let Some(m) = state.lock().mounted.as_mut() {
-                if let Err(e) = m.sync() {
+            if let Some(m) = state.lock().mounted.as_mut().filter(|m| !m.read_only) {
+                if let Err(e) = m.checkpoint() {
                     tracing::error!("periodic commit failed: {e}");
                 }
             }
@@ -344,7 +351,6 @@ impl Filesystem for O2Fuse {
                 let inode = m.core.cache.read_inode(blk)?;
                 if inode.is_valid() && inode.flags & ORPHANED_FL != 0 && inode.links_count == 0 {
                     m.core.reap_orphan(blk)?;
-                    m.core.cache.commit()?;
                 }
             }
             Ok(())
