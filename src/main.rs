@@ -103,12 +103,13 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
             drop(rd);
             let _ = nix::unistd::setsid();
             let wr = std::fs::File::from(wr);
-            let status = serve(&a, &opts, Some(wr.try_clone().context("pipe")?));
-            if let Err(e) = &status {
+            // The parent reports a failure to start; the daemon's own error output is gone.
+            if let Err(e) = serve(&a, &opts, Some(wr.try_clone().context("pipe")?)) {
                 use std::io::Write;
                 let _ = write!(&wr, "err: {e:#}");
+                std::process::exit(1);
             }
-            status
+            Ok(())
         }
     }
 }
@@ -132,9 +133,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     if opts.read_only {
         config.mount_options.push(fuser::MountOption::RO);
     }
-    for k in &opts.kernel {
-        config.mount_options.push(fuser::MountOption::CUSTOM(k.clone()));
-    }
+    config.mount_options.extend(opts.kernel.iter().filter_map(|k| kernel_option(k)));
     if opts.allow_other {
         config.acl = fuser::SessionACL::All;
     }
@@ -149,6 +148,26 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     }
     session.run().context("serving FUSE requests")?;
     Ok(())
+}
+
+/// The generic mount flags mount(8) and fstab pass along (relatime and friends are the
+/// kernel's default and need nothing).
+fn kernel_option(name: &str) -> Option<fuser::MountOption> {
+    use fuser::MountOption::*;
+    Some(match name {
+        "dev" => Dev,
+        "nodev" => NoDev,
+        "suid" => Suid,
+        "nosuid" => NoSuid,
+        "exec" => Exec,
+        "noexec" => NoExec,
+        "atime" => Atime,
+        "noatime" => NoAtime,
+        "sync" => Sync,
+        "async" => Async,
+        "dirsync" => DirSync,
+        _ => return None,
+    })
 }
 
 /// A daemon keeps no terminal.
