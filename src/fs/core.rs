@@ -9,12 +9,14 @@ use super::dir::DirIndex;
 use super::error::{FsError, Result};
 use super::extent_tree::{self, Tree};
 use super::geometry::Geometry;
+use super::lock::{ClusterLocks, LockMode, LockResource};
 use super::sysfiles::SysFiles;
 use crate::format::extent::ExtentList;
 use crate::format::features::{Features, INCOMPAT_INLINE_DATA, INCOMPAT_SPARSE_ALLOC, RO_COMPAT_UNWRITTEN};
 use crate::format::inline::InlineData;
 use crate::format::inode::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A moment with nanoseconds, as inodes store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +46,24 @@ pub struct Core {
     /// reused for file data at once, so the log must be checkpointed before a replay could write
     /// the old copies over that data.
     pub checkpoint_wanted: bool,
+    /// The cluster-lock seam: every inode is locked (PR to read, EX to change) before the core
+    /// touches it, and the locks of an operation are released when it ends (`end_op`).
+    locks: Arc<dyn ClusterLocks>,
+    held: HashMap<LockResource, LockMode>,
 }
 
 impl Core {
-    pub fn new(cache: MetaCache, geo: Geometry, sys: SysFiles, fs_generation: u32, root: u64, sysdir: u64, features: Features) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cache: MetaCache,
+        geo: Geometry,
+        sys: SysFiles,
+        fs_generation: u32,
+        root: u64,
+        sysdir: u64,
+        features: Features,
+        locks: Arc<dyn ClusterLocks>,
+    ) -> Self {
         let seed = Time::now();
         Core {
             cache,
@@ -60,6 +76,8 @@ impl Core {
             dirs: HashMap::new(),
             next_generation: seed.nsec ^ seed.sec as u32,
             checkpoint_wanted: false,
+            locks,
+            held: HashMap::new(),
         }
     }
 
@@ -79,7 +97,26 @@ impl Core {
         self.geo.cluster_size as u64
     }
 
+    /// Takes `res` at `mode` for the rest of the operation (cached: a lock already held at that
+    /// mode or stronger costs nothing).
+    pub fn lock(&mut self, res: LockResource, mode: LockMode) -> Result<()> {
+        if self.held.get(&res).is_some_and(|&m| m >= mode) {
+            return Ok(());
+        }
+        self.locks.acquire(res, mode)?;
+        self.held.insert(res, mode);
+        Ok(())
+    }
+
+    /// Ends an operation: releases every lock it took.
+    pub fn end_op(&mut self) {
+        for (res, mode) in self.held.drain() {
+            self.locks.release(res, mode);
+        }
+    }
+
     pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {
+        self.lock(LockResource::InodeMeta { blkno }, LockMode::Pr)?;
         let inode = self.cache.read_inode(blkno)?;
         if !inode.is_valid() {
             return Err(FsError::NotFound);
@@ -88,17 +125,20 @@ impl Core {
     }
 
     pub fn write_inode(&mut self, inode: &Inode) -> Result<()> {
+        self.lock(LockResource::InodeMeta { blkno: inode.blkno }, LockMode::Ex)?;
         self.cache.write_inode(inode)
     }
 
     /// Clusters from the global bitmap: up to `want`, at least 1, near `goal`.
     pub fn alloc_clusters(&mut self, want: u64, goal: Option<u64>) -> Result<(u64, u64)> {
+        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         let want = want.clamp(1, u16::MAX as u64) as u32;
         let (c, n) = alloc_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, want, 1, goal)?;
         Ok((c, n as u64))
     }
 
     pub fn free_clusters(&mut self, start_blkno: u64, clusters: u64) -> Result<()> {
+        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         let c = self.geo.blkno_to_cluster(start_blkno);
         free_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, c, clusters)
     }

@@ -18,11 +18,11 @@ pub enum LockResource {
     /// The superblock (mount/unmount, slot map).
     Super,
     /// Metadata and cached data of one inode.
-    InodeMeta { blkno: u64, generation: u32 },
+    InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
-    InodeRw { blkno: u64, generation: u32 },
+    InodeRw { blkno: u64 },
     /// Held by every node that has the inode open; an unlinked inode is freed when none does.
-    InodeOpen { blkno: u64, generation: u32 },
+    InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
     /// A system file such as the global bitmap.

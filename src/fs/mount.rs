@@ -10,6 +10,7 @@ use super::volume::Volume;
 use crate::dev::BlockDevice;
 use crate::format::features::{Features, Word, INCOMPAT_EXTENDED_SLOT_MAP, INCOMPAT_LOCAL_MOUNT};
 use crate::format::heartbeat::HeartbeatBlock;
+use super::lock::{ClusterLocks, LocalLocks};
 use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
 use crate::format::slot_map::SlotMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::Duration;
 /// Heartbeat sector size used for image files (§12.2: one device sector per node).
 const HB_SECTOR: usize = 512;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MountConfig {
     pub read_only: bool,
     /// Bytes of metadata cache.
@@ -29,11 +30,13 @@ pub struct MountConfig {
     pub heartbeat_wait: Duration,
     /// data=ordered: file data reaches the device before the metadata pointing at it commits.
     pub data_ordered: bool,
+    /// Cluster locks (LocalLocks for a single-node mount).
+    pub locks: Arc<dyn ClusterLocks>,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, heartbeat_wait: Duration::from_millis(2000), data_ordered: true }
+        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, heartbeat_wait: Duration::from_millis(2000), data_ordered: true, locks: Arc::new(LocalLocks) }
     }
 }
 
@@ -116,7 +119,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
             }
         }
         let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, None);
-        let core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features);
+        let core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features, cfg.locks.clone());
         return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
     // No other node is alive (checked above): every dirty journal is a crash to recover, ours
@@ -135,7 +138,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     set_dirty_flag(&vol, journal_blkno, true)?;
     let sink = JournalSink::new(journal, dev.clone(), cfg.data_ordered);
     let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, Some(Box::new(sink)));
-    let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features);
+    let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features, cfg.locks.clone());
     core.sys.slot = slot as u16;
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans and free them.

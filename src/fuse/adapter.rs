@@ -107,6 +107,7 @@ impl O2Fuse {
             }
             Ok(v)
         });
+        m.core.end_op();
         r.map_err(|e| {
             if e.is_corruption() {
                 tracing::error!("{e}");
