@@ -16,3 +16,5 @@ pub mod fsck;
 pub mod fuse;
 pub mod mkfs;
 pub mod net;
+#[doc(hidden)]
+pub mod testutil;

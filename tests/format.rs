@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use o2fs::dev::{BlockDevice, FileDevice};
+use o2fs::dev::FileDevice;
 use o2fs::format::dirent::parse_entries;
 use o2fs::format::extent::ExtentBlock;
 use o2fs::format::group::GroupDesc;
@@ -16,6 +16,7 @@ use o2fs::format::slot_map::SlotMap;
 use o2fs::format::superblock::leading_space;
 use o2fs::fs::sysfile::SystemFile;
 use o2fs::fs::Volume;
+use o2fs::testutil::{seed_from_env, Rng};
 use std::sync::Arc;
 
 fn assert_round_trip(vol: &Volume, blkno: u64, what: &str) {
@@ -122,21 +123,6 @@ fn mkfs_ocfs2_images_round_trip_byte_for_byte() {
     }
 }
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("O2FS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_0F_0CF5)
-}
-
 /// Every decoder, fed one block.
 fn decode_all(b: &[u8], blkno: u64) {
     let _ = Inode::decode(b, blkno);
@@ -156,27 +142,27 @@ fn decode_all(b: &[u8], blkno: u64) {
 
 #[test]
 fn decoders_never_panic_on_random_or_mutated_blocks() {
-    let seed = seed();
+    let seed = seed_from_env(0x5EED_0F_0CF5);
     // Real metadata blocks, from an image made in memory by our mkfs engine.
     let opts = o2fs::mkfs::MkfsOptions { block_size: Some(1024), slots: Some(3), ..Default::default() };
     let plan = o2fs::mkfs::plan::plan(&opts, 64 << 20).unwrap();
     let id = o2fs::mkfs::Identity { uuid: [7; 16], generation: 0x1234, now: 1 };
     let image = o2fs::mkfs::layout::build(&plan, &id).unwrap();
     let real: Vec<(&u64, &Vec<u8>)> = image.blocks.iter().collect();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for round in 0..20_000u32 {
-            let (blkno, base) = real[(rng.next() % real.len() as u64) as usize];
+            let (blkno, base) = real[rng.below(real.len() as u64) as usize];
             let mut b = base.clone();
             if round % 4 == 0 {
-                b.iter_mut().for_each(|x| *x = rng.next() as u8);
+                rng.fill(&mut b);
             } else {
-                for _ in 0..1 + rng.next() % 8 {
-                    let i = (rng.next() % b.len() as u64) as usize;
-                    b[i] ^= 1 << (rng.next() % 8);
+                for _ in 0..1 + rng.below(8) {
+                    let i = rng.below(b.len() as u64) as usize;
+                    b[i] ^= 1 << rng.below(8);
                 }
             }
-            let len = if round % 7 == 0 { (rng.next() % b.len() as u64) as usize } else { b.len() };
+            let len = if round % 7 == 0 { rng.below(b.len() as u64) as usize } else { b.len() };
             decode_all(&b[..len], *blkno);
         }
     }));

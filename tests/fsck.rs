@@ -14,6 +14,7 @@ use o2fs::fs::sysfile::SystemFile;
 use o2fs::fs::Volume;
 use o2fs::fsck::{self, Mode, Options};
 use o2fs::journal::Journal;
+use o2fs::testutil::{seed_from_env, Rng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -564,23 +565,6 @@ fn metadata_blocks(img: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("O2FS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x0F5C_2026)
-}
-
 /// Flips 1..8 random bytes of one random metadata block.
 fn flip(rng: &mut Rng, dev: &dyn BlockDevice, meta: &[u64]) -> String {
     let blk = meta[rng.below(meta.len() as u64) as usize];
@@ -636,8 +620,8 @@ fn random_byte_flips_never_panic_or_hang() {
     let base = Arc::new(std::fs::read(&img).unwrap());
     let meta = metadata_blocks(&base);
     assert!(meta.len() > 20, "found only {} metadata blocks", meta.len());
-    let seed = seed();
-    let mut rng = Rng(seed | 1);
+    let seed = seed_from_env(0x0F5C_2026);
+    let mut rng = Rng::new(seed);
     let runs = std::env::var("O2FS_FLIPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let start = Instant::now();
     let mut codes: HashMap<i32, usize> = HashMap::new();

@@ -4,11 +4,12 @@
 
 mod common;
 
-use o2fs::dev::{BlockDevice, FileDevice};
+use common::{open_journal, set_journal_dirty};
+use o2fs::dev::FileDevice;
 use o2fs::format::inode::{Inode, JOURNAL_DIRTY_FL};
 use o2fs::format::jbd2::JBD2_MAGIC;
 use o2fs::fs::sysfile::SystemFile;
-use o2fs::fs::volume::Volume;
+use o2fs::fs::Volume;
 use o2fs::journal::{Journal, JournalMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,38 +17,30 @@ use std::sync::Arc;
 
 const BS: usize = 4096;
 
-struct Opened {
-    dev: Arc<FileDevice>,
-    vol: Volume,
-    journal_inode: u64,
+fn open(img: &Path) -> Volume {
+    Volume::open(Arc::new(FileDevice::open(img, true).expect("open image"))).expect("open volume")
 }
 
-fn open(img: &Path) -> Opened {
-    let dev = Arc::new(FileDevice::open(img, true).expect("open image"));
-    let vol = Volume::open(dev.clone()).expect("open volume");
-    let journal_inode = vol.system_file_blkno(SystemFile::Journal(0)).expect("journal:0000");
-    Opened { dev, vol, journal_inode }
+/// journal:0000 of `vol`.
+fn journal(vol: &Volume) -> Journal {
+    open_journal(vol, 0).1
 }
 
-fn journal(o: &Opened) -> Journal {
-    let inode = o.vol.read_inode(o.journal_inode).expect("journal inode");
-    let leaves = o.vol.leaf_extents(&inode).expect("journal extents");
-    let map = JournalMap::from_extent_recs(&leaves, o.vol.geo.bpc());
-    Journal::open(o.dev.clone(), map, BS).expect("open journal")
-}
-
-fn set_journal_dirty(o: &Opened, dirty: bool) {
-    let mut raw = o.vol.read_block(o.journal_inode).expect("read journal inode");
-    let mut inode = Inode::decode(&raw, o.journal_inode).expect("decode journal inode");
-    let flags = inode.journal_flags() & !JOURNAL_DIRTY_FL | if dirty { JOURNAL_DIRTY_FL } else { 0 };
-    inode.set_journal(flags, inode.journal_recovery_generation());
-    inode.encode(&mut raw);
-    o.vol.write_block(o.journal_inode, &raw).expect("write journal inode");
-    o.dev.flush().expect("flush");
+fn journal_inode(vol: &Volume) -> Inode {
+    vol.read_inode(vol.system_file_blkno(SystemFile::Journal(0)).expect("journal:0000")).expect("journal inode")
 }
 
 fn block(img: &Path, blkno: u64) -> Vec<u8> {
-    open(img).vol.read_block(blkno).expect("read block")
+    open(img).read_block(blkno).expect("read block")
+}
+
+/// A scratch directory, or None (the test is skipped) when ocfs2-tools are missing.
+fn scratch() -> Option<tempfile::TempDir> {
+    if !common::have_ocfs2_tools() {
+        eprintln!("ocfs2-tools missing: skipped");
+        return None;
+    }
+    Some(tempfile::tempdir().expect("tempdir"))
 }
 
 fn copy(img: &Path, name: &str) -> PathBuf {
@@ -57,17 +50,23 @@ fn copy(img: &Path, name: &str) -> PathBuf {
     to
 }
 
-/// A fresh 256 MiB volume (4K blocks, 4K clusters, 2 slots, cluster stack).
-fn volume(dir: &Path) -> PathBuf {
+/// A fresh 256 MiB volume (4K blocks, 4K clusters, 2 slots, cluster stack), opened, and its
+/// journal:0000 with the log mkfs left emptied.
+fn fresh_volume(dir: &Path) -> (PathBuf, Volume, Journal) {
     let img = common::sparse_image(dir, "vol.img", 256 << 20);
     common::mkfs_ocfs2(&img, "4096", "4096", 2, false);
-    img
+    let vol = open(&img);
+    let mut j = journal(&vol);
+    // mkfs leaves s_start = 1 over a zeroed log with the dirty flag clear (§13.8).
+    assert!(j.needs_recovery());
+    assert_eq!(j.discard().expect("discard").transactions, 0);
+    (img, vol, j)
 }
 
 /// The root inode block with `i_mtime` moved `by` seconds.
-fn root_with_mtime(o: &Opened, by: u64) -> (u64, Vec<u8>, u64) {
-    let root = o.vol.sb().root_blkno;
-    let mut raw = o.vol.read_block(root).expect("root block");
+fn root_with_mtime(vol: &Volume, by: u64) -> (u64, Vec<u8>, u64) {
+    let root = vol.sb().root_blkno;
+    let mut raw = vol.read_block(root).expect("root block");
     let mut inode = Inode::decode(&raw, root).expect("root inode");
     inode.mtime += by;
     inode.encode(&mut raw);
@@ -131,34 +130,27 @@ struct Crashed {
 /// Two transactions in journal:0000, not checkpointed, and the slot marked dirty: what a node
 /// that crashed after committing leaves behind.
 fn crashed_volume(dir: &Path) -> Crashed {
-    let img = volume(dir);
-    let o = open(&img);
-    let mut j = journal(&o);
-    // mkfs leaves s_start = 1 over a zeroed log with the dirty flag clear (§13.8).
-    assert!(j.needs_recovery());
-    assert_eq!(j.discard().expect("discard").transactions, 0);
+    let (img, vol, mut j) = fresh_volume(dir);
 
-    let total = o.vol.geo.total_blocks();
+    let total = vol.geo.total_blocks();
     let free = total - 1;
     assert!(common::debugfs(&img, &format!("icheck {free}")).contains("Unused"), "block {free} is in use");
     let mut free_block: Vec<u8> = (0..BS).map(|i| (i * 7 + 3) as u8).collect();
     free_block[..4].copy_from_slice(&JBD2_MAGIC.to_be_bytes());
     free_block[4..24].copy_from_slice(b"o2fs journal test 1 ");
 
-    let (root, first, _) = root_with_mtime(&o, 1000);
+    let (root, first, _) = root_with_mtime(&vol, 1000);
     let t1 = j.commit(vec![(root, first)], vec![]).expect("commit 1");
-    let (_, root_block, new_mtime) = root_with_mtime(&o, 2000);
+    let (_, root_block, new_mtime) = root_with_mtime(&vol, 2000);
     assert_eq!(root_block.len(), BS);
     let t2 = j.commit(vec![(free, free_block.clone()), (root, root_block.clone())], vec![]).expect("commit 2");
     assert_eq!((t1 + 1, j.stats().transactions, j.stats().blocks_logged), (t2, 2, 3));
-    let journal_sb_blk = JournalMap::from_extent_recs(
-        &o.vol.leaf_extents(&o.vol.read_inode(o.journal_inode).expect("inode")).expect("extents"),
-        o.vol.geo.bpc(),
-    )
-    .fs_block(0)
-    .expect("journal block 0");
+    let journal_sb_blk =
+        JournalMap::from_extent_recs(&vol.leaf_extents(&journal_inode(&vol)).expect("extents"), vol.geo.bpc())
+            .fs_block(0)
+            .expect("journal block 0");
     drop(j);
-    set_journal_dirty(&o, true);
+    set_journal_dirty(&vol, 0, true);
     // Nothing reached its place.
     assert_ne!(mtime(&img, root), new_mtime);
     assert_ne!(block(&img, free), free_block);
@@ -167,11 +159,7 @@ fn crashed_volume(dir: &Path) -> Crashed {
 
 #[test]
 fn ocfs2_tools_read_and_replay_our_journal() {
-    if !common::have_ocfs2_tools() {
-        eprintln!("ocfs2-tools missing: skipped");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(dir) = scratch() else { return };
     let c = crashed_volume(dir.path());
 
     // (a) logdump lists both transactions and their blocks.
@@ -188,17 +176,16 @@ fn ocfs2_tools_read_and_replay_our_journal() {
     assert_eq!(mtime(&by_fsck, c.root), c.new_mtime);
     assert_eq!(block(&by_fsck, c.root), c.root_block);
     assert_eq!(block(&by_fsck, c.free), c.free_block, "the escaped block was not restored");
-    let o = open(&by_fsck);
-    let ji = o.vol.read_inode(o.journal_inode).expect("journal inode");
-    assert_eq!(ji.journal_flags() & JOURNAL_DIRTY_FL, 0, "fsck left the slot dirty");
-    assert!(!journal(&o).needs_recovery());
-    drop(o);
+    let vol = open(&by_fsck);
+    assert_eq!(journal_inode(&vol).journal_flags() & JOURNAL_DIRTY_FL, 0, "fsck left the slot dirty");
+    assert!(!journal(&vol).needs_recovery());
+    drop(vol);
     common::assert_fsck_ocfs2_clean(&by_fsck);
 
     // (c) o2fs's own recovery gives the same bytes.
     let by_us = copy(&c.img, "o2fs.img");
-    let o = open(&by_us);
-    let mut j = journal(&o);
+    let vol = open(&by_us);
+    let mut j = journal(&vol);
     assert!(j.needs_recovery());
     let info = j.recover().expect("recover");
     assert_eq!((info.transactions, info.blocks_replayed, info.first_tid, info.end_tid), (2, 2, 2, 4));
@@ -207,26 +194,19 @@ fn ocfs2_tools_read_and_replay_our_journal() {
         assert!(block(&by_us, b) == block(&by_fsck, b), "{what} (block {b}) differs from fsck.ocfs2's replay");
     }
     // Recovery done, the caller clears the flag (§13.8); fsck.ocfs2 then finds nothing wrong.
-    set_journal_dirty(&o, false);
-    drop(o);
+    set_journal_dirty(&vol, 0, false);
+    drop(vol);
     common::assert_fsck_ocfs2_clean(&by_us);
 }
 
 /// The clean path: commit, checkpoint, and the volume passes fsck.ocfs2 with the change in place.
 #[test]
 fn checkpointed_transactions_leave_a_clean_volume() {
-    if !common::have_ocfs2_tools() {
-        eprintln!("ocfs2-tools missing: skipped");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = volume(dir.path());
-    let o = open(&img);
-    set_journal_dirty(&o, true);
-    let mut j = journal(&o);
-    j.discard().expect("discard");
-    let root = o.vol.sb().root_blkno;
-    let mut raw = o.vol.read_block(root).expect("root block");
+    let Some(dir) = scratch() else { return };
+    let (img, vol, mut j) = fresh_volume(dir.path());
+    set_journal_dirty(&vol, 0, true);
+    let root = vol.sb().root_blkno;
+    let mut raw = vol.read_block(root).expect("root block");
     let mut inode = Inode::decode(&raw, root).expect("root inode");
     let base = inode.mtime;
     for step in 1..=20u64 {
@@ -242,8 +222,8 @@ fn checkpointed_transactions_leave_a_clean_volume() {
     j.checkpoint().expect("checkpoint");
     assert!(j.is_empty() && j.superblock().start == 0);
     drop(j);
-    set_journal_dirty(&o, false);
-    drop(o);
+    set_journal_dirty(&vol, 0, false);
+    drop(vol);
     assert_eq!(mtime(&img, root), base + 20);
     common::assert_fsck_ocfs2_clean(&img);
 }
@@ -252,30 +232,20 @@ fn checkpointed_transactions_leave_a_clean_volume() {
 /// write mode has nothing to fix (JOURNAL_MISSING_FEATURE otherwise, §13.2).
 #[test]
 fn revoke_feature_on_every_slot_satisfies_fsck() {
-    if !common::have_ocfs2_tools() {
-        eprintln!("ocfs2-tools missing: skipped");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let img = volume(dir.path());
-    let o = open(&img);
-    let mut j = journal(&o);
-    j.discard().expect("discard");
-    let free = o.vol.geo.total_blocks() - 1;
-    let before = o.vol.read_block(free).expect("free block");
+    let Some(dir) = scratch() else { return };
+    let (img, vol, mut j) = fresh_volume(dir.path());
+    let free = vol.geo.total_blocks() - 1;
+    let before = vol.read_block(free).expect("free block");
     j.commit(vec![(free, vec![0x5A; BS])], vec![]).expect("commit");
     j.commit(vec![], vec![free]).expect("revoke");
     j.checkpoint().expect("checkpoint");
-    assert_eq!(o.vol.read_block(free).expect("free block"), before, "a revoked block was checkpointed");
+    assert_eq!(vol.read_block(free).expect("free block"), before, "a revoked block was checkpointed");
     drop(j);
-    let other = o.vol.system_file_blkno(SystemFile::Journal(1)).expect("journal:0001");
-    let inode = o.vol.read_inode(other).expect("journal:0001 inode");
-    let map = JournalMap::from_extent_recs(&o.vol.leaf_extents(&inode).expect("extents"), o.vol.geo.bpc());
-    let mut j1 = Journal::open(o.dev.clone(), map, BS).expect("open journal:0001");
+    let (_, mut j1) = open_journal(&vol, 1);
     j1.discard().expect("discard");
     j1.enable_revoke().expect("enable revoke");
     drop(j1);
-    drop(o);
+    drop(vol);
     let out = common::run_yes(Command::new("fsck.ocfs2").arg("-fyF").arg(&img));
     let log = common::text(&out);
     assert!(!log.lines().any(|l| l.starts_with('[')), "fsck.ocfs2 -fyF fixed something:\n{log}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use o2fs::net::{self, any_peer, AcceptFn, Connection, FrameError, Identity, NetConfig, NetError, Refusal};
+use o2fs::testutil::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,19 +67,6 @@ async fn connected(server: End, client: End) -> (Connection, Connection) {
     (s.unwrap(), c.unwrap())
 }
 
-/// xorshift64*: seeded bytes.
-fn rng_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_both_ways() {
     init_log();
@@ -111,7 +99,7 @@ async fn many_messages_and_a_large_one_with_integrity() {
     let (a_tx, mut a_rx) = a.into_split();
     let (b_tx, mut b_rx) = b.into_split();
     const N: u64 = 5000;
-    let big = rng_bytes(9, 8 << 20);
+    let big = Rng::new(9).bytes(8 << 20);
     let big2 = big.clone();
     let send_b = tokio::spawn(async move {
         for i in 0..N {
@@ -230,7 +218,7 @@ async fn garbage_on_the_port_is_refused_cleanly() {
     for seed in 0..16u64 {
         let (addr, h) = serve_one().await;
         let mut raw = TcpStream::connect(addr).await.unwrap();
-        let mut junk = rng_bytes(seed, 2048);
+        let mut junk = Rng::new(seed).bytes(2048);
         if seed % 2 == 1 {
             // A plausible Hello header (length, kind, version) so the body decoder is reached.
             junk[..7].copy_from_slice(&[0, 0, 0, 200, 1, 0, 1]);

@@ -333,6 +333,7 @@ fn node_stanza<'t>(s: &Stanza<'t>, cx: &Cx) -> Result<NodeStanza<'t>, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{assert_mutations_never_panic, assert_refusals, Refusal};
 
     const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/examples/cluster.conf"));
 
@@ -381,8 +382,7 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         use ConfigError as E;
-        type Case = (String, fn(&ConfigError) -> bool);
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Refusal<E>> = vec![
             (
                 GOOD.replace("\tname = c\n", "\tname = c\n\tcolour = red\n"),
                 |e| matches!(e, E::UnknownKey { line: 4, key, stanza: "cluster", .. } if key == "colour"),
@@ -431,12 +431,7 @@ mod tests {
             }),
             (GOOD.replace("cluster:\n\tnode_count = 2\n\tname = c\n", "\n\n\n"), |e| matches!(e, E::NoCluster { .. })),
         ];
-        for (i, (text, expected)) in cases.iter().enumerate() {
-            match p(text) {
-                Ok(_) => panic!("case {i}: parsed:\n{text}"),
-                Err(e) => assert!(expected(&e), "case {i}: unexpected error {e:?}"),
-            }
-        }
+        assert_refusals(&cases, p);
     }
 
     #[test]
@@ -445,47 +440,10 @@ mod tests {
         assert_eq!(e.to_string(), "test.conf:15: number = \"x\": expected a node number (0..=254)");
     }
 
-    /// xorshift64: a tiny seeded generator for the mutation test.
-    fn next(s: &mut u64) -> u64 {
-        *s ^= *s << 13;
-        *s ^= *s >> 7;
-        *s ^= *s << 17;
-        *s
-    }
-
-    fn mutate(text: &str, seed: u64) -> String {
-        const ALPHABET: &[char] = &['\n', '\t', ' ', ':', '=', '#', '0', '9', 'a', 'Z', '.', '-', 'é', '\r'];
-        let mut s = seed;
-        let mut chars: Vec<char> = text.chars().collect();
-        for _ in 0..1 + next(&mut s) % 4 {
-            let at = (next(&mut s) % (chars.len() as u64 + 1)) as usize;
-            match next(&mut s) % 4 {
-                0 if at < chars.len() => {
-                    let end = (at + 1 + (next(&mut s) % 8) as usize).min(chars.len());
-                    chars.drain(at..end);
-                }
-                1 => chars.insert(at, ALPHABET[(next(&mut s) % ALPHABET.len() as u64) as usize]),
-                2 if at < chars.len() => chars[at] = ALPHABET[(next(&mut s) % ALPHABET.len() as u64) as usize],
-                _ => {
-                    let from = (next(&mut s) % (chars.len() as u64 + 1)) as usize;
-                    let (lo, hi) = (at.min(from), at.max(from));
-                    let piece: Vec<char> = chars[lo..hi.min(lo + 40)].to_vec();
-                    chars.splice(at..at, piece);
-                }
-            }
-        }
-        chars.into_iter().collect()
-    }
-
     #[test]
     fn random_mutations_never_panic() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        for i in 0..2000 {
-            next(&mut seed);
-            let base = if i % 2 == 0 { EXAMPLE } else { GOOD };
-            let text = mutate(base, seed);
-            let outcome = std::panic::catch_unwind(|| p(&text).is_ok());
-            assert!(outcome.is_ok(), "iteration {i}, seed {seed:#018x}: parse panicked on {text:?}");
-        }
+        // The characters the syntax gives meaning to, and a few it does not.
+        const ALPHABET: &[char] = &['\n', '\t', ' ', ':', '=', '#', '0', '9', 'a', 'Z', '.', '-', 'é', '\r'];
+        assert_mutations_never_panic(&[EXAMPLE, GOOD], ALPHABET, |text| drop(p(text)));
     }
 }

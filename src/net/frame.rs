@@ -170,6 +170,7 @@ pub fn decode_msg<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Rng;
     use serde::Deserialize;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -237,23 +238,15 @@ mod tests {
         assert!(decode_msg::<Msg>(&evil).is_err());
     }
 
-    /// xorshift64*: a seeded generator for the fuzz loop.
-    fn next(s: &mut u64) -> u64 {
-        *s ^= *s >> 12;
-        *s ^= *s << 25;
-        *s ^= *s >> 27;
-        s.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     #[test]
     fn fuzz_random_buffers_never_panic() {
-        let mut s = 0x6f32_6673_6e65_7431u64;
+        let mut rng = Rng::new(0x6f32_6673_6e65_7431);
         for i in 0..2000 {
-            let len = (next(&mut s) % 300) as usize;
-            let mut buf: Vec<u8> = (0..len).map(|_| next(&mut s) as u8).collect();
+            let len = rng.below(300) as usize;
+            let mut buf = rng.bytes(len);
             if i % 2 == 0 && buf.len() >= 4 {
                 // Half the cases get a plausible length so the body checks are reached.
-                let l = (buf.len() - 4).saturating_sub((next(&mut s) % 3) as usize) as u32;
+                let l = (buf.len() - 4).saturating_sub(rng.below(3) as usize) as u32;
                 buf[..4].copy_from_slice(&l.to_be_bytes());
             }
             for digest in [false, true] {

@@ -676,6 +676,7 @@ fn parse_rate(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{assert_mutations_never_panic, assert_refusals, Refusal};
     use std::net::Ipv4Addr;
 
     const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/examples/mail_data.res"));
@@ -779,8 +780,7 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         use ResConfigError as E;
-        type Case = (String, fn(&ResConfigError) -> bool);
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Refusal<E>> = vec![
             (
                 EXAMPLE.replace("verify-alg sha1", "verify-alg md5"),
                 |e| matches!(e, E::Algorithm { line: 9, statement: "verify-alg", alg, .. } if alg == "md5"),
@@ -856,12 +856,7 @@ mod tests {
             }),
             (MINIMAL.replace("resource r {", "resource r ;"), |e| matches!(e, E::Syntax { line: 1, .. })),
         ];
-        for (i, (text, expected)) in cases.iter().enumerate() {
-            match p(text) {
-                Ok(_) => panic!("case {i}: parsed:\n{text}"),
-                Err(e) => assert!(expected(&e), "case {i}: unexpected error {e:?}"),
-            }
-        }
+        assert_refusals(&cases, p);
     }
 
     #[test]
@@ -872,47 +867,10 @@ mod tests {
         assert_eq!(e.to_string(), "test.res:9: verify-alg \"crc32c\" refused: only sha1 is supported");
     }
 
-    /// xorshift64: a tiny seeded generator for the mutation test.
-    fn next(s: &mut u64) -> u64 {
-        *s ^= *s << 13;
-        *s ^= *s >> 7;
-        *s ^= *s << 17;
-        *s
-    }
-
-    fn mutate(text: &str, seed: u64) -> String {
-        const ALPHABET: &[char] = &['\n', ' ', '{', '}', ';', '"', '\\', '#', '[', ']', ':', '0', '9', 'a', 'é'];
-        let mut s = seed;
-        let mut chars: Vec<char> = text.chars().collect();
-        for _ in 0..1 + next(&mut s) % 4 {
-            let at = (next(&mut s) % (chars.len() as u64 + 1)) as usize;
-            match next(&mut s) % 4 {
-                0 if at < chars.len() => {
-                    let end = (at + 1 + (next(&mut s) % 8) as usize).min(chars.len());
-                    chars.drain(at..end);
-                }
-                1 => chars.insert(at, ALPHABET[(next(&mut s) % ALPHABET.len() as u64) as usize]),
-                2 if at < chars.len() => chars[at] = ALPHABET[(next(&mut s) % ALPHABET.len() as u64) as usize],
-                _ => {
-                    let from = (next(&mut s) % (chars.len() as u64 + 1)) as usize;
-                    let (lo, hi) = (at.min(from), at.max(from));
-                    let piece: Vec<char> = chars[lo..hi.min(lo + 40)].to_vec();
-                    chars.splice(at..at, piece);
-                }
-            }
-        }
-        chars.into_iter().collect()
-    }
-
     #[test]
     fn random_mutations_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for i in 0..2000 {
-            next(&mut seed);
-            let base = if i % 2 == 0 { EXAMPLE } else { MINIMAL };
-            let text = mutate(base, seed);
-            let outcome = std::panic::catch_unwind(|| p(&text).is_ok());
-            assert!(outcome.is_ok(), "iteration {i}, seed {seed:#018x}: parse panicked on {text:?}");
-        }
+        // The characters the syntax gives meaning to, and a few it does not.
+        const ALPHABET: &[char] = &['\n', ' ', '{', '}', ';', '"', '\\', '#', '[', ']', ':', '0', '9', 'a', 'é'];
+        assert_mutations_never_panic(&[EXAMPLE, MINIMAL], ALPHABET, |text| drop(p(text)));
     }
 }
