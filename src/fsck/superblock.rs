@@ -101,6 +101,17 @@ pub fn refuse_if_in_use(vol: &Volume) -> Result<()> {
             used.join(", ")
         )));
     }
+    // A node heartbeating on the volume is using it even if the slot map says nothing (§12.2).
+    if !vol.sb().features.has_incompat(crate::format::features::INCOMPAT_LOCAL_MOUNT) {
+        if let Ok(hb) = vol.system_file_blkno(SystemFile::Heartbeat) {
+            let live = crate::fs::mount::live_heartbeat_nodes(vol, hb, std::time::Duration::from_millis(2000))?;
+            if !live.is_empty() {
+                return Err(FsckError::InUse(format!(
+                    "node(s) {live:?} are heartbeating on the volume; stop them, or use -F if you are sure no node uses it"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
