@@ -380,6 +380,42 @@ fn refuses_a_volume_in_use_without_big_f() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn refuses_a_volume_with_a_live_heartbeat_without_big_f() {
+    if !common::have_ocfs2_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = fresh(dir.path(), "hb.img", 64 << 20, "4K");
+    let v = open(&img);
+    let hb = v.system_inode(SystemFile::Heartbeat).unwrap();
+    let start = v.leaf_extents(&hb).unwrap()[0].blkno * BS;
+    // Node 3 heartbeats in its 512-byte sector (§12.2) until the checks are done.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beater = {
+        let (img, stop) = (img.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let dev = FileDevice::open(&img, true).unwrap();
+            let mut seq = 1_700_000_000u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut sector = vec![0u8; 512];
+                o2fs::format::heartbeat::HeartbeatBlock { seq, node: 3, cksum: 0, generation: 7, dead_ms: 62000 }
+                    .encode(&mut sector);
+                dev.write_at(&sector, start + 3 * 512).unwrap();
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let (code, out) = fsck_o2fs(&img, &["-fn"]);
+    let (code_f, out_f) = fsck_o2fs(&img, &["-fnF"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beater.join().unwrap();
+    assert_eq!(code, 8, "{out}");
+    assert!(out.contains("heartbeating"), "{out}");
+    assert_eq!(code_f, 0, "{out_f}");
+}
+
 fn mtime(img: &Path, blk: u64) -> u64 {
     Inode::decode(&read(img, blk), blk).unwrap().mtime
 }
