@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use o2fs::cluster::disk_heartbeat::{Heartbeat, Region, DEFAULT_DEAD_BEATS, DEFAULT_INTERVAL};
 use o2fs::dev::FileDevice;
 use o2fs::fs::mount::{mount, MountConfig};
 use o2fs::fuse::{MountOptions, O2Fuse};
@@ -119,8 +120,26 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     // Before any thread starts, so that every thread inherits the blocked signals.
     spawn_signal_unmounter(a.dir.clone());
     let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
+    // A single-node mount owns the image: a second o2fs on this machine must not mount it too.
+    let _image_lock = lock_image(&dev, &a.image)?;
+    let dev: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(dev);
+    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", a.image.display()))?;
+    // A clustered volume: nobody may be heartbeating on it, and while mounted we heartbeat as
+    // node 0 so other tools (fsck, mkfs, mounted.ocfs2, another mount) see it in use.
+    let heartbeat = if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) || opts.read_only {
+        None
+    } else {
+        let (start, len) = vol.heartbeat_area().context("locating the heartbeat area")?;
+        let region = Region::new(dev.clone(), start, len);
+        let live = region.live_nodes(DEFAULT_INTERVAL).context("reading the heartbeat area")?;
+        if !live.is_empty() {
+            bail!("node(s) {live:?} are heartbeating on {}: it is mounted elsewhere (a cluster mount is needed to share it)", a.image.display());
+        }
+        Some(Heartbeat::start(region, 0, DEFAULT_INTERVAL, DEFAULT_DEAD_BEATS).context("starting the disk heartbeat")?)
+    };
+    drop(vol);
     let cfg = MountConfig { read_only: opts.read_only, cache_bytes: opts.cache_bytes, data_ordered: opts.data_ordered, ..Default::default() };
-    let mounted = mount(Arc::new(dev), &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
+    let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -146,8 +165,20 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
         drop(w);
         redirect_stdio();
     }
-    session.run().context("serving FUSE requests")?;
-    Ok(())
+    let served = session.run().context("serving FUSE requests");
+    // After the clean unmount (the session's end ran it): stop beating, clear our sector.
+    drop(heartbeat);
+    served
+}
+
+/// Takes an exclusive advisory lock on the image, held while the returned guard lives.
+fn lock_image(dev: &FileDevice, path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = dev.file().try_clone().with_context(|| format!("locking {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(guard) => Ok(guard),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!("{} is already mounted by another o2fs process", path.display()),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// The generic mount flags mount(8) and fstab pass along (relatime and friends are the

@@ -1,6 +1,7 @@
-//! Mounting a volume on this node: refuse what cannot be served safely (unsupported features,
-//! a live node in the heartbeat area, a dirty journal we cannot replay), claim a slot in the slot
-//! map, finish orphans, and the reverse at unmount (ocfs2-format.md §1.2, §12, §13.8).
+//! Mounting a volume on this node: refuse what cannot be served safely (unsupported features, a
+//! full slot map), replay dirty journals, claim a slot in the slot map, finish orphans, and the
+//! reverse at unmount (ocfs2-format.md §1.2, §12.1, §13.8). The caller has made sure no other
+//! node is alive on the volume (disk heartbeat, or the cluster's membership).
 
 use super::cache::MetaCache;
 use super::core::Core;
@@ -8,16 +9,12 @@ use super::error::{FsError, Result};
 use super::sysfiles::SysFiles;
 use super::volume::Volume;
 use crate::dev::BlockDevice;
-use crate::format::features::{Features, Word, INCOMPAT_EXTENDED_SLOT_MAP, INCOMPAT_LOCAL_MOUNT};
-use crate::format::heartbeat::HeartbeatBlock;
+use crate::format::features::{Features, Word, INCOMPAT_EXTENDED_SLOT_MAP};
 use super::lock::{ClusterLocks, LocalLocks};
 use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
 use crate::format::slot_map::SlotMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Heartbeat sector size used for image files (§12.2: one device sector per node).
-const HB_SECTOR: usize = 512;
 
 #[derive(Clone)]
 pub struct MountConfig {
@@ -26,8 +23,6 @@ pub struct MountConfig {
     pub cache_bytes: usize,
     /// Node number written into the slot map (0 for a single-node mount).
     pub node: u32,
-    /// How long to watch the heartbeat area for a live node before mounting.
-    pub heartbeat_wait: Duration,
     /// data=ordered: file data reaches the device before the metadata pointing at it commits.
     pub data_ordered: bool,
     /// Cluster locks (LocalLocks for a single-node mount).
@@ -36,7 +31,7 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, heartbeat_wait: Duration::from_millis(2000), data_ordered: true, locks: Arc::new(LocalLocks) }
+        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, data_ordered: true, locks: Arc::new(LocalLocks) }
     }
 }
 
@@ -59,34 +54,6 @@ pub fn check_features(f: &Features, read_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// Nodes whose heartbeat sector changes within `wait` (§12.2). Empty sectors are skipped, so a
-/// never-used area costs no wait.
-pub fn live_heartbeat_nodes(vol: &Volume, hb_blkno: u64, wait: Duration) -> Result<Vec<u8>> {
-    let hb = vol.read_inode(hb_blkno)?;
-    let leaves = vol.leaf_extents(&hb)?;
-    let Some(first) = leaves.first() else { return Ok(vec![]) };
-    let start = first.blkno * vol.block_size() as u64;
-    let len = (hb.size as usize).min(255 * HB_SECTOR).min(first.len as usize * vol.geo.cluster_size);
-    let read = |vol: &Volume| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        vol.dev.read_at(&mut buf, start)?;
-        Ok(buf)
-    };
-    let before = read(vol)?;
-    if before.iter().all(|&b| b == 0) {
-        return Ok(vec![]);
-    }
-    std::thread::sleep(wait);
-    let after = read(vol)?;
-    let mut live = Vec::new();
-    for (i, (a, b)) in before.chunks(HB_SECTOR).zip(after.chunks(HB_SECTOR)).enumerate() {
-        if a != b && !HeartbeatBlock::is_empty(b) {
-            live.push(i as u8);
-        }
-    }
-    Ok(live)
-}
-
 /// A mounted volume: the core plus what unmount must undo.
 pub struct Mounted {
     pub core: Core,
@@ -100,18 +67,9 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let vol = Volume::open(dev.clone())?;
     let sb = vol.sb().clone();
     check_features(&sb.features, cfg.read_only)?;
-    let local = sb.features.has_incompat(INCOMPAT_LOCAL_MOUNT);
     let extended = sb.features.has_incompat(INCOMPAT_EXTENDED_SLOT_MAP);
     let sys0 = SysFiles::load(&vol, 0)?;
 
-    if !local {
-        let live = live_heartbeat_nodes(&vol, sys0.heartbeat, cfg.heartbeat_wait)?;
-        if !live.is_empty() {
-            return Err(FsError::Refused(format!(
-                "node(s) {live:?} are heartbeating on this volume: it is mounted elsewhere (join the cluster to share it)"
-            )));
-        }
-    }
     if cfg.read_only {
         for (slot, &j) in sys0.journal.iter().enumerate() {
             if vol.read_inode(j)?.journal_flags() & crate::format::inode::JOURNAL_DIRTY_FL != 0 {

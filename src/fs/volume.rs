@@ -240,6 +240,14 @@ impl Volume {
         self.lookup(&sysdir, file.name().as_bytes())?.ok_or_else(|| FsError::MissingSystemFile(file.name()))
     }
 
+    /// Byte offset and length of the heartbeat area (the `heartbeat` file's first extent).
+    pub fn heartbeat_area(&self) -> Result<(u64, u64)> {
+        let hb = self.system_inode(SystemFile::Heartbeat)?;
+        let first = self.leaf_extents(&hb)?.into_iter().next().ok_or(FsError::Corrupt { blkno: hb.blkno, what: "heartbeat file has no data".into() })?;
+        let len = hb.size.min(first.len as u64 * self.geo.cluster_size as u64);
+        Ok((first.blkno * self.block_size() as u64, len))
+    }
+
     pub fn system_inode(&self, file: SystemFile) -> Result<Inode> {
         self.read_inode(self.system_file_blkno(file)?)
     }

@@ -103,8 +103,9 @@ pub fn refuse_if_in_use(vol: &Volume) -> Result<()> {
     }
     // A node heartbeating on the volume is using it even if the slot map says nothing (§12.2).
     if !vol.sb().features.has_incompat(crate::format::features::INCOMPAT_LOCAL_MOUNT) {
-        if let Ok(hb) = vol.system_file_blkno(SystemFile::Heartbeat) {
-            let live = crate::fs::mount::live_heartbeat_nodes(vol, hb, std::time::Duration::from_millis(2000))?;
+        if let Ok((start, len)) = vol.heartbeat_area() {
+            let region = crate::cluster::disk_heartbeat::Region::new(vol.dev.clone(), start, len);
+            let live = region.live_nodes(crate::cluster::disk_heartbeat::DEFAULT_INTERVAL).map_err(FsError::from)?;
             if !live.is_empty() {
                 return Err(FsckError::InUse(format!(
                     "node(s) {live:?} are heartbeating on the volume; stop them, or use -F if you are sure no node uses it"
