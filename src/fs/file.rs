@@ -86,35 +86,67 @@ impl Core {
         let (first, last) = (off / cs, (end - 1) / cs);
         let mut tree = self.load_tree(inode)?;
         let mut changed = false;
+        let mut fresh = Vec::new();
         let mut c = first;
         while c <= last {
-            match extent_map::lookup(&tree.recs, c).copied() {
-                Some(r) if r.flags & EXT_UNWRITTEN == 0 => c = r.end(),
+            let step = match extent_map::lookup(&tree.recs, c).copied() {
+                Some(r) if r.flags & EXT_UNWRITTEN == 0 => {
+                    c = r.end();
+                    continue;
+                }
                 Some(r) => {
                     let stop = r.end().min(last + 1);
-                    self.zero_clusters(r.blkno + (c - r.cpos as u64) * bpc, stop - c)?;
-                    extent_map::mark_written(&mut tree.recs, c, stop - c, bpc);
-                    changed = true;
-                    c = stop;
+                    self.zero_clusters(r.blkno + (c - r.cpos as u64) * bpc, stop - c).map(|()| {
+                        extent_map::mark_written(&mut tree.recs, c, stop - c, bpc);
+                        stop
+                    })
                 }
                 None => {
                     // The hole ends at the next mapped cluster or the end of the write.
                     let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
                     let want = (last + 1).min(next) - c;
                     let goal = goal_after(&tree.recs, c, &self.geo);
-                    let (cluster, got) = self.alloc_clusters(want, goal)?;
-                    let blkno = self.geo.cluster_to_blkno(cluster);
-                    self.zero_clusters(blkno, got)?;
-                    extent_map::insert(&mut tree.recs, c as u32, got as u32, blkno, 0, bpc);
-                    changed = true;
-                    c += got;
+                    self.alloc_hole(&mut tree.recs, c, want, goal, 0, &mut fresh).map(|got| c + got)
                 }
+            };
+            match step {
+                Ok(next) => {
+                    changed = true;
+                    c = next;
+                }
+                Err(e) => return Err(self.undo_allocations(fresh, e)),
             }
         }
         if changed {
             self.store_tree(inode, &mut tree)?;
         }
         Ok(())
+    }
+
+    /// Maps up to `want` new clusters at logical cluster `c` (zeroed unless `flags` says
+    /// unwritten), remembering them in `fresh`; returns how many it got.
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_hole(&mut self, recs: &mut Vec<ExtentRec>, c: u64, want: u64, goal: Option<u64>, flags: u8, fresh: &mut Vec<(u64, u64)>) -> Result<u64> {
+        let (cluster, got) = self.alloc_clusters(want, goal)?;
+        let blkno = self.geo.cluster_to_blkno(cluster);
+        fresh.push((blkno, got));
+        if flags & EXT_UNWRITTEN == 0 {
+            self.zero_clusters(blkno, got)?;
+        }
+        extent_map::insert(recs, c as u32, got as u32, blkno, flags, self.geo.bpc());
+        Ok(got)
+    }
+
+    /// An allocation loop failed (typically ENOSPC) before its tree was stored: gives back the
+    /// clusters it took. The cache has no transaction abort, and a bitmap bit that no extent
+    /// references is a leak fsck.ocfs2 reports (CLUSTER_ALLOC_BIT, ocfs2-format.md §6.5).
+    fn undo_allocations(&mut self, fresh: Vec<(u64, u64)>, err: FsError) -> FsError {
+        for (blkno, n) in fresh {
+            if let Err(e) = self.free_clusters(blkno, n) {
+                return e;
+            }
+        }
+        err
     }
 
     /// Moves inline data into a first cluster (§9) and makes the inode extent-based.
@@ -181,6 +213,13 @@ impl Core {
         if inode.mode & S_IFMT != S_IFREG {
             return Err(FsError::NotSupported);
         }
+        // On a sparse volume i_size must reach into the last allocated cluster (fsck.ocfs2's
+        // INODE_SPARSE_SIZE, ocfs2-format.md §15): clusters wholly past the end of the file
+        // cannot be kept, so KEEP_SIZE may only allocate up to the cluster holding i_size.
+        let stays_inline = matches!(inode.id2, Id2::Inline(_)) && end <= inline_capacity(self.bs()) as u64;
+        if keep_size && !punch && len > 0 && !stays_inline && end > inode.size.div_ceil(self.cs()) * self.cs() {
+            return Err(FsError::NotSupported);
+        }
         if matches!(inode.id2, Id2::Inline(_)) {
             if punch {
                 if let Id2::Inline(d) = &mut inode.id2 {
@@ -225,6 +264,7 @@ impl Core {
         let flags = if self.unwritten_enabled() { EXT_UNWRITTEN } else { 0 };
         let mut c = off / cs;
         let last = (end.max(off + 1) - 1) / cs;
+        let mut fresh = Vec::new();
         while c <= last && len > 0 {
             if let Some(r) = extent_map::lookup(&tree.recs, c) {
                 c = r.end();
@@ -232,13 +272,11 @@ impl Core {
             }
             let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
             let want = (last + 1).min(next) - c;
-            let (cluster, got) = self.alloc_clusters(want, goal_after(&tree.recs, c, &self.geo))?;
-            let blkno = self.geo.cluster_to_blkno(cluster);
-            if flags == 0 {
-                self.zero_clusters(blkno, got)?;
+            let goal = goal_after(&tree.recs, c, &self.geo);
+            match self.alloc_hole(&mut tree.recs, c, want, goal, flags, &mut fresh) {
+                Ok(got) => c += got,
+                Err(e) => return Err(self.undo_allocations(fresh, e)),
             }
-            extent_map::insert(&mut tree.recs, c as u32, got as u32, blkno, flags, bpc);
-            c += got;
         }
         self.store_tree(inode, &mut tree)?;
         if !keep_size && end > inode.size {
@@ -297,10 +335,15 @@ impl Core {
         let end = off + data.len() as u64;
         let mut pos = off;
         while pos < end {
-            let r = extent_map::lookup(&tree.recs, pos / cs)
-                .ok_or(FsError::Corrupt { blkno: inode.blkno, what: format!("cluster {} unmapped after allocation", pos / cs) })?;
+            let r = extent_map::lookup(&tree.recs, pos / cs).ok_or(FsError::Corrupt {
+                blkno: inode.blkno,
+                what: format!("cluster {} unmapped after allocation", pos / cs),
+            })?;
             let run_end = (r.end() * cs).min(end);
-            dev.write_at(&data[(pos - off) as usize..(run_end - off) as usize], r.blkno * bs + (pos - r.cpos as u64 * cs))?;
+            dev.write_at(
+                &data[(pos - off) as usize..(run_end - off) as usize],
+                r.blkno * bs + (pos - r.cpos as u64 * cs),
+            )?;
             pos = run_end;
         }
         Ok(())

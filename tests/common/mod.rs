@@ -132,3 +132,161 @@ pub fn set_journal_dirty(vol: &o2fs::fs::Volume, slot: u16, dirty: bool) {
     vol.write_block(blkno, &raw).expect("write journal inode");
     vol.dev.flush().expect("flush");
 }
+
+/// True when `dir` is a mountpoint in /proc/self/mountinfo (field 5, with octal escapes).
+pub fn is_mountpoint(dir: &Path) -> bool {
+    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| Path::new(&unescape_mountinfo(mp)) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_bounded(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// An `o2fs mount -f` daemon of the test's own, and its mount. `unmount` (or Drop, even while a
+/// failing test unwinds) unmounts with fusermount3 and waits for that child; a daemon that does
+/// not exit in time is killed by its PID and the mount detached. Nothing is killed by name.
+pub struct Mount {
+    pub dir: PathBuf,
+    pub image: PathBuf,
+    child: Option<std::process::Child>,
+    stderr_path: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `image` on `dir` with `-o opts` (none when empty); panics with the daemon's stderr
+    /// if it exits or the mount does not appear within 10 s.
+    pub fn new(image: &Path, dir: &Path, opts: &str) -> Mount {
+        Self::try_new(image, dir, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new(image: &Path, dir: &Path, opts: &str) -> Result<Mount, String> {
+        use std::time::{Duration, Instant};
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = std::env::temp_dir().join(format!("o2fs-mount-{}-{n}.log", std::process::id()));
+        let log =
+            std::fs::File::create(&stderr_path).map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
+        let mut cmd = Command::new(bin("o2fs"));
+        cmd.arg("mount").arg("-f");
+        if !opts.is_empty() {
+            cmd.arg("-o").arg(opts);
+        }
+        cmd.arg(image).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
+        let mut m = Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path };
+        let start = Instant::now();
+        loop {
+            if is_mountpoint(dir) {
+                return Ok(m);
+            }
+            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
+                m.child = None;
+                return Err(format!(
+                    "o2fs mount {} {} exited ({st}) before mounting:\n{}",
+                    image.display(),
+                    dir.display(),
+                    m.stderr()
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let log = m.stderr();
+                m.cleanup();
+                return Err(format!("o2fs mount {} {}: no mount after 10 s:\n{log}", image.display(), dir.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Unmounts and waits for the daemon; Err (with its stderr) unless it exits 0 in time.
+    pub fn unmount(&mut self) -> Result<(), String> {
+        use std::time::Duration;
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        // A just-closed file may still be released by the kernel: retry a busy mount briefly.
+        let mut last = String::new();
+        for _ in 0..50 {
+            if !is_mountpoint(&self.dir) {
+                break;
+            }
+            let out = run(Command::new("fusermount3").arg("-u").arg(&self.dir));
+            if out.status.success() {
+                break;
+            }
+            last = text(&out);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match wait_bounded(&mut child, Duration::from_secs(30)) {
+            Some(st) if st.success() => Ok(()),
+            Some(st) => Err(format!("o2fs daemon exited with {st} (fusermount3: {last}):\n{}", self.stderr())),
+            None => {
+                let log = self.stderr();
+                kill_pid(&mut child);
+                let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
+                Err(format!("o2fs daemon did not exit within 30 s of fusermount3 -u ({last}); killed:\n{log}"))
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_pid(&mut child);
+        }
+        if is_mountpoint(&self.dir) {
+            let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
+        }
+    }
+}
+
+/// SIGKILL to this child only (by its PID), then reap it.
+fn kill_pid(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = wait_bounded(child, std::time::Duration::from_secs(10));
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Err(e) = self.unmount() {
+                eprintln!("Mount guard: {e}");
+            }
+        }
+        self.cleanup();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
