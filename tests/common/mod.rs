@@ -263,6 +263,12 @@ impl Mount {
         }
     }
 
+    /// Simulates a crash of the node: SIGKILL to the daemon (its PID), then detaches the dead
+    /// mount.
+    pub fn kill(&mut self) {
+        self.cleanup();
+    }
+
     fn cleanup(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_pid(&mut child);
