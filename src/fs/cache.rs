@@ -43,6 +43,9 @@ pub struct MetaCache {
     /// None on a read-only mount.
     sink: Option<Box<dyn MetaSink>>,
     read_only: bool,
+    /// Undo log of the current operation: each block's dirty copy before the operation first
+    /// changed it (None: it was not dirty). `abort_op` puts these back.
+    undo: BTreeMap<u64, Option<Vec<u8>>>,
 }
 
 impl MetaCache {
@@ -65,6 +68,7 @@ impl MetaCache {
             committed: BTreeMap::new(),
             read_only: sink.is_none(),
             sink,
+            undo: BTreeMap::new(),
         }
     }
 
@@ -104,14 +108,38 @@ impl MetaCache {
             return Err(FsError::Corrupt { blkno, what: "write of a block outside the volume".into() });
         }
         self.clean.pop(&blkno);
-        self.dirty.insert(blkno, data);
+        let before = self.dirty.insert(blkno, data);
+        self.undo.entry(blkno).or_insert(before);
         Ok(())
     }
 
     /// Forgets a block that is no longer metadata (freed), so a stale copy is never written.
     pub fn forget(&mut self, blkno: u64) {
         self.clean.pop(&blkno);
-        self.dirty.remove(&blkno);
+        if let Some(before) = self.dirty.remove(&blkno) {
+            self.undo.entry(blkno).or_insert(Some(before));
+        }
+    }
+
+    /// An operation begins: its changes can be undone until the next `begin_op`.
+    pub fn begin_op(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every change of the current operation (it failed part-way), so a half-done
+    /// operation never reaches the journal.
+    pub fn abort_op(&mut self) {
+        for (blkno, before) in std::mem::take(&mut self.undo) {
+            self.clean.pop(&blkno);
+            match before {
+                Some(b) => {
+                    self.dirty.insert(blkno, b);
+                }
+                None => {
+                    self.dirty.remove(&blkno);
+                }
+            }
+        }
     }
 
     pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {
@@ -171,6 +199,7 @@ impl MetaCache {
             return Ok(());
         }
         let sink = self.sink.as_mut().ok_or(FsError::ReadOnly)?;
+        self.undo.clear();
         let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
         sink.commit(blocks.clone())?;
         let done = sink.is_checkpointed();

@@ -108,6 +108,18 @@ impl Core {
         Ok(())
     }
 
+    /// Starts an operation (its metadata changes can be undone until it ends).
+    pub fn begin_op(&mut self) {
+        self.cache.begin_op();
+    }
+
+    /// Undoes a failed operation's metadata changes; directory indexes are rebuilt on next use
+    /// since they may describe blocks that were just rolled back.
+    pub fn abort_op(&mut self) {
+        self.cache.abort_op();
+        self.dirs.clear();
+    }
+
     /// Ends an operation: releases every lock it took.
     pub fn end_op(&mut self) {
         for (res, mode) in self.held.drain() {

@@ -98,7 +98,16 @@ impl O2Fuse {
         // Operations join the running transaction; it commits every `commit=` seconds, at
         // fsync, when it grows large, or at once with a checkpoint when freed clusters held
         // journaled metadata (see Core::checkpoint_wanted).
-        let r = f(m, open).and_then(|v| {
+        m.core.begin_op();
+        let r = f(m, open).or_else(|e| {
+            // A failed operation leaves nothing behind: its metadata changes are undone (the
+            // clusters it allocated are back in the bitmap with them).
+            if mutating {
+                m.core.abort_op();
+            }
+            Err(e)
+        });
+        let r = r.and_then(|v| {
             if m.core.checkpoint_wanted {
                 m.core.checkpoint_wanted = false;
                 m.checkpoint()?;
