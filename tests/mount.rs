@@ -612,8 +612,9 @@ fn directory_with_many_entries() {
     if !have_ocfs2_tools() {
         return;
     }
-    const N: usize = 20_000;
-    let v = Vol::new("4096", "4096", 256 * MIB, &[]);
+    // Issue 3 asks for 100 000 entries; lookups go through the in-memory index (src/fs/dir.rs).
+    const N: usize = 100_000;
+    let v = Vol::new("4096", "4096", 1024 * MIB, &[]);
     let m = v.mount();
     fs::create_dir(v.p("big")).unwrap();
     let start = Instant::now();
@@ -636,7 +637,7 @@ fn directory_with_many_entries() {
     eprintln!("whole directory workload {:?}", start.elapsed());
     unmount_and_check(m);
     let ls = debugfs(&v.img, "ls /big");
-    assert!(ls.contains("file-019999") && !ls.contains("file-019998"));
+    assert!(ls.contains("file-099999") && !ls.contains("file-099998"));
 }
 
 // ---------------------------------------------------------------------------------------------
