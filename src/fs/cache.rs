@@ -2,8 +2,8 @@
 //!
 //! Every metadata block the core reads or changes goes through here. A change lands in the
 //! running transaction's dirty set and stays pinned there until `commit`, which hands the blocks
-//! to the journal; committed blocks stay pinned until they are checkpointed, so a read never
-//! sees an older copy from the device.
+//! to the journal. Until they are checkpointed the journal holds their latest copies, and a read
+//! that misses the cache asks it before the device, so it never sees an older copy.
 //! Clean blocks live in an LRU bounded by the `cache=` mount option.
 
 use super::error::{FsError, Result};
@@ -22,8 +22,10 @@ pub trait MetaSink: Send {
     fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>) -> Result<()>;
     /// Writes committed blocks in place and frees their log space.
     fn checkpoint(&mut self) -> Result<()>;
-    /// True when every committed block has been written in place.
-    fn is_checkpointed(&self) -> bool;
+    /// The latest committed copy of a block not yet written in place.
+    fn pending(&self, blkno: u64) -> Option<&[u8]>;
+    /// How many committed blocks wait for a checkpoint.
+    fn pending_blocks(&self) -> usize;
     /// Largest transaction the sink takes, in blocks.
     fn max_blocks(&self) -> usize {
         usize::MAX
@@ -38,8 +40,6 @@ pub struct MetaCache {
     clean: LruCache<u64, Vec<u8>>,
     /// Changed in the running transaction.
     dirty: BTreeMap<u64, Vec<u8>>,
-    /// Committed but not yet checkpointed.
-    committed: BTreeMap<u64, Vec<u8>>,
     /// None on a read-only mount.
     sink: Option<Box<dyn MetaSink>>,
     read_only: bool,
@@ -65,7 +65,6 @@ impl MetaCache {
             fs_generation,
             clean: LruCache::new(cap),
             dirty: BTreeMap::new(),
-            committed: BTreeMap::new(),
             read_only: sink.is_none(),
             sink,
             undo: BTreeMap::new(),
@@ -84,11 +83,16 @@ impl MetaCache {
 
     /// A copy of block `blkno`, newest version first.
     pub fn read(&mut self, blkno: u64) -> Result<Vec<u8>> {
-        if let Some(b) = self.dirty.get(&blkno).or_else(|| self.committed.get(&blkno)) {
+        if let Some(b) = self.dirty.get(&blkno) {
             return Ok(b.clone());
         }
         if let Some(b) = self.clean.get(&blkno) {
             return Ok(b.clone());
+        }
+        if let Some(b) = self.sink.as_ref().and_then(|s| s.pending(blkno)) {
+            let b = b.to_vec();
+            self.clean.put(blkno, b.clone());
+            return Ok(b);
         }
         if blkno >= self.total_blocks {
             return Err(FsError::Corrupt { blkno, what: format!("block past the end of the volume ({} blocks)", self.total_blocks) });
@@ -202,19 +206,16 @@ impl MetaCache {
         self.undo.clear();
         let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
         sink.commit(blocks.clone())?;
-        let done = sink.is_checkpointed();
-        self.committed.extend(blocks);
-        if done {
-            self.unpin_committed();
+        for (blkno, data) in blocks {
+            self.clean.put(blkno, data);
         }
         Ok(())
     }
 
-    /// Committed blocks are in place: they become ordinary clean cache entries.
-    fn unpin_committed(&mut self) {
-        for (blkno, data) in std::mem::take(&mut self.committed) {
-            self.clean.put(blkno, data);
-        }
+    /// True when so many committed blocks wait in the journal's memory that a checkpoint is due
+    /// (it bounds the daemon's memory, whatever the commit interval).
+    pub fn checkpoint_due(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.pending_blocks() * self.block_size >= 8 << 20)
     }
 
     /// Makes every write so far durable on the device.
@@ -229,7 +230,6 @@ impl MetaCache {
         if let Some(sink) = self.sink.as_mut() {
             sink.checkpoint()?;
         }
-        self.unpin_committed();
         Ok(())
     }
 }

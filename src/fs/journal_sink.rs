@@ -84,8 +84,11 @@ impl MetaSink for JournalSink {
     fn checkpoint(&mut self) -> Result<()> {
         Ok(self.journal.checkpoint()?)
     }
-    fn is_checkpointed(&self) -> bool {
-        self.journal.pending_blocks() == 0
+    fn pending(&self, blkno: u64) -> Option<&[u8]> {
+        self.journal.pending(blkno)
+    }
+    fn pending_blocks(&self) -> usize {
+        self.journal.pending_blocks()
     }
     fn max_blocks(&self) -> usize {
         // The journal refuses transactions over a quarter of the log; stay well inside it

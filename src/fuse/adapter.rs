@@ -108,7 +108,7 @@ impl O2Fuse {
             Err(e)
         });
         let r = r.and_then(|v| {
-            if m.core.checkpoint_wanted {
+            if m.core.checkpoint_wanted || m.core.cache.checkpoint_due() {
                 m.core.checkpoint_wanted = false;
                 m.checkpoint()?;
             } else if m.core.cache.transaction_full() {
