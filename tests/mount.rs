@@ -876,3 +876,31 @@ fn readdir_offsets_stay_stable_under_change() {
     drop(dirf);
     unmount_and_check(m);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A clustered volume mounted on one node heartbeats, and refuses a second mount.
+
+#[test]
+fn clustered_volume_heartbeats_while_mounted() {
+    if !have_ocfs2_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("c.img");
+    let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-L", "hb", "--size", "128M"]).arg(&img));
+    assert!(out.status.success(), "{}", text(&out));
+    let v = Vol::at(tmp, img);
+    let mounted = |v: &Vol| text(&run(Command::new(bin("o2fs")).arg("mounted").arg(&v.img)));
+    assert!(mounted(&v).contains("Not mounted"), "{}", mounted(&v));
+    let m = v.mount();
+    let listing = mounted(&v);
+    assert!(listing.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" 0")), "{listing}");
+    assert!(debugfs(&v.img, "hb").lines().any(|l| l.trim_start().starts_with("0:")), "debugfs.ocfs2 -R hb shows no node 0");
+    // The same image cannot be mounted twice.
+    let other = v._tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let second = Mount::try_new(&v.img, &other, "");
+    assert!(second.as_ref().is_err_and(|e| e.contains("already mounted")), "second mount: {:?}", second.err());
+    unmount_and_check(m);
+    assert!(mounted(&v).contains("Not mounted"));
+}

@@ -58,13 +58,15 @@ impl Region {
         self.write_sector(node, &[0u8; SECTOR])
     }
 
-    /// Nodes whose sector changes within `wait`. An all-empty area costs no wait.
-    pub fn live_nodes(&self, wait: Duration) -> Result<Vec<u8>, DevError> {
+    /// Nodes whose sector changes within one and a half heartbeat `interval`s (a beat may come
+    /// a little late; watching exactly one interval could miss it). An all-empty area costs no
+    /// wait.
+    pub fn live_nodes(&self, interval: Duration) -> Result<Vec<u8>, DevError> {
         let before = self.read_all()?;
         if before.iter().all(|s| HeartbeatBlock::is_empty(s)) {
             return Ok(vec![]);
         }
-        std::thread::sleep(wait);
+        std::thread::sleep(interval * 3 / 2);
         let after = self.read_all()?;
         Ok(before
             .iter()
