@@ -564,12 +564,8 @@ fn write_extent(rng: &mut Rng, size: u64, big_ok: bool) -> (u64, usize) {
     (off, len as usize)
 }
 
-// KNOWN BUG: timestamps before 1970 read back as 0 on o2fs (host: the negative time set).
-// Reproduction: `touch f; python3 -c "import os; os.utime('f', ns=(-1, -1234567890987654321))"`
-// then stat shows mtime 0 (src/fuse/adapter.rs `to_time` clamps with
-// `duration_since(UNIX_EPOCH).unwrap_or_default()`, src/fuse/attr.rs `time` takes u64 seconds;
-// the kernel's OCFS2 stores i_mtime as the two's complement of a signed time). Set to true once fixed.
-const NEGATIVE_TIMES: bool = false;
+/// Times before 1970 are generated too (o2fs stores them as signed seconds, like kernel OCFS2).
+const NEGATIVE_TIMES: bool = true;
 
 fn time_value(rng: &mut Rng) -> (i64, i64) {
     let sec = match rng.below(5) {

@@ -21,6 +21,8 @@ use std::sync::Arc;
 /// A moment with nanoseconds, as inodes store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Time {
+    /// Seconds since the epoch as the inode stores them: a signed count in two's complement
+    /// (times before 1970 are negative, as kernel OCFS2 stores them).
     pub sec: u64,
     pub nsec: u32,
 }

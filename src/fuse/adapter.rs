@@ -49,8 +49,16 @@ fn errno(e: &FsError) -> Errno {
 }
 
 fn to_time(t: SystemTime) -> Time {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Time { sec: d.as_secs(), nsec: d.subsec_nanos() }
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time { sec: d.as_secs(), nsec: d.subsec_nanos() },
+        // Before 1970. fuser 0.18 turns the kernel's timespec {sec < 0, nsec} into
+        // EPOCH - (|sec| s + nsec ns) (its time.rs notes the TODO), so the distance before the
+        // epoch carries the kernel's |sec| and nsec unchanged: take them back as they were.
+        Err(e) => {
+            let d = e.duration();
+            Time { sec: (-(d.as_secs() as i64)) as u64, nsec: d.subsec_nanos() }
+        }
+    }
 }
 
 fn time_or_now(t: Option<TimeOrNow>, now: Time) -> Option<Time> {

@@ -4,8 +4,15 @@ use crate::format::inode::*;
 use fuser::{FileAttr, FileType, INodeNo};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// An inode time (seconds stored as a signed two's-complement count) as a SystemTime.
 pub fn time(sec: u64, nsec: u32) -> SystemTime {
-    UNIX_EPOCH + Duration::new(sec, nsec.min(999_999_999))
+    let nsec = Duration::from_nanos(nsec.min(999_999_999) as u64);
+    let sec = sec as i64;
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(sec as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + nsec
+    }
 }
 
 pub fn kind(mode: u16) -> FileType {
