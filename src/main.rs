@@ -193,7 +193,13 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
         Some(Heartbeat::start(region, 0, DEFAULT_INTERVAL, DEFAULT_DEAD_BEATS).context("starting the disk heartbeat")?)
     };
     drop(vol);
-    let cfg = MountConfig { read_only: opts.read_only, cache_bytes: opts.cache_bytes, data_ordered: opts.data_ordered, ..Default::default() };
+    let cfg = MountConfig {
+        read_only: opts.read_only,
+        cache_bytes: opts.cache_bytes,
+        data_ordered: opts.data_ordered,
+        local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
+        ..Default::default()
+    };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let mut config = fuser::Config::default();

@@ -4,6 +4,7 @@
 //! through `ClusterLocks` by the caller before it touches an inode.
 
 use super::alloc::allocator::{alloc_block, alloc_clusters, free_block, free_clusters};
+use super::alloc::local_alloc;
 use super::cache::MetaCache;
 use super::dir::DirIndex;
 use super::error::{FsError, Result};
@@ -52,6 +53,8 @@ pub struct Core {
     /// touches it, and the locks of an operation are released when it ends (`end_op`).
     locks: Arc<dyn ClusterLocks>,
     held: HashMap<LockResource, LockMode>,
+    /// Size of the local-alloc window in clusters (0: allocate from the global bitmap).
+    pub window_clusters: u32,
 }
 
 impl Core {
@@ -80,6 +83,7 @@ impl Core {
             checkpoint_wanted: false,
             locks,
             held: HashMap::new(),
+            window_clusters: 0,
         }
     }
 
@@ -143,12 +147,27 @@ impl Core {
         self.cache.write_inode(inode)
     }
 
-    /// Clusters from the global bitmap: up to `want`, at least 1, near `goal`.
+    /// Data clusters: up to `want`, at least 1, near `goal`; from this slot's local-alloc window
+    /// when there is one (the global bitmap is only taken to refill it), else from the global
+    /// bitmap.
     pub fn alloc_clusters(&mut self, want: u64, goal: Option<u64>) -> Result<(u64, u64)> {
-        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         let want = want.clamp(1, u16::MAX as u64) as u32;
+        let la = self.sys.local_alloc[self.sys.slot as usize];
+        self.lock(LockResource::System { blkno: la }, LockMode::Ex)?;
+        // Refilling the window takes the global bitmap lock; so does allocating without one.
+        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
+        if let Some((c, n)) = local_alloc::alloc(&mut self.cache, &self.geo, la, self.sys.global_bitmap, want, goal, self.window_clusters)? {
+            return Ok((c, n as u64));
+        }
         let (c, n) = alloc_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, want, 1, goal)?;
         Ok((c, n as u64))
+    }
+
+    /// Returns the unused clusters of a slot's local-alloc window to the global bitmap.
+    pub fn close_local_alloc(&mut self, slot: u16) -> Result<()> {
+        let la = self.sys.local_alloc[slot as usize];
+        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
+        local_alloc::close(&mut self.cache, &self.geo, la, self.sys.global_bitmap)
     }
 
     pub fn free_clusters(&mut self, start_blkno: u64, clusters: u64) -> Result<()> {
@@ -246,6 +265,7 @@ impl Core {
             files += a.bitmap_total() as u64;
             free_files += (a.bitmap_total() - a.bitmap_used().min(a.bitmap_total())) as u64;
         }
+        let free = free + local_alloc::unused(&mut self.cache, self.sys.local_alloc[self.sys.slot as usize])?;
         let potential = free * self.geo.bpc();
         Ok(StatFs { blocks: gb.bitmap_total() as u64, free, files: files + potential, free_files: free_files + potential })
     }

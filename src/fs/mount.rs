@@ -27,11 +27,13 @@ pub struct MountConfig {
     pub data_ordered: bool,
     /// Cluster locks (LocalLocks for a single-node mount).
     pub locks: Arc<dyn ClusterLocks>,
+    /// Local-alloc window size in bytes (0: allocate from the global bitmap directly).
+    pub local_alloc_bytes: u64,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, data_ordered: true, locks: Arc::new(LocalLocks) }
+        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, data_ordered: true, locks: Arc::new(LocalLocks), local_alloc_bytes: 8 << 20 }
     }
 }
 
@@ -98,15 +100,20 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, Some(Box::new(sink)));
     let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features, cfg.locks.clone());
     core.sys.slot = slot as u16;
+    core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
 
-    // Slots left occupied by nodes that are not alive are crashes: finish their orphans and free them.
+    // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
+    // their local-alloc windows back and free them. Our own slot's window is closed too (it may
+    // be left from a crash); a fresh one opens at the first allocation.
     for (dead, node) in map.occupied().collect::<Vec<_>>() {
         tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
         for ino in core.orphans_of(dead as u16)? {
             core.reap_orphan(ino)?;
         }
+        core.close_local_alloc(dead as u16)?;
         map.slots[dead] = None;
     }
+    core.close_local_alloc(slot as u16)?;
     map.slots[slot] = Some(cfg.node);
     slot_map.write(&mut core, &map)?;
     for ino in core.orphans_of(slot as u16)? {
@@ -181,6 +188,7 @@ impl Mounted {
             *s = None;
         }
         loc.write(&mut self.core, &map)?;
+        self.core.close_local_alloc(self.core.sys.slot)?;
         self.checkpoint()?;
         set_dirty_flag(&self.vol, self.core.sys.journal[self.core.sys.slot as usize], false)?;
         tracing::info!("unmounted cleanly");

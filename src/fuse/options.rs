@@ -17,7 +17,8 @@ pub struct MountOptions {
     pub commit: Duration,
     /// data=ordered (true) or writeback.
     pub data_ordered: bool,
-    /// localalloc=MB: size of the local-alloc window (0: allocate from the global bitmap).
+    /// localalloc=MB: size of the local-alloc window (default 8; 0: allocate from the global
+    /// bitmap).
     pub localalloc_mb: u32,
     pub errors: ErrorsBehavior,
     /// cache=SIZE: metadata cache bytes.
@@ -34,7 +35,7 @@ impl Default for MountOptions {
             read_only: false,
             commit: Duration::from_secs(5),
             data_ordered: true,
-            localalloc_mb: 0,
+            localalloc_mb: 8,
             errors: ErrorsBehavior::RemountRo,
             cache_bytes: 64 << 20,
             allow_other: false,

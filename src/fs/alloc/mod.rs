@@ -3,3 +3,4 @@
 
 pub mod allocator;
 pub mod chain;
+pub mod local_alloc;

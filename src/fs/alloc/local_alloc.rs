@@ -1,0 +1,108 @@
+//! The per-slot local-alloc window (ocfs2-format.md §7.1): a run of clusters reserved in the
+//! global bitmap at once, from which this node hands out data clusters without touching the
+//! global bitmap (in a cluster: without taking its lock). Closing the window gives its unused
+//! clusters back. Clusters are always freed straight to the global bitmap; a freed cluster keeps
+//! its local bit set, so the window never hands it out again.
+
+use super::allocator::{alloc_bits, free_clusters};
+use crate::format::inode::{Id2, Inode};
+use crate::format::local_alloc::LocalAlloc;
+use crate::fs::bitmap;
+use crate::fs::cache::MetaCache;
+use crate::fs::error::{FsError, Result};
+use crate::fs::geometry::Geometry;
+
+fn window(inode: &mut Inode) -> Result<&mut LocalAlloc> {
+    let blkno = inode.blkno;
+    match &mut inode.id2 {
+        Id2::LocalAlloc(la) => Ok(la),
+        _ => Err(FsError::Corrupt { blkno, what: "local alloc inode without a local-alloc bitmap".into() }),
+    }
+}
+
+/// Up to `want` clusters from the window of `la_blkno`, near `goal`, opening or refilling a
+/// window of `size` clusters when it has none left. None when `size` is 0 (no window).
+pub fn alloc(
+    cache: &mut MetaCache,
+    geo: &Geometry,
+    la_blkno: u64,
+    bitmap_blkno: u64,
+    want: u32,
+    goal: Option<u64>,
+    size: u32,
+) -> Result<Option<(u64, u32)>> {
+    if size == 0 {
+        return Ok(None);
+    }
+    if let Some(got) = take(cache, la_blkno, want, goal)? {
+        return Ok(Some(got));
+    }
+    close(cache, geo, la_blkno, bitmap_blkno)?;
+    let mut inode = cache.read_inode(la_blkno)?;
+    let cap = (window(&mut inode)?.size as u32) * 8;
+    let size = size.min(cap).min(u16::MAX as u32);
+    let Some((gblk, bit, len)) = alloc_bits(cache, bitmap_blkno, size, 1, &[])? else { return Err(FsError::NoSpace) };
+    let first = if gblk == geo.first_cluster_group { 0 } else { geo.blkno_to_cluster(gblk) } + bit as u64;
+    let mut inode = cache.read_inode(la_blkno)?;
+    let la = window(&mut inode)?;
+    la.bm_off = first as u32;
+    la.bitmap.fill(0);
+    inode.set_bitmap(0, len);
+    cache.write_inode(&inode)?;
+    take(cache, la_blkno, want, goal)
+}
+
+/// Hands out clusters from the open window, if it has any free.
+fn take(cache: &mut MetaCache, la_blkno: u64, want: u32, goal: Option<u64>) -> Result<Option<(u64, u32)>> {
+    let mut inode = cache.read_inode(la_blkno)?;
+    let (total, used) = (inode.bitmap_total() as usize, inode.bitmap_used());
+    if total == 0 || used as usize >= total {
+        return Ok(None);
+    }
+    let la = window(&mut inode)?;
+    let off = la.bm_off as u64;
+    let from = goal.filter(|&g| g >= off && g < off + total as u64).map_or(0, |g| (g - off) as usize);
+    let start = match bitmap::find_clear_run(&la.bitmap, total, from, 1).or_else(|| bitmap::find_clear_run(&la.bitmap, total, 0, 1)) {
+        Some(s) => s,
+        None => return Ok(None),
+    };
+    let mut len = 0usize;
+    while len < want as usize && start + len < total && !bitmap::test(&la.bitmap, start + len) {
+        len += 1;
+    }
+    bitmap::set_range(&mut la.bitmap, start, len);
+    inode.set_bitmap(used + len as u32, total as u32);
+    cache.write_inode(&inode)?;
+    Ok(Some((off + start as u64, len as u32)))
+}
+
+/// Closes the window: its unused clusters go back to the global bitmap.
+pub fn close(cache: &mut MetaCache, geo: &Geometry, la_blkno: u64, bitmap_blkno: u64) -> Result<()> {
+    let mut inode = cache.read_inode(la_blkno)?;
+    let total = inode.bitmap_total() as usize;
+    if total == 0 {
+        return Ok(());
+    }
+    let la = window(&mut inode)?;
+    let off = la.bm_off as u64;
+    let mut i = 0;
+    while let Some(start) = bitmap::find_clear_run(&la.bitmap, total, i, 1) {
+        let mut end = start;
+        while end < total && !bitmap::test(&la.bitmap, end) {
+            end += 1;
+        }
+        free_clusters(cache, geo, bitmap_blkno, off + start as u64, (end - start) as u64)?;
+        i = end;
+    }
+    let la = window(&mut inode)?;
+    la.bm_off = 0;
+    la.bitmap.fill(0);
+    inode.set_bitmap(0, 0);
+    cache.write_inode(&inode)
+}
+
+/// Free clusters still waiting in the window (they count as free space).
+pub fn unused(cache: &mut MetaCache, la_blkno: u64) -> Result<u64> {
+    let inode = cache.read_inode(la_blkno)?;
+    Ok(inode.bitmap_total().saturating_sub(inode.bitmap_used()) as u64)
+}
