@@ -904,3 +904,55 @@ fn clustered_volume_heartbeats_while_mounted() {
     unmount_and_check(m);
     assert!(mounted(&v).contains("Not mounted"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A truncate log left by another OCFS2 driver is flushed at mount.
+
+#[test]
+fn truncate_log_records_are_freed_at_mount() {
+    use o2fs::format::bytes::{le32, put_le16, put_le32};
+    use o2fs::fs::sysfile::SystemFile;
+    if !have_ocfs2_tools() {
+        return;
+    }
+    let v = Vol::new("4096", "4096", 64 * MIB, &[]);
+    let dev = std::sync::Arc::new(o2fs::dev::FileDevice::open(&v.img, true).unwrap());
+    let vol = o2fs::fs::Volume::open(dev.clone()).unwrap();
+    let (gd_blk, gb_blk, tl_blk) = (
+        vol.sb().first_cluster_group,
+        vol.system_file_blkno(SystemFile::GlobalBitmap).unwrap(),
+        vol.system_file_blkno(SystemFile::TruncateLog(0)).unwrap(),
+    );
+    // Five clusters near the end of the volume, marked used and listed in the truncate log
+    // (§6.5 counts truncate-log clusters as in use; §7.2 gives the layout).
+    let start = vol.geo.total_clusters - 10;
+    let edit = |blk: u64, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = vol.read_block(blk).unwrap();
+        f(&mut b);
+        vol.write_block(blk, &b).unwrap();
+    };
+    edit(gd_blk, &|b| {
+        for c in start..start + 5 {
+            b[0x40 + c as usize / 8] |= 1 << (c % 8);
+        }
+        let free = u16::from_le_bytes([b[0x0C], b[0x0D]]) - 5;
+        put_le16(b, 0x0C, free);
+    });
+    edit(gb_blk, &|b| {
+        let (used, free) = (le32(b, 0xB8), le32(b, 0xD0));
+        put_le32(b, 0xB8, used + 5); // i_used
+        put_le32(b, 0xD0, free - 5); // chain 0 c_free
+    });
+    edit(tl_blk, &|b| {
+        put_le16(b, 0xC2, 1); // tl_used
+        put_le32(b, 0xC8, start);
+        put_le32(b, 0xCC, 5);
+    });
+    drop(vol);
+    assert_fsck_ocfs2_clean(&v.img);
+    let used = |img: &Path| debugfs(img, "stat //global_bitmap").lines().find(|l| l.contains("Bitmap Total")).unwrap_or("").to_string();
+    let before = used(&v.img);
+    unmount_and_check(v.mount());
+    assert!(debugfs(&v.img, "stat //truncate_log:0000").contains("Used: 0"), "the truncate log was not emptied");
+    assert_ne!(used(&v.img), before, "the logged clusters were not freed");
+}

@@ -163,6 +163,25 @@ impl Core {
         Ok((c, n as u64))
     }
 
+    /// Frees the clusters a slot's truncate log still holds (§7.2; o2fs itself frees clusters
+    /// directly, but a volume last used by another OCFS2 driver may have some) and empties it.
+    pub fn flush_truncate_log(&mut self, slot: u16) -> Result<()> {
+        let blkno = self.sys.truncate_log[slot as usize];
+        let mut inode = self.cache.read_inode(blkno)?;
+        let Id2::TruncateLog(tl) = &mut inode.id2 else {
+            return Err(FsError::Corrupt { blkno, what: "truncate log inode without a truncate log".into() });
+        };
+        let recs = std::mem::take(&mut tl.recs);
+        if recs.is_empty() {
+            return Ok(());
+        }
+        self.cache.write_inode(&inode)?;
+        for r in recs.into_iter().filter(|r| r.start != 0 && r.clusters != 0) {
+            self.free_clusters(self.geo.cluster_to_blkno(r.start as u64), r.clusters as u64)?;
+        }
+        Ok(())
+    }
+
     /// Returns the unused clusters of a slot's local-alloc window to the global bitmap.
     pub fn close_local_alloc(&mut self, slot: u16) -> Result<()> {
         let la = self.sys.local_alloc[slot as usize];

@@ -103,7 +103,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
-    // their local-alloc windows back and free them. Our own slot's window is closed too (it may
+    // their local-alloc windows and truncate logs back and free them. Our own slot's window is closed too (it may
     // be left from a crash); a fresh one opens at the first allocation.
     for (dead, node) in map.occupied().collect::<Vec<_>>() {
         tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
@@ -111,9 +111,11 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
             core.reap_orphan(ino)?;
         }
         core.close_local_alloc(dead as u16)?;
+        core.flush_truncate_log(dead as u16)?;
         map.slots[dead] = None;
     }
     core.close_local_alloc(slot as u16)?;
+    core.flush_truncate_log(slot as u16)?;
     map.slots[slot] = Some(cfg.node);
     slot_map.write(&mut core, &map)?;
     for ino in core.orphans_of(slot as u16)? {
