@@ -2,6 +2,7 @@
 //! (ocfs2-format.md §5.2, §5.4). Pure functions: the tree that stores the list is `extent_tree`.
 
 use crate::format::extent::{ExtentRec, EXT_UNWRITTEN};
+use crate::fs::error::FsError;
 
 /// Longest leaf record: `e_leaf_clusters` is 16 bits.
 pub const MAX_LEAF_CLUSTERS: u32 = u16::MAX as u32;
@@ -101,6 +102,24 @@ pub fn mark_written(recs: &mut Vec<ExtentRec>, cpos: u64, len: u64, bpc: u64) {
         }
     }
     *recs = merged;
+}
+
+/// Checks leaf records read from disk before anything computes with them: in logical order
+/// without overlaps (lookups binary-search them and the file loops step from one record's end
+/// to the next, so a record out of order made them index out of bounds or spin), and starting
+/// on the device (`blkno × block size` must not overflow). `limit` is the first block past it.
+pub fn check_leaves(recs: &[ExtentRec], owner: u64, limit: u64) -> Result<(), FsError> {
+    let mut prev_end = 0u64;
+    for r in recs {
+        if (r.cpos as u64) < prev_end || r.blkno >= limit {
+            return Err(FsError::Corrupt {
+                blkno: owner,
+                what: format!("extent record (cpos {}, {} clusters, block {}) overlaps its predecessor or lies past the end of the volume", r.cpos, r.len, r.blkno),
+            });
+        }
+        prev_end = r.end();
+    }
+    Ok(())
 }
 
 /// Clusters mapped.

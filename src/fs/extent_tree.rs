@@ -28,13 +28,16 @@ pub struct Tree {
     ebs: Vec<Vec<Eb>>,
 }
 
-/// Reads an inode's whole tree. Checks depth, identity and loops (via the visit bound).
+/// Reads an inode's whole tree. Checks depth, identity, loops (no block twice) and the leaves.
 pub fn load(cache: &mut MetaCache, inode: &Inode) -> Result<Tree> {
     let root = inode.extents().ok_or(FsError::Corrupt { blkno: inode.blkno, what: "inode has no extent list".into() })?;
     let mut ebs: Vec<Vec<Eb>> = vec![Vec::new(); root.tree_depth as usize];
     let mut recs = Vec::new();
-    let mut visits = 0usize;
+    let mut visits = std::collections::HashSet::new();
     walk(cache, root, inode.blkno, &mut recs, &mut ebs, &mut visits)?;
+    // The device bounds the volume (checked at mount), which is all the cache lets us see here.
+    let limit = cache.dev().size() / cache.block_size() as u64;
+    super::extent_map::check_leaves(&recs, inode.blkno, limit)?;
     Ok(Tree { recs, ebs })
 }
 
@@ -44,16 +47,17 @@ fn walk(
     owner: u64,
     recs: &mut Vec<ExtentRec>,
     ebs: &mut Vec<Vec<Eb>>,
-    visits: &mut usize,
+    visits: &mut std::collections::HashSet<u64>,
 ) -> Result<()> {
     if list.tree_depth == 0 {
         recs.extend(list.recs.iter().filter(|r| r.len > 0));
         return Ok(());
     }
     for rec in &list.recs {
-        *visits += 1;
-        if *visits > 1 << 22 {
-            return Err(FsError::Corrupt { blkno: owner, what: "extent tree too large or looping".into() });
+        // Each extent block once: a count bound let records that name one block again and
+        // again make a single load read millions of blocks before it failed.
+        if !visits.insert(rec.blkno) {
+            return Err(FsError::Corrupt { blkno: owner, what: format!("extent block {} appears twice in the tree", rec.blkno) });
         }
         let eb = cache.read_extent_block(rec.blkno)?;
         if eb.list.tree_depth + 1 != list.tree_depth {

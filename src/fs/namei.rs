@@ -140,6 +140,11 @@ impl Core {
         if inode.mode & S_IFMT != S_IFLNK {
             return Err(FsError::Invalid("not a symlink"));
         }
+        // Targets are shorter than PATH_MAX (`symlink` refuses longer ones): a corrupt i_size
+        // must not size the read buffer (it made the daemon abort on a failed allocation).
+        if inode.size >= 4096 {
+            return Err(FsError::Corrupt { blkno: ino, what: format!("symlink of {} bytes", inode.size) });
+        }
         let len = inode.size as usize;
         match &inode.id2 {
             Id2::FastSymlink(raw) => Ok(raw.get(..len).ok_or(FsError::Corrupt { blkno: ino, what: "symlink longer than its inode".into() })?.to_vec()),

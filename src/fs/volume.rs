@@ -119,10 +119,11 @@ impl Volume {
 
     /// `count` consecutive blocks from `blkno`, as one buffer.
     pub fn dev_read(&self, blkno: u64, count: u64) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; (count as usize) * self.geo.block_size];
-        if blkno + count > self.geo.total_blocks() {
+        // Checked before the buffer is sized: both numbers may come from a corrupt block.
+        if blkno.checked_add(count).is_none_or(|end| end > self.geo.total_blocks()) {
             return Err(FsError::Corrupt { blkno, what: "read past the end of the volume".into() });
         }
+        let mut buf = vec![0u8; (count as usize) * self.geo.block_size];
         self.dev.read_at(&mut buf, blkno * self.geo.block_size as u64)?;
         Ok(buf)
     }
@@ -176,6 +177,9 @@ impl Volume {
             }
             stack.extend(eb.list.recs.iter().rev().map(|r| (eb.list.tree_depth, *r)));
         }
+        // Out of order or off the volume, the records would mislead lookups and overflow the
+        // offset arithmetic of their users (journal map, slot map).
+        crate::fs::extent_map::check_leaves(&out, inode.blkno, self.geo.total_blocks())?;
         Ok(out)
     }
 
@@ -186,7 +190,8 @@ impl Volume {
         leaves
             .iter()
             .find(|r| (r.cpos as u64) <= cpos && cpos < r.end())
-            .map(|r| (r.blkno + (cpos - r.cpos as u64) * bpc + lblk % bpc, r.is_unwritten()))
+            // Saturating: a corrupt block number then fails the read as past the end.
+            .map(|r| (r.blkno.saturating_add((cpos - r.cpos as u64) * bpc + lblk % bpc), r.is_unwritten()))
     }
 
     /// The first `len` bytes of a file's data (inline or extents; holes and unwritten read 0).

@@ -296,3 +296,105 @@ impl Drop for Mount {
         let _ = std::fs::remove_file(&self.stderr_path);
     }
 }
+
+/// The metadata blocks of a volume, found by walking it from the root and the system directory
+/// (tests/badimage.rs corrupts them; tests/populated.rs round-trips them).
+#[derive(Debug, Default)]
+pub struct MetaBlocks {
+    /// Every inode reachable from the root or the system directory, and every allocated bit of
+    /// the inode allocators' groups: (block, a path or a description).
+    pub inodes: Vec<(u64, String)>,
+    /// Each block is named by its owner's path and its place there, so that a list sorted by
+    /// name is the same for two images made by the same steps whatever block numbers they got.
+    pub extent_blocks: Vec<(u64, String)>,
+    /// Blocks of extent-based directories (inline directories live in their inode).
+    pub dir_blocks: Vec<(u64, String)>,
+    pub groups: Vec<(u64, String)>,
+    /// First block of each journal (the JBD2 superblock).
+    pub journal_supers: Vec<(u64, String)>,
+}
+
+/// Walks a clean volume's metadata; panics (naming the block) on anything it cannot read.
+pub fn walk_metadata(vol: &o2fs::fs::Volume) -> MetaBlocks {
+    use o2fs::format::inode::{Id2, JOURNAL_FL};
+    use std::collections::{BTreeSet, VecDeque};
+    let sb = vol.sb().clone();
+    let mut out = MetaBlocks::default();
+    let mut seen = BTreeSet::new();
+    let mut queue: VecDeque<(u64, String)> =
+        [(sb.root_blkno, "/".to_string()), (sb.system_dir_blkno, "//".to_string())].into();
+    let mut inode_groups = Vec::new();
+    while let Some((blkno, path)) = queue.pop_front() {
+        if !seen.insert(blkno) {
+            continue;
+        }
+        let inode = vol.read_inode(blkno).unwrap_or_else(|e| panic!("inode {blkno} ({path}): {e}"));
+        out.inodes.push((blkno, path.clone()));
+        if let Some(chain) = inode.chain() {
+            let is_inode_alloc = path.contains("inode_alloc");
+            for (c, rec) in chain.recs.iter().enumerate() {
+                let mut g = rec.blkno;
+                let mut n = 0;
+                while g != 0 {
+                    let raw = vol.read_block(g).unwrap();
+                    let gd = o2fs::format::group::GroupDesc::decode(&raw, g).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    out.groups.push((g, format!("{path} chain {c} group {n}")));
+                    n += 1;
+                    if is_inode_alloc {
+                        inode_groups.push(gd.clone());
+                    }
+                    g = gd.next_group;
+                }
+            }
+        }
+        if let Some(list) = inode.extents() {
+            let mut stack: Vec<(u16, u64)> = if list.tree_depth > 0 {
+                list.recs.iter().map(|r| (list.tree_depth, r.blkno)).collect()
+            } else {
+                vec![]
+            };
+            while let Some((depth, eb_blk)) = stack.pop() {
+                let eb = vol.read_extent_block(eb_blk).unwrap_or_else(|e| panic!("{path}: {e}"));
+                assert_eq!(eb.list.tree_depth + 1, depth, "{path}: extent block {eb_blk} depth");
+                out.extent_blocks.push((eb_blk, format!("{path} extent block {}", out.extent_blocks.len())));
+                if eb.list.tree_depth > 0 {
+                    stack.extend(eb.list.recs.iter().map(|r| (eb.list.tree_depth, r.blkno)));
+                }
+            }
+        }
+        if inode.flags & JOURNAL_FL != 0 {
+            if let Some(first) = vol.leaf_extents(&inode).unwrap().first() {
+                out.journal_supers.push((first.blkno, format!("{path} journal superblock")));
+            }
+        }
+        if inode.is_dir() {
+            let entries = vol.dir_entries(&inode).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if !matches!(inode.id2, Id2::Inline(_)) {
+                let mut blocks: Vec<u64> = entries.iter().map(|(p, _)| *p).collect();
+                blocks.dedup();
+                out.dir_blocks
+                    .extend(blocks.into_iter().enumerate().map(|(i, b)| (b, format!("{path} directory block {i}"))));
+            }
+            for (_, e) in entries.iter().filter(|(_, e)| e.is_used() && e.name != b"." && e.name != b"..") {
+                let sep = if path.ends_with('/') { "" } else { "/" };
+                queue.push_back((e.inode, format!("{path}{sep}{}", String::from_utf8_lossy(&e.name))));
+            }
+        }
+    }
+    // Allocated inodes no directory names (orphans, leaks) are metadata too.
+    for gd in inode_groups {
+        for bit in 0..gd.bits as u64 {
+            // Bit 0 is the group descriptor's own block.
+            let blk = gd.blkno + bit;
+            if bit > 0 && o2fs::fs::bitmap::test(&gd.bitmap, bit as usize) && seen.insert(blk) {
+                let raw = vol.read_block(blk).unwrap();
+                assert!(
+                    raw.starts_with(o2fs::format::inode::INODE_SIGNATURE),
+                    "allocated inode block {blk} has no inode"
+                );
+                out.inodes.push((blk, format!("bit {bit} of inode group {}", gd.blkno)));
+            }
+        }
+    }
+    out
+}
