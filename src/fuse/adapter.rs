@@ -107,7 +107,13 @@ impl O2Fuse {
         // fsync, when it grows large, or at once with a checkpoint when freed clusters held
         // journaled metadata (see Core::checkpoint_wanted).
         m.core.begin_op();
-        let r = f(m, open).or_else(|e| {
+        // A bug must not take the daemon down: a panicking operation fails with EIO, its
+        // changes are undone, and the mount turns read-only since in-memory state is suspect.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *m, &mut *open))).unwrap_or_else(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(FsError::Corrupt { blkno: 0, what: format!("internal error: {}", what.unwrap_or_default()) })
+        });
+        let r = r.or_else(|e| {
             // A failed operation leaves nothing behind: its metadata changes are undone (the
             // clusters it allocated are back in the bitmap with them).
             if mutating {
