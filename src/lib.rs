@@ -11,9 +11,9 @@ pub mod cluster;
 pub mod dev;
 pub mod format;
 pub mod fs;
-pub mod journal;
 pub mod fsck;
 pub mod fuse;
+pub mod journal;
 pub mod mkfs;
 pub mod net;
 #[doc(hidden)]

@@ -64,10 +64,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let argv: Vec<String> = std::env::args().collect();
-    let invoked_as = argv.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let invoked_as = argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // mount(8) runs helpers as `mount.fuse.o2fs SOURCE DIR [-o OPTS]`; mount.fuse3 runs `o2fs
     // SOURCE DIR -o OPTS`. Both mean `o2fs mount`.
-    let is_mount_helper = invoked_as.starts_with("mount.") || argv.get(1).is_some_and(|a| Path::new(a).exists() && !["mount"].contains(&a.as_str()));
+    let is_mount_helper = invoked_as.starts_with("mount.")
+        || argv.get(1).is_some_and(|a| Path::new(a).exists() && !["mount"].contains(&a.as_str()));
     let cli = if is_mount_helper {
         let mut args = vec!["o2fs".to_string(), "mount".to_string()];
         args.extend(argv.into_iter().skip(1).filter(|a| a != "-n" && a != "-s" && a != "-v"));
@@ -87,8 +92,14 @@ fn main() {
 
 /// `o2fs mounted`: nodes whose heartbeat sector changes within one interval are alive.
 fn cmd_mounted(a: MountedArgs) -> Result<()> {
-    let conf = a.cluster_conf.as_deref().map(o2fs::cluster::config::load).transpose().context("reading the cluster configuration")?;
-    let dev: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(FileDevice::open(&a.image, false).with_context(|| format!("opening {}", a.image.display()))?);
+    let conf = a
+        .cluster_conf
+        .as_deref()
+        .map(o2fs::cluster::config::load)
+        .transpose()
+        .context("reading the cluster configuration")?;
+    let dev: Arc<dyn o2fs::dev::BlockDevice> =
+        Arc::new(FileDevice::open(&a.image, false).with_context(|| format!("opening {}", a.image.display()))?);
     let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", a.image.display()))?;
     let sb = vol.sb();
     if sb.features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) {
@@ -98,7 +109,10 @@ fn cmd_mounted(a: MountedArgs) -> Result<()> {
     let (start, len) = vol.heartbeat_area().context("locating the heartbeat area")?;
     let live = Region::new(dev, start, len).live_nodes(DEFAULT_INTERVAL).context("reading the heartbeat area")?;
     let name = |n: u8| {
-        conf.as_ref().and_then(|c| c.nodes.iter().find(|x| x.number == n)).map(|x| x.name.clone()).unwrap_or_else(|| n.to_string())
+        conf.as_ref()
+            .and_then(|c| c.nodes.iter().find(|x| x.number == n))
+            .map(|x| x.name.clone())
+            .unwrap_or_else(|| n.to_string())
     };
     let nodes: Vec<String> = live.iter().map(|&n| name(n)).collect();
     if a.json {
@@ -203,10 +217,8 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName(a.image.display().to_string()),
-        fuser::MountOption::Subtype("o2fs".into()),
-    ];
+    config.mount_options =
+        vec![fuser::MountOption::FSName(a.image.display().to_string()), fuser::MountOption::Subtype("o2fs".into())];
     if opts.default_permissions {
         config.mount_options.push(fuser::MountOption::DefaultPermissions);
     }
@@ -219,7 +231,8 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session = fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
+    let session =
+        fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
     if let Some(mut w) = ready {
         use std::io::Write;
         let _ = w.write_all(b"ok");
@@ -237,7 +250,9 @@ fn lock_image(dev: &FileDevice, path: &Path) -> Result<nix::fcntl::Flock<std::fs
     let file = dev.file().try_clone().with_context(|| format!("locking {}", path.display()))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(guard) => Ok(guard),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!("{} is already mounted by another o2fs process", path.display()),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            bail!("{} is already mounted by another o2fs process", path.display())
+        }
         Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
 }

@@ -74,7 +74,9 @@ fn sigkill_mid_workload_loses_nothing_that_was_fsynced() {
         let seed = base_seed.wrapping_add(round);
         let ctx = format!("seed {seed} (O2FS_SEED={base_seed}, round {round})");
         let img = dir.path().join(format!("c{round}.img"));
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-M", "local", "-b", "4K", "-C", "4K", "--size", "256M"]).arg(&img));
+        let out = run(Command::new(bin("mkfs.o2fs"))
+            .args(["-q", "-M", "local", "-b", "4K", "-C", "4K", "--size", "256M"])
+            .arg(&img));
         assert!(out.status.success(), "{ctx}: {}", text(&out));
         let mnt = dir.path().join(format!("m{round}"));
         std::fs::create_dir(&mnt).unwrap();

@@ -895,7 +895,10 @@ fn clustered_volume_heartbeats_while_mounted() {
     let m = v.mount();
     let listing = mounted(&v);
     assert!(listing.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" 0")), "{listing}");
-    assert!(debugfs(&v.img, "hb").lines().any(|l| l.trim_start().starts_with("0:")), "debugfs.ocfs2 -R hb shows no node 0");
+    assert!(
+        debugfs(&v.img, "hb").lines().any(|l| l.trim_start().starts_with("0:")),
+        "debugfs.ocfs2 -R hb shows no node 0"
+    );
     // The same image cannot be mounted twice.
     let other = v._tmp.path().join("other");
     fs::create_dir(&other).unwrap();
@@ -950,7 +953,9 @@ fn truncate_log_records_are_freed_at_mount() {
     });
     drop(vol);
     assert_fsck_ocfs2_clean(&v.img);
-    let used = |img: &Path| debugfs(img, "stat //global_bitmap").lines().find(|l| l.contains("Bitmap Total")).unwrap_or("").to_string();
+    let used = |img: &Path| {
+        debugfs(img, "stat //global_bitmap").lines().find(|l| l.contains("Bitmap Total")).unwrap_or("").to_string()
+    };
     let before = used(&v.img);
     unmount_and_check(v.mount());
     assert!(debugfs(&v.img, "stat //truncate_log:0000").contains("Used: 0"), "the truncate log was not emptied");

@@ -40,7 +40,12 @@ impl Region {
 
     fn write_sector(&self, node: u8, sector: &[u8]) -> Result<(), DevError> {
         if node as usize >= self.nodes {
-            return Err(DevError::OutOfRange { op: "heartbeat", offset: node as u64 * SECTOR as u64, len: SECTOR as u64, size: (self.nodes * SECTOR) as u64 });
+            return Err(DevError::OutOfRange {
+                op: "heartbeat",
+                offset: node as u64 * SECTOR as u64,
+                len: SECTOR as u64,
+                size: (self.nodes * SECTOR) as u64,
+            });
         }
         self.dev.write_at(sector, self.start + node as u64 * SECTOR as u64)?;
         self.dev.flush()

@@ -95,7 +95,10 @@ impl MetaCache {
             return Ok(b);
         }
         if blkno >= self.total_blocks {
-            return Err(FsError::Corrupt { blkno, what: format!("block past the end of the volume ({} blocks)", self.total_blocks) });
+            return Err(FsError::Corrupt {
+                blkno,
+                what: format!("block past the end of the volume ({} blocks)", self.total_blocks),
+            });
         }
         let mut buf = vec![0u8; self.block_size];
         self.dev.read_block(blkno, &mut buf)?;

@@ -156,7 +156,15 @@ impl Core {
         self.lock(LockResource::System { blkno: la }, LockMode::Ex)?;
         // Refilling the window takes the global bitmap lock; so does allocating without one.
         self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
-        if let Some((c, n)) = local_alloc::alloc(&mut self.cache, &self.geo, la, self.sys.global_bitmap, want, goal, self.window_clusters)? {
+        if let Some((c, n)) = local_alloc::alloc(
+            &mut self.cache,
+            &self.geo,
+            la,
+            self.sys.global_bitmap,
+            want,
+            goal,
+            self.window_clusters,
+        )? {
             return Ok((c, n as u64));
         }
         let (c, n) = alloc_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, want, 1, goal)?;
@@ -213,10 +221,19 @@ impl Core {
     /// A new inode from this slot's inode allocator, initialised per §4.7 (the caller links it
     /// and writes it).
     pub fn new_inode(&mut self, mode: u16, uid: u32, gid: u32, now: Time) -> Result<Inode> {
-        let (blkno, bit, gblk) = alloc_block(&mut self.cache, &self.geo, self.sys.inode_alloc[self.sys.slot as usize], self.sys.global_bitmap)?;
+        let (blkno, bit, gblk) = alloc_block(
+            &mut self.cache,
+            &self.geo,
+            self.sys.inode_alloc[self.sys.slot as usize],
+            self.sys.global_bitmap,
+        )?;
         self.next_generation = self.next_generation.wrapping_add(1);
         let bs = self.bs();
-        let mut inode = Inode::new(blkno, self.fs_generation, Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(bs))));
+        let mut inode = Inode::new(
+            blkno,
+            self.fs_generation,
+            Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(bs))),
+        );
         inode.generation = self.next_generation;
         inode.suballoc_slot = self.sys.slot;
         inode.suballoc_bit = bit;
@@ -286,6 +303,11 @@ impl Core {
         }
         let free = free + local_alloc::unused(&mut self.cache, self.sys.local_alloc[self.sys.slot as usize])?;
         let potential = free * self.geo.bpc();
-        Ok(StatFs { blocks: gb.bitmap_total() as u64, free, files: files + potential, free_files: free_files + potential })
+        Ok(StatFs {
+            blocks: gb.bitmap_total() as u64,
+            free,
+            files: files + potential,
+            free_files: free_files + potential,
+        })
     }
 }

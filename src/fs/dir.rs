@@ -58,7 +58,10 @@ impl Core {
         match &dir.id2 {
             Id2::Inline(d) => Ok(d.data.clone()),
             _ => {
-                let p = *idx.pblk.get(lblk as usize).ok_or(FsError::Corrupt { blkno: dir.blkno, what: format!("directory block {lblk} is not mapped") })?;
+                let p = *idx.pblk.get(lblk as usize).ok_or(FsError::Corrupt {
+                    blkno: dir.blkno,
+                    what: format!("directory block {lblk} is not mapped"),
+                })?;
                 self.cache.read(p)
             }
         }
@@ -89,13 +92,20 @@ impl Core {
                 let n = dir.size / self.bs() as u64;
                 for lblk in 0..n {
                     let cpos = lblk / self.geo.bpc();
-                    let r = extent_map::lookup(&tree.recs, cpos)
-                        .ok_or(FsError::Corrupt { blkno: dir.blkno, what: format!("directory hole at block {lblk}") })?;
+                    let r = extent_map::lookup(&tree.recs, cpos).ok_or(FsError::Corrupt {
+                        blkno: dir.blkno,
+                        what: format!("directory hole at block {lblk}"),
+                    })?;
                     idx.pblk.push(r.blkno + (cpos - r.cpos as u64) * self.geo.bpc() + lblk % self.geo.bpc());
                 }
                 n
             }
-            _ => return Err(FsError::Corrupt { blkno: dir.blkno, what: "directory with neither inline data nor extents".into() }),
+            _ => {
+                return Err(FsError::Corrupt {
+                    blkno: dir.blkno,
+                    what: "directory with neither inline data nor extents".into(),
+                })
+            }
         };
         for lblk in 0..nblocks {
             let area = self.area(dir, &idx, lblk)?;
@@ -132,29 +142,38 @@ impl Core {
         validate_name(name)?;
         let need = rec_len_for(name.len());
         let snapshot = dir.clone();
-        self.with_index(&snapshot, |core, idx| {
-            loop {
-                let candidates: Vec<u64> = (0..idx.free.len() as u64).filter(|&b| idx.free[b as usize] as usize >= need).collect();
-                for lblk in candidates {
-                    if core.try_insert(dir, idx, lblk, name, ino, file_type, need)? {
-                        return Ok(());
-                    }
+        self.with_index(&snapshot, |core, idx| loop {
+            let candidates: Vec<u64> =
+                (0..idx.free.len() as u64).filter(|&b| idx.free[b as usize] as usize >= need).collect();
+            for lblk in candidates {
+                if core.try_insert(dir, idx, lblk, name, ino, file_type, need)? {
+                    return Ok(());
                 }
-                if dir.is_inline() {
-                    core.uninline_dir(dir, idx)?;
-                } else {
-                    core.grow_dir(dir, idx)?;
-                }
+            }
+            if dir.is_inline() {
+                core.uninline_dir(dir, idx)?;
+            } else {
+                core.grow_dir(dir, idx)?;
             }
         })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn try_insert(&mut self, dir: &mut Inode, idx: &mut DirIndex, lblk: u64, name: &[u8], ino: u64, ft: u8, need: usize) -> Result<bool> {
+    fn try_insert(
+        &mut self,
+        dir: &mut Inode,
+        idx: &mut DirIndex,
+        lblk: u64,
+        name: &[u8],
+        ino: u64,
+        ft: u8,
+        need: usize,
+    ) -> Result<bool> {
         let mut area = self.area(dir, idx, lblk)?;
         let pblk = idx.pblk.get(lblk as usize).copied();
         let entries = parse_entries(&area, pblk.unwrap_or(dir.blkno))?;
-        let Some(e) = entries.iter().find(|e| if e.is_used() { e.slack() >= need } else { e.rec_len as usize >= need }) else {
+        let Some(e) = entries.iter().find(|e| if e.is_used() { e.slack() >= need } else { e.rec_len as usize >= need })
+        else {
             idx.free[lblk as usize] = largest_free(&entries);
             return Ok(false);
         };
@@ -181,7 +200,8 @@ impl Core {
         let mut block = vec![0u8; bs];
         block[..data.data.len()].copy_from_slice(&data.data);
         let entries = parse_entries(&data.data, dir.blkno)?;
-        let last = entries.last().ok_or(FsError::Corrupt { blkno: dir.blkno, what: "empty inline directory".into() })?;
+        let last =
+            entries.last().ok_or(FsError::Corrupt { blkno: dir.blkno, what: "empty inline directory".into() })?;
         let stretched = (bs - last.offset) as u16;
         crate::format::bytes::put_le16(&mut block, last.offset + 8, stretched);
         let (cluster, _) = self.alloc_clusters(1, None)?;
@@ -207,7 +227,8 @@ impl Core {
         let pblk = if lblk < dir.clusters as u64 * bpc {
             let tree = self.load_tree(dir)?;
             let cpos = lblk / bpc;
-            let r = extent_map::lookup(&tree.recs, cpos).ok_or(FsError::Corrupt { blkno: dir.blkno, what: "directory cluster not mapped".into() })?;
+            let r = extent_map::lookup(&tree.recs, cpos)
+                .ok_or(FsError::Corrupt { blkno: dir.blkno, what: "directory cluster not mapped".into() })?;
             r.blkno + (cpos - r.cpos as u64) * bpc + lblk % bpc
         } else {
             if lblk / bpc > u32::MAX as u64 {

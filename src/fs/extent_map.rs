@@ -41,7 +41,11 @@ pub fn insert(recs: &mut Vec<ExtentRec>, cpos: u32, len: u32, blkno: u64, flags:
 fn merge_next(recs: &mut Vec<ExtentRec>, i: usize, bpc: u64) {
     if i + 1 < recs.len() {
         let (a, b) = (recs[i], recs[i + 1]);
-        if a.end() == b.cpos as u64 && a.flags == b.flags && a.blkno + a.len as u64 * bpc == b.blkno && a.len + b.len <= MAX_LEAF_CLUSTERS {
+        if a.end() == b.cpos as u64
+            && a.flags == b.flags
+            && a.blkno + a.len as u64 * bpc == b.blkno
+            && a.len + b.len <= MAX_LEAF_CLUSTERS
+        {
             recs[i].len += b.len;
             recs.remove(i + 1);
         }
@@ -86,7 +90,12 @@ pub fn mark_written(recs: &mut Vec<ExtentRec>, cpos: u64, len: u64, bpc: u64) {
         if rs < cs {
             out.push(ExtentRec { len: (cs - rs) as u32, ..r });
         }
-        out.push(ExtentRec { cpos: cs as u32, len: (ce - cs) as u32, blkno: phys(&r, cs, bpc), flags: r.flags & !EXT_UNWRITTEN });
+        out.push(ExtentRec {
+            cpos: cs as u32,
+            len: (ce - cs) as u32,
+            blkno: phys(&r, cs, bpc),
+            flags: r.flags & !EXT_UNWRITTEN,
+        });
         if ce < re {
             out.push(ExtentRec { cpos: ce as u32, len: (re - ce) as u32, blkno: phys(&r, ce, bpc), flags: r.flags });
         }
@@ -95,7 +104,12 @@ pub fn mark_written(recs: &mut Vec<ExtentRec>, cpos: u64, len: u64, bpc: u64) {
     let mut merged: Vec<ExtentRec> = Vec::with_capacity(out.len());
     for r in out {
         match merged.last_mut() {
-            Some(p) if p.end() == r.cpos as u64 && p.flags == r.flags && p.blkno + p.len as u64 * bpc == r.blkno && p.len + r.len <= MAX_LEAF_CLUSTERS => {
+            Some(p)
+                if p.end() == r.cpos as u64
+                    && p.flags == r.flags
+                    && p.blkno + p.len as u64 * bpc == r.blkno
+                    && p.len + r.len <= MAX_LEAF_CLUSTERS =>
+            {
                 p.len += r.len
             }
             _ => merged.push(r),

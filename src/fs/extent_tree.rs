@@ -30,7 +30,8 @@ pub struct Tree {
 
 /// Reads an inode's whole tree. Checks depth, identity, loops (no block twice) and the leaves.
 pub fn load(cache: &mut MetaCache, inode: &Inode) -> Result<Tree> {
-    let root = inode.extents().ok_or(FsError::Corrupt { blkno: inode.blkno, what: "inode has no extent list".into() })?;
+    let root =
+        inode.extents().ok_or(FsError::Corrupt { blkno: inode.blkno, what: "inode has no extent list".into() })?;
     let mut ebs: Vec<Vec<Eb>> = vec![Vec::new(); root.tree_depth as usize];
     let mut recs = Vec::new();
     let mut visits = std::collections::HashSet::new();
@@ -57,11 +58,17 @@ fn walk(
         // Each extent block once: a count bound let records that name one block again and
         // again make a single load read millions of blocks before it failed.
         if !visits.insert(rec.blkno) {
-            return Err(FsError::Corrupt { blkno: owner, what: format!("extent block {} appears twice in the tree", rec.blkno) });
+            return Err(FsError::Corrupt {
+                blkno: owner,
+                what: format!("extent block {} appears twice in the tree", rec.blkno),
+            });
         }
         let eb = cache.read_extent_block(rec.blkno)?;
         if eb.list.tree_depth + 1 != list.tree_depth {
-            return Err(FsError::Corrupt { blkno: rec.blkno, what: format!("extent block at depth {} under depth {}", eb.list.tree_depth, list.tree_depth) });
+            return Err(FsError::Corrupt {
+                blkno: rec.blkno,
+                what: format!("extent block at depth {} under depth {}", eb.list.tree_depth, list.tree_depth),
+            });
         }
         if let Some(level) = ebs.get_mut(eb.list.tree_depth as usize) {
             level.push(Eb { blkno: eb.blkno, slot: eb.suballoc_slot, bit: eb.suballoc_bit, loc: eb.suballoc_loc });
@@ -107,7 +114,11 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
         tree.recs
             .chunks(eb_cap)
             .enumerate()
-            .map(|(i, c)| Node { recs: c.to_vec(), start: if i == 0 { 0 } else { c[0].cpos as u64 }, end: c[c.len() - 1].end() })
+            .map(|(i, c)| Node {
+                recs: c.to_vec(),
+                start: if i == 0 { 0 } else { c[0].cpos as u64 },
+                end: c[c.len() - 1].end(),
+            })
             .collect()
     };
     let mut root_recs = tree.recs.clone();
@@ -120,7 +131,8 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
             let eb = match olds.next() {
                 Some(eb) => eb,
                 None => {
-                    let (blkno, bit, loc) = alloc_block(cache, geo, sys.extent_alloc[sys.slot as usize], sys.global_bitmap)?;
+                    let (blkno, bit, loc) =
+                        alloc_block(cache, geo, sys.extent_alloc[sys.slot as usize], sys.global_bitmap)?;
                     Eb { blkno, slot: sys.slot, bit, loc }
                 }
             };
@@ -151,7 +163,10 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
             root_recs = interior(&children);
             vec![]
         } else {
-            children.chunks(eb_cap).map(|c| Node { recs: interior(c), start: c[0].1.start, end: c[c.len() - 1].1.end }).collect()
+            children
+                .chunks(eb_cap)
+                .map(|c| Node { recs: interior(c), start: c[0].1.start, end: c[c.len() - 1].1.end })
+                .collect()
         };
         if depth == 0 {
             inode.last_eb_blk = placed.last().map_or(0, |e| e.blkno);

@@ -126,7 +126,15 @@ impl Core {
     /// Maps up to `want` new clusters at logical cluster `c` (zeroed unless `flags` says
     /// unwritten), remembering them in `fresh`; returns how many it got.
     #[allow(clippy::too_many_arguments)]
-    fn alloc_hole(&mut self, recs: &mut Vec<ExtentRec>, c: u64, want: u64, goal: Option<u64>, flags: u8, fresh: &mut Vec<(u64, u64)>) -> Result<u64> {
+    fn alloc_hole(
+        &mut self,
+        recs: &mut Vec<ExtentRec>,
+        c: u64,
+        want: u64,
+        goal: Option<u64>,
+        flags: u8,
+        fresh: &mut Vec<(u64, u64)>,
+    ) -> Result<u64> {
         let (cluster, got) = self.alloc_clusters(want, goal)?;
         let blkno = self.geo.cluster_to_blkno(cluster);
         fresh.push((blkno, got));
@@ -182,7 +190,12 @@ impl Core {
         if size < inode.size {
             let keep = size.div_ceil(cs);
             let mut tree = self.load_tree(inode)?;
-            let freed = extent_map::remove(&mut tree.recs, keep, u64::from(u32::MAX) + 1 - keep.min(u64::from(u32::MAX)), self.geo.bpc());
+            let freed = extent_map::remove(
+                &mut tree.recs,
+                keep,
+                u64::from(u32::MAX) + 1 - keep.min(u64::from(u32::MAX)),
+                self.geo.bpc(),
+            );
             for (blkno, n) in freed {
                 self.free_clusters(blkno, n)?;
             }
@@ -205,7 +218,15 @@ impl Core {
 
     /// fallocate: `keep_size` leaves i_size alone; `punch` frees whole clusters in the range
     /// and zeroes the partial ones; otherwise holes become unwritten (or zeroed) extents.
-    pub fn file_fallocate(&mut self, inode: &mut Inode, off: u64, len: u64, keep_size: bool, punch: bool, now: Time) -> Result<()> {
+    pub fn file_fallocate(
+        &mut self,
+        inode: &mut Inode,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        punch: bool,
+        now: Time,
+    ) -> Result<()> {
         let end = off.checked_add(len).ok_or(FsError::TooBig)?;
         if end > self.max_file_size() {
             return Err(FsError::TooBig);

@@ -27,7 +27,8 @@ pub fn open_journal(vol: &Volume, inode: &Inode) -> Result<Journal> {
 /// tells a later mount or fsck whether the log must be replayed).
 pub fn set_dirty_flag(vol: &Volume, blkno: u64, dirty: bool) -> Result<()> {
     let mut inode = vol.read_inode(blkno)?;
-    let flags = if dirty { inode.journal_flags() | JOURNAL_DIRTY_FL } else { inode.journal_flags() & !JOURNAL_DIRTY_FL };
+    let flags =
+        if dirty { inode.journal_flags() | JOURNAL_DIRTY_FL } else { inode.journal_flags() & !JOURNAL_DIRTY_FL };
     inode.set_journal(flags, inode.journal_recovery_generation());
     let mut b = vec![0u8; vol.block_size()];
     inode.encode(&mut b);
@@ -49,7 +50,11 @@ pub fn recover_slot(vol: &Volume, blkno: u64) -> Result<bool> {
         return Ok(false);
     }
     let info = journal.recover()?;
-    tracing::info!("journal inode {blkno}: replayed {} transactions ({} blocks)", info.transactions, info.blocks_replayed);
+    tracing::info!(
+        "journal inode {blkno}: replayed {} transactions ({} blocks)",
+        info.transactions,
+        info.blocks_replayed
+    );
     let mut inode = vol.read_inode(blkno)?;
     inode.set_journal(inode.journal_flags() & !JOURNAL_DIRTY_FL, inode.journal_recovery_generation().wrapping_add(1));
     let mut b = vec![0u8; vol.block_size()];

@@ -6,15 +6,14 @@
 use super::cache::MetaCache;
 use super::core::Core;
 use super::error::{FsError, Result};
+use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
+use super::lock::{ClusterLocks, LocalLocks};
 use super::sysfiles::SysFiles;
 use super::volume::Volume;
 use crate::dev::BlockDevice;
 use crate::format::features::{Features, Word, INCOMPAT_EXTENDED_SLOT_MAP};
-use super::lock::{ClusterLocks, LocalLocks};
-use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
 use crate::format::slot_map::SlotMap;
 use std::sync::Arc;
-
 
 #[derive(Clone)]
 pub struct MountConfig {
@@ -33,7 +32,14 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { read_only: false, cache_bytes: 64 << 20, node: 0, data_ordered: true, locks: Arc::new(LocalLocks), local_alloc_bytes: 8 << 20 }
+        MountConfig {
+            read_only: false,
+            cache_bytes: 64 << 20,
+            node: 0,
+            data_ordered: true,
+            locks: Arc::new(LocalLocks),
+            local_alloc_bytes: 8 << 20,
+        }
     }
 }
 
@@ -75,11 +81,29 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     if cfg.read_only {
         for (slot, &j) in sys0.journal.iter().enumerate() {
             if vol.read_inode(j)?.journal_flags() & crate::format::inode::JOURNAL_DIRTY_FL != 0 {
-                return Err(FsError::Refused(format!("journal:{slot:04} needs recovery, which a read-only mount cannot do")));
+                return Err(FsError::Refused(format!(
+                    "journal:{slot:04} needs recovery, which a read-only mount cannot do"
+                )));
             }
         }
-        let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, None);
-        let core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features, cfg.locks.clone());
+        let cache = MetaCache::new(
+            dev.clone(),
+            vol.block_size(),
+            vol.geo.total_blocks(),
+            vol.fs_generation(),
+            cfg.cache_bytes,
+            None,
+        );
+        let core = Core::new(
+            cache,
+            vol.geo,
+            sys0,
+            vol.fs_generation(),
+            sb.root_blkno,
+            sb.system_dir_blkno,
+            sb.features,
+            cfg.locks.clone(),
+        );
         return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
     // No other node is alive (checked above): every dirty journal is a crash to recover, ours
@@ -91,14 +115,34 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let mut map = SlotMap::decode(&vol.dev_read(slot_map.blkno, slot_map.blocks)?, slot_map.slots, extended);
     let slot = match map.slots.iter().position(|s| *s == Some(cfg.node)) {
         Some(s) => s,
-        None => map.slots.iter().position(Option::is_none).ok_or(FsError::Refused("every slot of the volume is in use".into()))?,
+        None => map
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(FsError::Refused("every slot of the volume is in use".into()))?,
     };
     let journal_blkno = sys0.journal[slot];
     let journal = open_journal(&vol, &vol.read_inode(journal_blkno)?)?;
     set_dirty_flag(&vol, journal_blkno, true)?;
     let sink = JournalSink::new(journal, dev.clone(), cfg.data_ordered);
-    let cache = MetaCache::new(dev.clone(), vol.block_size(), vol.geo.total_blocks(), vol.fs_generation(), cfg.cache_bytes, Some(Box::new(sink)));
-    let mut core = Core::new(cache, vol.geo, sys0, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features, cfg.locks.clone());
+    let cache = MetaCache::new(
+        dev.clone(),
+        vol.block_size(),
+        vol.geo.total_blocks(),
+        vol.fs_generation(),
+        cfg.cache_bytes,
+        Some(Box::new(sink)),
+    );
+    let mut core = Core::new(
+        cache,
+        vol.geo,
+        sys0,
+        vol.fs_generation(),
+        sb.root_blkno,
+        sb.system_dir_blkno,
+        sb.features,
+        cfg.locks.clone(),
+    );
     core.sys.slot = slot as u16;
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
 
@@ -142,7 +186,9 @@ impl SlotMapLoc {
         let bytes = (slots * crate::format::slot_map::entry_size(extended)) as u64;
         let blocks = bytes.div_ceil(vol.block_size() as u64);
         match first {
-            Some(r) if r.len as u64 * vol.geo.bpc() >= blocks && inode.size >= bytes => Ok(SlotMapLoc { blkno: r.blkno, blocks, slots, extended }),
+            Some(r) if r.len as u64 * vol.geo.bpc() >= blocks && inode.size >= bytes => {
+                Ok(SlotMapLoc { blkno: r.blkno, blocks, slots, extended })
+            }
             _ => Err(FsError::Corrupt { blkno: inode_blkno, what: format!("slot map too small for {slots} slots") }),
         }
     }

@@ -147,7 +147,10 @@ impl Core {
         }
         let len = inode.size as usize;
         match &inode.id2 {
-            Id2::FastSymlink(raw) => Ok(raw.get(..len).ok_or(FsError::Corrupt { blkno: ino, what: "symlink longer than its inode".into() })?.to_vec()),
+            Id2::FastSymlink(raw) => Ok(raw
+                .get(..len)
+                .ok_or(FsError::Corrupt { blkno: ino, what: "symlink longer than its inode".into() })?
+                .to_vec()),
             _ => self.file_read(&inode, 0, len as u64),
         }
     }
@@ -210,11 +213,10 @@ impl Core {
         if !inode.is_valid() || inode.flags & ORPHANED_FL == 0 || inode.links_count > 0 {
             return Ok(());
         }
-        let odir_blk = *self
-            .sys
-            .orphan_dir
-            .get(inode.orphaned_slot as usize)
-            .ok_or(FsError::Corrupt { blkno: ino, what: format!("orphaned in slot {} which does not exist", inode.orphaned_slot) })?;
+        let odir_blk = *self.sys.orphan_dir.get(inode.orphaned_slot as usize).ok_or(FsError::Corrupt {
+            blkno: ino,
+            what: format!("orphaned in slot {} which does not exist", inode.orphaned_slot),
+        })?;
         let mut odir = self.read_inode(odir_blk)?;
         self.dir_remove(&mut odir, format!("{:016x}", ino).as_bytes())?;
         if inode.is_dir() {
@@ -276,7 +278,10 @@ impl Core {
                 return Ok(false);
             }
             let d = self.read_inode(dir)?;
-            dir = self.dir_lookup(&d, b"..")?.map(|(i, _)| i).ok_or(FsError::Corrupt { blkno: dir, what: "directory without ..".into() })?;
+            dir = self
+                .dir_lookup(&d, b"..")?
+                .map(|(i, _)| i)
+                .ok_or(FsError::Corrupt { blkno: dir, what: "directory without ..".into() })?;
         }
         Err(FsError::Corrupt { blkno: dir, what: "directory chain too deep or looping".into() })
     }

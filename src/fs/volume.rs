@@ -248,7 +248,11 @@ impl Volume {
     /// Byte offset and length of the heartbeat area (the `heartbeat` file's first extent).
     pub fn heartbeat_area(&self) -> Result<(u64, u64)> {
         let hb = self.system_inode(SystemFile::Heartbeat)?;
-        let first = self.leaf_extents(&hb)?.into_iter().next().ok_or(FsError::Corrupt { blkno: hb.blkno, what: "heartbeat file has no data".into() })?;
+        let first = self
+            .leaf_extents(&hb)?
+            .into_iter()
+            .next()
+            .ok_or(FsError::Corrupt { blkno: hb.blkno, what: "heartbeat file has no data".into() })?;
         let len = hb.size.min(first.len as u64 * self.geo.cluster_size as u64);
         Ok((first.blkno * self.block_size() as u64, len))
     }

@@ -96,7 +96,11 @@ impl O2Fuse {
 
     /// Runs `f` on the mounted core; commits its metadata; maps errors (a corruption may turn
     /// the mount read-only, as errors=remount-ro says).
-    fn with<T>(&self, mutating: bool, f: impl FnOnce(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>) -> Result<T, Errno> {
+    fn with<T>(
+        &self,
+        mutating: bool,
+        f: impl FnOnce(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+    ) -> Result<T, Errno> {
         if mutating && self.read_only.load(Ordering::Relaxed) {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
@@ -273,7 +277,8 @@ impl Filesystem for O2Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
-        match self.with(true, |m, open| m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now())) {
+        match self.with(true, |m, open| m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now()))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -290,19 +295,35 @@ impl Filesystem for O2Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let parent = self.blk(parent);
         let who = caller(req);
-        match self.with(true, |m, _| m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())) {
+        match self.with(true, |m, _| {
+            m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())
+        }) {
             Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn rename(&self, _req: &Request, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         let (p, np) = (self.blk(parent), self.blk(newparent));
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL));
         }
-        let f = CoreRename { noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE), exchange: flags.contains(RenameFlags::RENAME_EXCHANGE) };
-        match self.with(true, |m, open| m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())) {
+        let f = CoreRename {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        match self.with(true, |m, open| {
+            m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -323,12 +344,25 @@ impl Filesystem for O2Fuse {
             *open.entry(blk).or_insert(0) += 1;
             Ok(())
         }) {
-            Ok(()) => reply.opened(FileHandle(0), if flags.0 & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() }),
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                if flags.0 & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+            ),
             Err(e) => reply.error(e),
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         let blk = self.blk(ino);
         match self.with(false, |m, _| {
             let inode = m.core.read_inode(blk)?;
@@ -339,7 +373,18 @@ impl Filesystem for O2Fuse {
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lo: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         let blk = self.blk(ino);
         match self.with(true, |m, _| {
             let mut inode = m.core.read_inode(blk)?;
@@ -358,7 +403,16 @@ impl Filesystem for O2Fuse {
         reply.ok();
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lo: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         let blk = self.blk(ino);
         let r = self.with(false, |m, open| {
             let last = match open.get_mut(&blk) {
@@ -400,7 +454,12 @@ impl Filesystem for O2Fuse {
         }) {
             Ok(list) => {
                 for e in list {
-                    if reply.add(INodeNo(self.ino(e.ino)), e.cookie, kind_of_dirent(e.file_type), OsStr::from_bytes(&e.name)) {
+                    if reply.add(
+                        INodeNo(self.ino(e.ino)),
+                        e.cookie,
+                        kind_of_dirent(e.file_type),
+                        OsStr::from_bytes(&e.name),
+                    ) {
                         break;
                     }
                 }
@@ -419,12 +478,30 @@ impl Filesystem for O2Fuse {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.with(false, |m, _| m.core.statfs()) {
-            Ok(s) => reply.statfs(s.blocks, s.free, s.free, s.files, s.free_files, self.cluster_size as u32, 255, self.cluster_size as u32),
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.free,
+                s.free,
+                s.files,
+                s.free_files,
+                self.cluster_size as u32,
+                255,
+                self.cluster_size as u32,
+            ),
             Err(e) => reply.error(e),
         }
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
     }
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
@@ -445,7 +522,11 @@ impl Filesystem for O2Fuse {
                 let want = mask.bits() as u16 & 0o7;
                 let bits = if uid == 0 {
                     // Root may do anything but execute a file nobody may execute.
-                    if inode.mode & 0o111 != 0 || inode.is_dir() { 0o7 } else { 0o6 }
+                    if inode.mode & 0o111 != 0 || inode.is_dir() {
+                        0o7
+                    } else {
+                        0o6
+                    }
                 } else if uid == inode.uid {
                     (inode.mode >> 6) & 7
                 } else if gid == inode.gid {
@@ -463,7 +544,16 @@ impl Filesystem for O2Fuse {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
@@ -483,14 +573,32 @@ impl Filesystem for O2Fuse {
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let blk = self.blk(ino);
-        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 || (mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0) {
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0
+            || (mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0)
+        {
             return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
         }
         match self.with(true, |m, _| {
             let mut inode = m.core.read_inode(blk)?;
-            m.core.file_fallocate(&mut inode, offset, length, mode & FALLOC_FL_KEEP_SIZE != 0, mode & FALLOC_FL_PUNCH_HOLE != 0, Time::now())?;
+            m.core.file_fallocate(
+                &mut inode,
+                offset,
+                length,
+                mode & FALLOC_FL_KEEP_SIZE != 0,
+                mode & FALLOC_FL_PUNCH_HOLE != 0,
+                Time::now(),
+            )?;
             m.core.write_inode(&inode)
         }) {
             Ok(()) => reply.ok(),

@@ -62,7 +62,9 @@ impl MountOptions {
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
                 "commit" => {
-                    let s: u64 = need("seconds")?.parse().map_err(|_| format!("commit={} is not a number of seconds", val.unwrap_or("")))?;
+                    let s: u64 = need("seconds")?
+                        .parse()
+                        .map_err(|_| format!("commit={} is not a number of seconds", val.unwrap_or("")))?;
                     self.commit = Duration::from_secs(if s == 0 { 5 } else { s });
                 }
                 "data" => {
@@ -72,7 +74,10 @@ impl MountOptions {
                         v => return Err(format!("data={v}: expected ordered or writeback")),
                     }
                 }
-                "localalloc" => self.localalloc_mb = need("megabytes")?.parse().map_err(|_| "localalloc takes a number of MB".to_string())?,
+                "localalloc" => {
+                    self.localalloc_mb =
+                        need("megabytes")?.parse().map_err(|_| "localalloc takes a number of MB".to_string())?
+                }
                 "errors" => {
                     self.errors = match need("remount-ro, panic or continue")? {
                         "remount-ro" => ErrorsBehavior::RemountRo,
@@ -85,10 +90,10 @@ impl MountOptions {
                 "allow_other" => self.allow_other = true,
                 "default_permissions" => self.default_permissions = true,
                 // Accepted for compatibility with mount(8) and fstab lines; they need no action.
-                "local" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user" | "nouser" | "users" | "rw_mount" => {}
-                "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" | "norelatime" | "sync" | "async" | "dirsync" => {
-                    self.kernel.push(opt.to_string())
-                }
+                "local" | "defaults" | "auto" | "noauto" | "_netdev" | "nofail" | "user" | "nouser" | "users"
+                | "rw_mount" => {}
+                "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime"
+                | "norelatime" | "sync" | "async" | "dirsync" => self.kernel.push(opt.to_string()),
                 _ => return Err(format!("unknown mount option '{opt}'")),
             }
         }

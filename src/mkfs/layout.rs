@@ -6,7 +6,9 @@ use super::plan::Plan;
 use crate::format::chain::{chain_recs_per_inode, ChainList};
 use crate::format::dirent::{build_area, rec_len_for, FT_DIR, FT_REG_FILE};
 use crate::format::extent::{recs_per_inode, ExtentList, ExtentRec};
-use crate::format::features::{INCOMPAT_CLUSTERINFO, INCOMPAT_EXTENDED_SLOT_MAP, INCOMPAT_INLINE_DATA, INCOMPAT_USERSPACE_STACK};
+use crate::format::features::{
+    INCOMPAT_CLUSTERINFO, INCOMPAT_EXTENDED_SLOT_MAP, INCOMPAT_INLINE_DATA, INCOMPAT_USERSPACE_STACK,
+};
 use crate::format::group::{group_bitmap_bytes, GroupDesc};
 use crate::format::inline::{inline_capacity, InlineData};
 use crate::format::inode::*;
@@ -69,7 +71,10 @@ impl ClusterMap {
             let start = bitmap::find_clear_run(&self.bits, self.total as usize, from, 1)
                 .ok_or_else(|| format!("volume too small: no room for {what}"))?;
             let mut len = 0u64;
-            while len < n && !bitmap::test(&self.bits, start + len as usize) && start + (len as usize) < self.total as usize {
+            while len < n
+                && !bitmap::test(&self.bits, start + len as usize)
+                && start + (len as usize) < self.total as usize
+            {
                 len += 1;
             }
             bitmap::set_range(&mut self.bits, start, len as usize);
@@ -229,9 +234,9 @@ pub fn build(plan: &Plan, id: &Identity) -> Result<Image, String> {
 
     // Directories: entries laid out inline or in the allocated blocks.
     let dir = |out: &mut Image,
-                   mut inode: Inode,
-                   entries: Vec<(u64, u8, Vec<u8>)>,
-                   data: Option<(u64, u64)>|
+               mut inode: Inode,
+               entries: Vec<(u64, u8, Vec<u8>)>,
+               data: Option<(u64, u64)>|
      -> Result<Inode, String> {
         let refs: Vec<(u64, u8, &[u8])> = entries.iter().map(|(i, t, n)| (*i, *t, n.as_slice())).collect();
         match data {
@@ -301,7 +306,13 @@ pub fn build(plan: &Plan, id: &Identity) -> Result<Image, String> {
         match *f {
             SystemFile::BadBlocks => {}
             SystemFile::GlobalInodeAlloc => {
-                let cl = chain_list(sys_clusters as u16, bpc as u16, chain_recs_per_inode(bs), &[sys_group.clone()], &[sys_group_blk]);
+                let cl = chain_list(
+                    sys_clusters as u16,
+                    bpc as u16,
+                    chain_recs_per_inode(bs),
+                    &[sys_group.clone()],
+                    &[sys_group_blk],
+                );
                 set_chain_inode(&mut inode, cl, sys_clusters, cs);
                 put_group(&mut out, &sys_group, bs);
             }

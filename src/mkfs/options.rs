@@ -97,7 +97,10 @@ pub fn resolve_features(opts: &MkfsOptions) -> Result<Features, String> {
         };
         if enable {
             if !SELECTABLE.contains(&name) {
-                return Err(format!("feature '{name}' is not supported by o2fs (supported: {})", SELECTABLE.join(", ")));
+                return Err(format!(
+                    "feature '{name}' is not supported by o2fs (supported: {})",
+                    SELECTABLE.join(", ")
+                ));
             }
             asked_clusterinfo |= name == "clusterinfo";
             *f.word_mut(word) |= bit;
@@ -175,18 +178,19 @@ mod tests {
 
     #[test]
     fn reference_feature_strings_give_reference_bits() {
-        let f = resolve(
-            FeatureLevel::MaxCompat,
-            "sparse,unwritten,inline-data,extended-slotmap,clusterinfo",
+        let f =
+            resolve(FeatureLevel::MaxCompat, "sparse,unwritten,inline-data,extended-slotmap,clusterinfo", true, false)
+                .unwrap();
+        assert_eq!((f.compat, f.incompat, f.ro_compat), (3, 0x4150, 1));
+        let l = resolve(FeatureLevel::MaxCompat, "sparse,unwritten,inline-data,extended-slotmap", false, true).unwrap();
+        assert_eq!((l.compat, l.incompat, l.ro_compat), (3, 0x158, 1));
+        let d = resolve(
+            FeatureLevel::Default,
+            "noxattr,noindexed-dirs,norefcount,nodiscontig-bg,noappend-dio",
             true,
             false,
         )
         .unwrap();
-        assert_eq!((f.compat, f.incompat, f.ro_compat), (3, 0x4150, 1));
-        let l = resolve(FeatureLevel::MaxCompat, "sparse,unwritten,inline-data,extended-slotmap", false, true).unwrap();
-        assert_eq!((l.compat, l.incompat, l.ro_compat), (3, 0x158, 1));
-        let d = resolve(FeatureLevel::Default, "noxattr,noindexed-dirs,norefcount,nodiscontig-bg,noappend-dio", true, false)
-            .unwrap();
         assert_eq!(d.incompat, 0x4150);
     }
 

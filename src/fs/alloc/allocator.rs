@@ -80,7 +80,10 @@ pub fn free_bits(cache: &mut MetaCache, alloc_blkno: u64, gblk: u64, bit: u32, c
     let mut alloc = cache.read_inode(alloc_blkno)?;
     let mut gd = cache.read_group(gblk)?;
     if gd.parent_dinode != alloc_blkno {
-        return Err(FsError::Corrupt { blkno: gblk, what: format!("group does not belong to allocator {alloc_blkno}") });
+        return Err(FsError::Corrupt {
+            blkno: gblk,
+            what: format!("group does not belong to allocator {alloc_blkno}"),
+        });
     }
     let mut freed = 0;
     for b in bit..bit + count {
@@ -120,7 +123,8 @@ pub fn alloc_clusters(
     min: u32,
     goal: Option<u64>,
 ) -> Result<(u64, u32)> {
-    let preferred: Vec<u64> = goal.map(|c| vec![geo.global_group_blkno((c / geo.global_cpg() as u64) as u32)]).unwrap_or_default();
+    let preferred: Vec<u64> =
+        goal.map(|c| vec![geo.global_group_blkno((c / geo.global_cpg() as u64) as u32)]).unwrap_or_default();
     let (gblk, bit, len) = alloc_bits(cache, bitmap_blkno, want, min, &preferred)?.ok_or(FsError::NoSpace)?;
     Ok((group_first_cluster(geo, gblk) + bit as u64, len))
 }
@@ -151,7 +155,12 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 /// Suballocator: allocates one block (an inode or extent block), growing the allocator by a
 /// new group of `cl_cpg` clusters from the global bitmap when it is full. Returns
 /// (block number, bit, group blkno).
-pub fn alloc_block(cache: &mut MetaCache, geo: &Geometry, sub_blkno: u64, bitmap_blkno: u64) -> Result<(u64, u16, u64)> {
+pub fn alloc_block(
+    cache: &mut MetaCache,
+    geo: &Geometry,
+    sub_blkno: u64,
+    bitmap_blkno: u64,
+) -> Result<(u64, u16, u64)> {
     if let Some((gblk, bit, _)) = alloc_bits(cache, sub_blkno, 1, 1, &[])? {
         return Ok((gblk + bit as u64, bit as u16, gblk));
     }

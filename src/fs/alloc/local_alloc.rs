@@ -62,7 +62,9 @@ fn take(cache: &mut MetaCache, la_blkno: u64, want: u32, goal: Option<u64>) -> R
     let la = window(&mut inode)?;
     let off = la.bm_off as u64;
     let from = goal.filter(|&g| g >= off && g < off + total as u64).map_or(0, |g| (g - off) as usize);
-    let start = match bitmap::find_clear_run(&la.bitmap, total, from, 1).or_else(|| bitmap::find_clear_run(&la.bitmap, total, 0, 1)) {
+    let start = match bitmap::find_clear_run(&la.bitmap, total, from, 1)
+        .or_else(|| bitmap::find_clear_run(&la.bitmap, total, 0, 1))
+    {
         Some(s) => s,
         None => return Ok(None),
     };
