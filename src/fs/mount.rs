@@ -3,7 +3,7 @@
 //! reverse at unmount (ocfs2-format.md §1.2, §12.1, §13.8). The caller has made sure no other
 //! node is alive on the volume (disk heartbeat, or the cluster's membership).
 
-use super::cache::MetaCache;
+use super::cache::{MetaCache, MetaSink};
 use super::core::Core;
 use super::error::{FsError, Result};
 use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
@@ -86,24 +86,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
                 )));
             }
         }
-        let cache = MetaCache::new(
-            dev.clone(),
-            vol.block_size(),
-            vol.geo.total_blocks(),
-            vol.fs_generation(),
-            cfg.cache_bytes,
-            None,
-        );
-        let core = Core::new(
-            cache,
-            vol.geo,
-            sys0,
-            vol.fs_generation(),
-            sb.root_blkno,
-            sb.system_dir_blkno,
-            sb.features,
-            cfg.locks.clone(),
-        );
+        let core = new_core(&vol, sys0, cfg, None);
         return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
     // No other node is alive (checked above): every dirty journal is a crash to recover, ours
@@ -125,30 +108,13 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let journal = open_journal(&vol, &vol.read_inode(journal_blkno)?)?;
     set_dirty_flag(&vol, journal_blkno, true)?;
     let sink = JournalSink::new(journal, dev.clone(), cfg.data_ordered);
-    let cache = MetaCache::new(
-        dev.clone(),
-        vol.block_size(),
-        vol.geo.total_blocks(),
-        vol.fs_generation(),
-        cfg.cache_bytes,
-        Some(Box::new(sink)),
-    );
-    let mut core = Core::new(
-        cache,
-        vol.geo,
-        sys0,
-        vol.fs_generation(),
-        sb.root_blkno,
-        sb.system_dir_blkno,
-        sb.features,
-        cfg.locks.clone(),
-    );
+    let mut core = new_core(&vol, sys0, cfg, Some(Box::new(sink)));
     core.sys.slot = slot as u16;
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
-    // their local-alloc windows and truncate logs back and free them. Our own slot's window is closed too (it may
-    // be left from a crash); a fresh one opens at the first allocation.
+    // their local-alloc windows and truncate logs back and free them. Our own slot's window is
+    // closed too (it may be left from a crash); a fresh one opens at the first allocation.
     for (dead, node) in map.occupied().collect::<Vec<_>>() {
         tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
         for ino in core.orphans_of(dead as u16)? {
@@ -169,6 +135,29 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");
     Ok(Mounted { core, vol, read_only: false, slot_map: Some(slot_map) })
+}
+
+/// The core over a volume; `sink` None makes it read-only.
+fn new_core(vol: &Volume, sys: SysFiles, cfg: &MountConfig, sink: Option<Box<dyn MetaSink>>) -> Core {
+    let cache = MetaCache::new(
+        vol.dev.clone(),
+        vol.block_size(),
+        vol.geo.total_blocks(),
+        vol.fs_generation(),
+        cfg.cache_bytes,
+        sink,
+    );
+    let sb = vol.sb();
+    Core::new(
+        cache,
+        vol.geo,
+        sys,
+        vol.fs_generation(),
+        sb.root_blkno,
+        sb.system_dir_blkno,
+        sb.features,
+        cfg.locks.clone(),
+    )
 }
 
 /// Where the slot map's entries live: the first blocks of its first extent (§12.1).
