@@ -86,7 +86,6 @@ impl Core {
         let (first, last) = (off / cs, (end - 1) / cs);
         let mut tree = self.load_tree(inode)?;
         let mut changed = false;
-        let mut fresh = Vec::new();
         let mut c = first;
         while c <= last {
             let step = match extent_map::lookup(&tree.recs, c).copied() {
@@ -106,16 +105,13 @@ impl Core {
                     let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
                     let want = (last + 1).min(next) - c;
                     let goal = goal_after(&tree.recs, c, &self.geo);
-                    self.alloc_hole(&mut tree.recs, c, want, goal, 0, &mut fresh).map(|got| c + got)
+                    self.alloc_hole(&mut tree.recs, c, want, goal, 0).map(|got| c + got)
                 }
             };
-            match step {
-                Ok(next) => {
-                    changed = true;
-                    c = next;
-                }
-                Err(e) => return Err(self.undo_allocations(fresh, e)),
-            }
+            // On error (typically ENOSPC part-way) the clusters taken so far are given back by
+            // the operation's undo (Core::abort_op), with every other change it made.
+            c = step?;
+            changed = true;
         }
         if changed {
             self.store_tree(inode, &mut tree)?;
@@ -124,8 +120,7 @@ impl Core {
     }
 
     /// Maps up to `want` new clusters at logical cluster `c` (zeroed unless `flags` says
-    /// unwritten), remembering them in `fresh`; returns how many it got.
-    #[allow(clippy::too_many_arguments)]
+    /// unwritten); returns how many it got.
     fn alloc_hole(
         &mut self,
         recs: &mut Vec<ExtentRec>,
@@ -133,28 +128,14 @@ impl Core {
         want: u64,
         goal: Option<u64>,
         flags: u8,
-        fresh: &mut Vec<(u64, u64)>,
     ) -> Result<u64> {
         let (cluster, got) = self.alloc_clusters(want, goal)?;
         let blkno = self.geo.cluster_to_blkno(cluster);
-        fresh.push((blkno, got));
         if flags & EXT_UNWRITTEN == 0 {
             self.zero_clusters(blkno, got)?;
         }
         extent_map::insert(recs, c as u32, got as u32, blkno, flags, self.geo.bpc());
         Ok(got)
-    }
-
-    /// An allocation loop failed (typically ENOSPC) before its tree was stored: gives back the
-    /// clusters it took. The cache has no transaction abort, and a bitmap bit that no extent
-    /// references is a leak fsck.ocfs2 reports (CLUSTER_ALLOC_BIT, ocfs2-format.md §6.5).
-    fn undo_allocations(&mut self, fresh: Vec<(u64, u64)>, err: FsError) -> FsError {
-        for (blkno, n) in fresh {
-            if let Err(e) = self.free_clusters(blkno, n) {
-                return e;
-            }
-        }
-        err
     }
 
     /// Moves inline data into a first cluster (§9) and makes the inode extent-based.
@@ -285,7 +266,6 @@ impl Core {
         let flags = if self.unwritten_enabled() { EXT_UNWRITTEN } else { 0 };
         let mut c = off / cs;
         let last = (end.max(off + 1) - 1) / cs;
-        let mut fresh = Vec::new();
         while c <= last && len > 0 {
             if let Some(r) = extent_map::lookup(&tree.recs, c) {
                 c = r.end();
@@ -294,10 +274,7 @@ impl Core {
             let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
             let want = (last + 1).min(next) - c;
             let goal = goal_after(&tree.recs, c, &self.geo);
-            match self.alloc_hole(&mut tree.recs, c, want, goal, flags, &mut fresh) {
-                Ok(got) => c += got,
-                Err(e) => return Err(self.undo_allocations(fresh, e)),
-            }
+            c += self.alloc_hole(&mut tree.recs, c, want, goal, flags)?;
         }
         self.store_tree(inode, &mut tree)?;
         if !keep_size && end > inode.size {
