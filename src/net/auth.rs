@@ -127,7 +127,7 @@ impl Side<'_> {
         Ok(f)
     }
 
-    fn expect(&self, f: &OwnedFrame, kind: Kind) -> Result<(), NetError> {
+    fn require(&self, f: &OwnedFrame, kind: Kind) -> Result<(), NetError> {
         if f.kind == kind {
             return Ok(());
         }
@@ -220,7 +220,7 @@ async fn run(
 
     // 2. The peer's Hello.
     let f = side.read("reading the peer's hello").await?;
-    side.expect(&f, Kind::Hello)?;
+    side.require(&f, Kind::Hello)?;
     let Some((v, rest)) = f.body.split_first_chunk::<2>() else {
         return Err(NetError::Protocol { peer, detail: "hello without a version".into() });
     };
@@ -254,7 +254,7 @@ async fn run(
             let mine = proof_mac(secret, &h.nonce, &nonce, &me.service, &me.node).finalize().into_bytes();
             side.send(Kind::Proof, &mine).await?;
             let f = side.read("reading the peer's proof").await?;
-            side.expect(&f, Kind::Proof)?;
+            side.require(&f, Kind::Proof)?;
             let expected = proof_mac(secret, &nonce, &h.nonce, &me.service, &h.node);
             if expected.verify_slice(&f.body).is_err() {
                 return Err(side.refuse(Refusal::WrongSecret).await);
@@ -268,7 +268,7 @@ async fn run(
     // 4. Accept.
     side.send(Kind::Accept, &[]).await?;
     let f = side.read("waiting for the peer's accept").await?;
-    side.expect(&f, Kind::Accept)?;
+    side.require(&f, Kind::Accept)?;
     debug!(%peer, node = %h.node, service = %me.service, "network handshake done");
     Ok(Handshaken { peer_name: h.node })
 }

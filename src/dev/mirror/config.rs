@@ -370,7 +370,7 @@ impl Parser<'_> {
         }
     }
 
-    fn expect(&mut self, kind: Kind, expected: &'static str) -> Result<()> {
+    fn require(&mut self, kind: Kind, expected: &'static str) -> Result<()> {
         let t = self.next(expected)?;
         if t.kind != kind {
             return Err(self.syntax(t.line, expected, Some(&t.kind)));
@@ -390,7 +390,7 @@ impl Parser<'_> {
     /// `VALUE ;`
     fn single(&mut self, expected: &'static str) -> Result<At<String>> {
         let v = self.arg(expected)?;
-        self.expect(Kind::Semi, "`;`")?;
+        self.require(Kind::Semi, "`;`")?;
         Ok(v)
     }
 
@@ -401,7 +401,7 @@ impl Parser<'_> {
         section: &'static str,
         mut statement: impl FnMut(&mut Self, &str, usize) -> Result<bool>,
     ) -> Result<()> {
-        self.expect(Kind::Open, "`{`")?;
+        self.require(Kind::Open, "`{`")?;
         loop {
             let t = self.next("a statement or `}`")?;
             match t.kind {
@@ -499,7 +499,7 @@ impl Parser<'_> {
                         p.set(&mut s.shared_secret, "shared-secret", v.value, line)?;
                     }
                     "allow-two-primaries" => {
-                        p.expect(Kind::Semi, "`;` (allow-two-primaries takes no value)")?;
+                        p.require(Kind::Semi, "`;` (allow-two-primaries takes no value)")?;
                         p.set(&mut s.allow_two_primaries, "allow-two-primaries", true, line)?;
                     }
                     _ => return Ok(false),
@@ -583,7 +583,7 @@ impl Parser<'_> {
                 self.tokens.next();
             }
         }
-        self.expect(Kind::Semi, "`;`")?;
+        self.require(Kind::Semi, "`;`")?;
         if v.value == "internal" {
             return Ok(MetaDisk::Internal);
         }
