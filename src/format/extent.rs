@@ -142,6 +142,17 @@ impl ExtentBlock {
         })
     }
 
+    /// Fails unless the block names itself and carries the volume generation (§5.4).
+    pub fn check_identity(&self, blkno: u64, fs_generation: u32) -> Result<()> {
+        if self.blkno != blkno || self.fs_generation != fs_generation {
+            return Err(At::new(blkno, "extent block").invalid(format!(
+                "names block {} generation {:#x}, expected {blkno} {fs_generation:#x}",
+                self.blkno, self.fs_generation
+            )));
+        }
+        Ok(())
+    }
+
     /// Encodes into a whole block buffer (zeroed first).
     pub fn encode(&self, b: &mut [u8]) {
         b.fill(0);

@@ -55,6 +55,17 @@ impl GroupDesc {
         })
     }
 
+    /// Fails unless the descriptor names itself and carries the volume generation (§6.3).
+    pub fn check_identity(&self, blkno: u64, fs_generation: u32) -> Result<()> {
+        if self.blkno != blkno || self.generation != fs_generation {
+            return Err(At::new(blkno, "group descriptor").invalid(format!(
+                "names block {} generation {:#x}, expected {blkno} {fs_generation:#x}",
+                self.blkno, self.generation
+            )));
+        }
+        Ok(())
+    }
+
     pub fn encode(&self, b: &mut [u8]) {
         b.fill(0);
         put_bytes(b, 0, GROUP_SIGNATURE);

@@ -164,9 +164,7 @@ impl MetaCache {
 
     pub fn read_group(&mut self, blkno: u64) -> Result<GroupDesc> {
         let gd = GroupDesc::decode(&self.read(blkno)?, blkno)?;
-        if gd.blkno != blkno || gd.generation != self.fs_generation {
-            return Err(FsError::Corrupt { blkno, what: "group descriptor names another block or generation".into() });
-        }
+        gd.check_identity(blkno, self.fs_generation)?;
         Ok(gd)
     }
 
@@ -178,9 +176,7 @@ impl MetaCache {
 
     pub fn read_extent_block(&mut self, blkno: u64) -> Result<ExtentBlock> {
         let eb = ExtentBlock::decode(&self.read(blkno)?, blkno)?;
-        if eb.blkno != blkno || eb.fs_generation != self.fs_generation {
-            return Err(FsError::Corrupt { blkno, what: "extent block names another block or generation".into() });
-        }
+        eb.check_identity(blkno, self.fs_generation)?;
         Ok(eb)
     }
 

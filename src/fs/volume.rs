@@ -144,9 +144,7 @@ impl Volume {
     pub fn read_extent_block(&self, blkno: u64) -> Result<ExtentBlock> {
         let buf = self.read_block(blkno)?;
         let eb = ExtentBlock::decode(&buf, blkno)?;
-        if eb.blkno != blkno || eb.fs_generation != self.fs_generation() {
-            return Err(FsError::Corrupt { blkno, what: "extent block names another block or generation".into() });
-        }
+        eb.check_identity(blkno, self.fs_generation())?;
         Ok(eb)
     }
 

@@ -114,8 +114,8 @@ fn interior(c: &mut Checker, owner: u64, depth: u16, r: &mut ExtentRec, t: &mut 
         Ok(eb) => eb,
         Err(e) => return Ok(Verdict::Remove("EXTENT_EB_INVALID", format!("{what}: {e}"))),
     };
-    if eb.blkno != blk || eb.fs_generation != c.gen {
-        return Ok(Verdict::Remove("EXTENT_EB_INVALID", format!("{what} names another block or generation")));
+    if let Err(e) = eb.check_identity(blk, c.gen) {
+        return Ok(Verdict::Remove("EXTENT_EB_INVALID", format!("{what}: {e}")));
     }
     if eb.list.tree_depth + 1 != depth {
         return Ok(Verdict::Remove(
