@@ -11,6 +11,7 @@
 //! Users: the mirror's peer link (service `mirror:<resource>`) and the cluster mesh
 //! (`cluster:<name>`). Nothing here panics on bytes from a socket; every error names the peer.
 
+pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod frame;
