@@ -79,6 +79,9 @@ impl Dlm {
         let lock = self.idle_lock(id)?;
         let res = lock.res.clone();
         let from = lock.granted.unwrap_or(Mode::Nl);
+        if !from.is_down_to(mode) && !from.is_up_to(mode) {
+            return Err(DlmError::Sideways { from, to: mode });
+        }
         let msg = if from.is_down_to(mode) {
             let lvb = lock.write_lvb(lvb);
             lock.granted = Some(mode);

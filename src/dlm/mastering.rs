@@ -20,7 +20,9 @@ impl Dlm {
     pub(super) fn on_request(&mut self, from: NodeId, res: ResName, id: LockId, mode: Mode, noqueue: bool) {
         let now = self.now_ms;
         let Some(r) = self.mastered_mut(from, &res) else { return };
-        r.enqueue(from, id, mode, noqueue, now);
+        if !r.enqueue(from, id, mode, noqueue, now) {
+            tracing::debug!(from, %res, id = id.0, %mode, "dlm: conversion that is not up; dropped");
+        }
         self.settle(&res);
     }
 
@@ -69,8 +71,8 @@ impl Dlm {
         if let Some(mode) = granted {
             r.add_holder(from, id, mode);
         }
-        if let Some(mode) = wanted {
-            r.enqueue(from, id, mode, noqueue, now);
+        if let Some(mode) = wanted.filter(|&mode| !r.enqueue(from, id, mode, noqueue, now)) {
+            tracing::debug!(from, %res, id = id.0, %mode, "dlm: rebuilt conversion that is not up; dropped");
         }
         self.settle(&res);
     }

@@ -98,6 +98,8 @@ pub enum DlmError {
     Busy(LockId),
     #[error("lock {} has no request or conversion waiting", .0 .0)]
     NotWaiting(LockId),
+    #[error("conversion from {from} to {to} is neither up nor down; convert through cr or pw")]
+    Sideways { from: Mode, to: Mode },
     #[error("lock value block of {0} bytes: at most {LVB_LEN}")]
     LvbTooLong(usize),
     #[error("node {0} is not being recovered by this node")]

@@ -41,6 +41,14 @@ impl Mode {
         Mode::ALL.iter().all(|&m| !self.compatible(m) || to.compatible(m))
     }
 
+    /// Whether a conversion from `self` to `to` only gains rights (every mode compatible with
+    /// `to` is compatible with `self`). CW and PR are neither above nor below each other: a
+    /// conversion between them is refused, because while its grant travels to the holder, the
+    /// master could grant others a mode that the holder's old mode still conflicts with.
+    pub fn is_up_to(self, to: Mode) -> bool {
+        to.is_down_to(self)
+    }
+
     /// Modes whose holder may write the lock value block when it converts down or unlocks
     /// (VMS and o2dlm: only PW and EX holders update the LVB).
     pub fn writes_lvb(self) -> bool {
@@ -101,6 +109,11 @@ mod tests {
     fn down_conversions() {
         assert!(Ex.is_down_to(Pr) && Ex.is_down_to(Nl) && Pw.is_down_to(Cr) && Pr.is_down_to(Pr));
         assert!(!Pr.is_down_to(Ex) && !Pr.is_down_to(Cw) && !Cw.is_down_to(Pr) && !Nl.is_down_to(Cr));
+        assert!(Cw.is_up_to(Pw) && Nl.is_up_to(Ex) && !Cw.is_up_to(Pr) && !Pr.is_up_to(Cw));
+        let sideways = |a: Mode, b: Mode| !a.is_down_to(b) && !a.is_up_to(b);
+        let pairs: Vec<_> = Mode::ALL.into_iter().flat_map(|a| Mode::ALL.map(|b| (a, b))).collect();
+        let sideways: Vec<_> = pairs.into_iter().filter(|&(a, b)| sideways(a, b)).collect();
+        assert_eq!(sideways, [(Cw, Pr), (Pr, Cw)]);
     }
 
     #[test]

@@ -104,18 +104,19 @@ impl Resource {
         }
     }
 
-    /// Queues a request: a conversion when (node, id) holds a grant, else a new lock. A duplicate
-    /// of a waiting request is ignored.
-    pub fn enqueue(&mut self, node: NodeId, id: LockId, wanted: Mode, noqueue: bool, now_ms: u64) {
+    /// Queues a request: an up-conversion when (node, id) holds a grant, else a new lock. A
+    /// duplicate of a waiting request is ignored; false for a conversion that is not up.
+    pub fn enqueue(&mut self, node: NodeId, id: LockId, wanted: Mode, noqueue: bool, now_ms: u64) -> bool {
         if self.is_waiting(node, id) {
-            return;
+            return true;
         }
         let w = Waiter { node, id, wanted, noqueue, since_ms: now_ms };
-        if self.holder(node, id).is_some() {
-            self.converting.push_back(w);
-        } else {
-            self.waiting.push_back(w);
+        match self.holder(node, id).map(|h| h.mode.is_up_to(wanted)) {
+            Some(false) => return false,
+            Some(true) => self.converting.push_back(w),
+            None => self.waiting.push_back(w),
         }
+        true
     }
 
     /// Applies a down-conversion; false if (node, id) holds nothing it can convert down from.
