@@ -29,6 +29,8 @@ struct Node {
     locks: BTreeMap<LockId, ClientLock>,
     views: VecDeque<(u64, BTreeSet<NodeId>)>,
     to_recover: BTreeSet<NodeId>,
+    /// Every node of every view this node was given.
+    seen: BTreeSet<NodeId>,
 }
 
 /// The value block a reader must see: the last one written, or (after a crash or a view change
@@ -126,8 +128,13 @@ impl Sim {
     }
 
     fn add_node(&mut self, id: NodeId) {
-        let node =
-            Node { dlm: Dlm::new(id), locks: BTreeMap::new(), views: VecDeque::new(), to_recover: BTreeSet::new() };
+        let node = Node {
+            dlm: Dlm::new(id),
+            locks: BTreeMap::new(),
+            views: VecDeque::new(),
+            to_recover: BTreeSet::new(),
+            seen: BTreeSet::new(),
+        };
         self.nodes.insert(id, node);
         self.members.insert(id);
     }
@@ -147,7 +154,18 @@ impl Sim {
         self.epoch += 1;
         for node in self.nodes.values_mut() {
             node.views.push_back((self.epoch, self.members.clone()));
+            node.seen.extend(&self.members);
         }
+    }
+
+    /// Whether, after `victims` die, some survivor still knows of every unrecovered death. A
+    /// death only dead nodes knew of is lost to the DLM (a joiner never saw that node): the
+    /// filesystem recovers such slots at mount from its slot map, as OCFS2 does, so the
+    /// simulation does not produce it.
+    fn deaths_stay_known(&self, victims: &[NodeId]) -> bool {
+        let survivors: Vec<&Node> = self.nodes.iter().filter(|(id, _)| !victims.contains(id)).map(|(_, n)| n).collect();
+        let dead = self.dead_holdings.keys().chain(victims);
+        dead.into_iter().all(|d| survivors.iter().any(|n| n.seen.contains(d) || n.dlm.unrecovered().contains(d)))
     }
 
     fn crash(&mut self, victims: &[NodeId]) {
@@ -407,7 +425,9 @@ impl Sim {
                 } else {
                     &live[self.rng.below(live.len() as u64) as usize..][..1]
                 };
-                self.crash(&victims.to_vec());
+                if self.deaths_stay_known(victims) {
+                    self.crash(victims);
+                }
             }
             1 if live.len() < MAX_NODES && self.next_node < 12 => self.join(),
             2..=39 => {

@@ -98,7 +98,7 @@ impl Dlm {
     }
 
     /// Runs the grant pass of `res` once the rebuild is complete, sends the answers, and forgets
-    /// the resource when nothing is left of it.
+    /// the resource when no lock and no value block is left of it.
     pub(super) fn settle(&mut self, res: &ResName) {
         if !self.ready {
             return;
@@ -109,7 +109,10 @@ impl Dlm {
         let Some(r) = self.mastered.get_mut(res) else { return };
         r.grant_pass(&judge, &mut replies);
         let lvb = r.lvb.clone();
-        if r.is_idle() && lvb.lvb.is_empty() {
+        // A versioned block, even an invalidated one, stays: its version is the floor that keeps
+        // an older block reported in a later rebuild (say by an unlock whose answer was lost)
+        // from coming back.
+        if r.is_idle() && lvb.version == 0 {
             self.mastered.remove(res);
         }
         let epoch = self.epoch_now();
