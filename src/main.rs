@@ -2,6 +2,8 @@
 //! invoked by mount(8) as `mount.fuse.o2fs` (or by mount.fuse3 as `o2fs SOURCE DIR -o OPTS`)
 //! it mounts too, so an /etc/fstab line works. Command lines only: the work is in the library.
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use o2fs::cluster::disk_heartbeat::{Heartbeat, Region, DEFAULT_DEAD_BEATS, DEFAULT_INTERVAL};
@@ -24,6 +26,15 @@ enum Cmd {
     Mount(MountArgs),
     /// List the nodes heartbeating on a volume (as mounted.ocfs2 -f does).
     Mounted(MountedArgs),
+    /// Cluster daemon (membership, heartbeats, DLM).
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
+    /// Run a command while holding a cluster-wide lock (flock(1) for a whole cluster).
+    Lock(cli::cluster::LockArgs),
+    /// Dump the cluster's lock resources: master, holders, waiters.
+    Locks(cli::cluster::ShowArgs),
+    /// A running node's state.
+    Status(cli::cluster::ShowArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +63,9 @@ struct MountArgs {
     dir: PathBuf,
 }
 
+/// Names that are subcommands even if a file of that name exists (mount-helper detection).
+const SUBCOMMANDS: &[&str] = &["mount", "mounted", "cluster", "lock", "locks", "status", "help"];
+
 fn main() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
     // Two arenas keep the daemon's memory close to its caches (many per-thread arenas hold on to
@@ -72,7 +86,7 @@ fn main() {
     // mount(8) runs helpers as `mount.fuse.o2fs SOURCE DIR [-o OPTS]`; mount.fuse3 runs `o2fs
     // SOURCE DIR -o OPTS`. Both mean `o2fs mount`.
     let is_mount_helper = invoked_as.starts_with("mount.")
-        || argv.get(1).is_some_and(|a| Path::new(a).exists() && !["mount"].contains(&a.as_str()));
+        || argv.get(1).is_some_and(|a| Path::new(a).exists() && !SUBCOMMANDS.contains(&a.as_str()));
     let cli = if is_mount_helper {
         let mut args = vec!["o2fs".to_string(), "mount".to_string()];
         args.extend(argv.into_iter().skip(1).filter(|a| a != "-n" && a != "-s" && a != "-v"));
@@ -83,6 +97,13 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Mount(a) => cmd_mount(a),
         Cmd::Mounted(a) => cmd_mounted(a),
+        Cmd::Cluster(c) => cli::cluster::run(c),
+        Cmd::Lock(a) => match cli::cluster::lock(a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
+        Cmd::Locks(a) => cli::cluster::locks(a),
+        Cmd::Status(a) => cli::cluster::status(a),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");
@@ -141,51 +162,11 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     if !a.dir.is_dir() {
         bail!("mount point {} is not a directory", a.dir.display());
     }
-    if a.foreground {
-        return serve(&a, &opts, None);
-    }
-    // Daemonise only once the mount is ready: the parent waits for the child's word.
-    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
-    // SAFETY: fork is required to daemonise; no other thread exists yet at this point, so the
-    // child starts from a consistent single-threaded state.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            drop(wr);
-            // The child writes "ok" once mounted (and keeps the pipe open), or an error and exits.
-            let mut msg = Vec::new();
-            let mut rd = std::fs::File::from(rd);
-            let mut buf = [0u8; 512];
-            use std::io::Read;
-            while msg != b"ok" {
-                match rd.read(&mut buf).context("waiting for the daemon")? {
-                    0 => break,
-                    n => msg.extend_from_slice(&buf[..n]),
-                }
-            }
-            let msg = String::from_utf8_lossy(&msg).into_owned();
-            match msg.strip_prefix("ok") {
-                Some(_) => Ok(()),
-                None if msg.is_empty() => bail!("the mount daemon died before the mount was ready"),
-                None => bail!("{}", msg.trim_start_matches("err:").trim()),
-            }
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(rd);
-            let _ = nix::unistd::setsid();
-            let wr = std::fs::File::from(wr);
-            // The parent reports a failure to start; the daemon's own error output is gone.
-            if let Err(e) = serve(&a, &opts, Some(wr.try_clone().context("pipe")?)) {
-                use std::io::Write;
-                let _ = write!(&wr, "err: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-    }
+    cli::daemon::run(a.foreground, |ready| serve(&a, &opts, ready))
 }
 
-/// Mounts and serves until unmounted. `ready` hears "ok" once the mount is up.
-fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Result<()> {
+/// Mounts and serves until unmounted; `ready` is told once the mount is up.
+fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> Result<()> {
     // Before any thread starts, so that every thread inherits the blocked signals.
     spawn_signal_unmounter(a.dir.clone());
     let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
@@ -233,12 +214,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     config.clone_fd = true;
     let session =
         fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
-    if let Some(mut w) = ready {
-        use std::io::Write;
-        let _ = w.write_all(b"ok");
-        drop(w);
-        redirect_stdio();
-    }
+    ready.done();
     let served = session.run().context("serving FUSE requests");
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
     drop(heartbeat);
@@ -275,16 +251,6 @@ fn kernel_option(name: &str) -> Option<fuser::MountOption> {
         "dirsync" => DirSync,
         _ => return None,
     })
-}
-
-/// A daemon keeps no terminal.
-fn redirect_stdio() {
-    use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
 }
 
 /// SIGTERM/SIGINT unmount cleanly (the session then ends and the volume is released).
