@@ -54,6 +54,17 @@ struct MountArgs {
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
+    /// o2cb cluster.conf: mount as a node of this cluster (with --node), sharing the volume.
+    #[arg(short = 'c')]
+    cluster_conf: Option<PathBuf>,
+    /// This node's name in the cluster.
+    #[arg(long, requires = "cluster_conf")]
+    node: Option<String>,
+    /// Admin socket of a cluster mount (default /run/o2fs/NODE.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[command(flatten)]
+    join: cli::cluster::JoinArgs,
     /// Mount options (comma-separated; may be repeated).
     #[arg(short = 'o')]
     options: Vec<String>,
@@ -170,6 +181,9 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
     // Before any thread starts, so that every thread inherits the blocked signals.
     spawn_signal_unmounter(a.dir.clone());
     let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
+    if let Some(conf) = &a.cluster_conf {
+        return serve_cluster(a, conf, opts, dev, ready);
+    }
     // A single-node mount owns the image: a second o2fs on this machine must not mount it too.
     let _image_lock = lock_image(&dev, &a.image)?;
     let dev: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(dev);
@@ -197,6 +211,84 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
     };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
+    let session = fuser::Session::new(fs, &a.dir, &fuse_config(a, opts))
+        .with_context(|| format!("mounting on {}", a.dir.display()))?;
+    ready.done();
+    let served = session.run().context("serving FUSE requests");
+    // After the clean unmount (the session's end ran it): stop beating, clear our sector.
+    drop(heartbeat);
+    served
+}
+
+/// A cluster mount: join the cluster (disk heartbeat on the volume, network mesh, DLM), then
+/// mount under the volume's metadata lock taken exclusive, recovering the slots of nodes that
+/// are not alive; serve until unmounted or fenced (then every request fails with EIO and
+/// nothing more is written).
+fn serve_cluster(
+    a: &MountArgs,
+    conf: &Path,
+    opts: &MountOptions,
+    file: FileDevice,
+    mut ready: cli::daemon::Ready,
+) -> Result<()> {
+    use o2fs::fs::lock::{ClusterLocks, LockMode, LockResource};
+    let node = a.node.as_deref().context("a cluster mount needs --node NAME")?;
+    if opts.read_only {
+        bail!("read-only cluster mounts are not supported yet");
+    }
+    let raw: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(file);
+    let fence = Arc::new(o2fs::dev::FenceableDevice::new(raw.clone()));
+    let dev: Arc<dyn o2fs::dev::BlockDevice> = fence.clone();
+    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", a.image.display()))?;
+    if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) {
+        bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", a.image.display());
+    }
+    drop(vol);
+    // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
+    let region = cli::cluster::heartbeat_region(raw)?;
+    let locks = o2fs::fs::dlm_locks::DlmLocks::new();
+    let stack = cli::cluster::Stack::start(
+        conf,
+        node,
+        &a.join,
+        Some(region),
+        locks.recovery_hook(),
+        Some(locks.downconvert_hook()),
+    )?;
+    locks.bind(stack.svc.clone());
+    stack.on_fence(move || fence.fence());
+    stack.wait_member(std::time::Duration::from_secs(120))?;
+    locks.acquire(LockResource::Super, LockMode::Ex)?;
+    let cfg = MountConfig {
+        cache_bytes: opts.cache_bytes,
+        data_ordered: opts.data_ordered,
+        local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
+        node: stack.number as u32,
+        live_nodes: Some(stack.members()),
+        ..Default::default()
+    };
+    let mounted = mount(dev, &cfg);
+    let mounted = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            locks.release(LockResource::Super, LockMode::Ex);
+            return Err(e).with_context(|| format!("mounting {}", a.image.display()));
+        }
+    };
+    let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
+    locks.release(LockResource::Super, LockMode::Ex);
+    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)))?;
+    let session = fuser::Session::new(fs, &a.dir, &fuse_config(a, opts))
+        .with_context(|| format!("mounting on {}", a.dir.display()))?;
+    ready.done();
+    let served = session.run().context("serving FUSE requests");
+    // After the clean unmount: leave the cluster (a clean stop clears our heartbeat sector).
+    stack.rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    served
+}
+
+/// The FUSE session's options for a mount.
+fn fuse_config(a: &MountArgs, opts: &MountOptions) -> fuser::Config {
     let mut config = fuser::Config::default();
     config.mount_options =
         vec![fuser::MountOption::FSName(a.image.display().to_string()), fuser::MountOption::Subtype("o2fs".into())];
@@ -212,13 +304,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session =
-        fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
-    ready.done();
-    let served = session.run().context("serving FUSE requests");
-    // After the clean unmount (the session's end ran it): stop beating, clear our sector.
-    drop(heartbeat);
-    served
+    config
 }
 
 /// Takes an exclusive advisory lock on the image, held while the returned guard lives.

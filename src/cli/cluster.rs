@@ -7,7 +7,7 @@ use o2fs::cluster::disk_heartbeat::Region;
 use o2fs::cluster::membership::Timing;
 use o2fs::cluster::node::{self, ClusterHandle, NodeSettings};
 use o2fs::dev::FileDevice;
-use o2fs::dlm::service::{LockService, ServiceError};
+use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError};
 use o2fs::dlm::{Mode, ResName, ResourceDump};
 use o2fs::net::admin::{self, AdminClient, AdminConn, AdminListener};
 use o2fs::net::NetConfig;
@@ -65,6 +65,19 @@ pub struct TimingArgs {
     pub hb_dead_beats: u64,
 }
 
+/// How this node joins the cluster (shared by `cluster up` and a cluster `mount`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct JoinArgs {
+    /// File holding the cluster secret (else the cluster stanza's `secret_file`).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Run without authentication when no secret is configured.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -77,14 +90,8 @@ pub struct UpArgs {
     /// Stay in the foreground.
     #[arg(short = 'f')]
     pub foreground: bool,
-    /// File holding the cluster secret (else the cluster stanza's `secret_file`).
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
-    /// Run without authentication when no secret is configured.
-    #[arg(long)]
-    pub insecure: bool,
     #[command(flatten)]
-    pub timing: TimingArgs,
+    pub join: JoinArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,7 +127,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
 }
 
 /// The secret: `--secret-file`, else the config's `secret_file`, else none with `--insecure`.
-fn secret(a: &UpArgs, cfg: &ClusterConfig) -> Result<Option<Vec<u8>>> {
+fn secret(a: &JoinArgs, cfg: &ClusterConfig) -> Result<Option<Vec<u8>>> {
     match a.secret_file.as_ref().or(cfg.secret_file.as_ref()) {
         Some(p) => {
             let s = std::fs::read(p).with_context(|| format!("reading the cluster secret {}", p.display()))?;
@@ -138,55 +145,126 @@ fn secret(a: &UpArgs, cfg: &ClusterConfig) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn heartbeat_region(image: &Path) -> Result<Region> {
-    let dev: Arc<dyn o2fs::dev::BlockDevice> =
-        Arc::new(FileDevice::open(image, true).with_context(|| format!("opening {}", image.display()))?);
-    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", image.display()))?;
+/// The heartbeat area of the volume on `dev`.
+pub fn heartbeat_region(dev: Arc<dyn o2fs::dev::BlockDevice>) -> Result<Region> {
+    let vol = o2fs::fs::Volume::open(dev.clone()).context("reading the volume")?;
     let (start, len) = vol.heartbeat_area().context("locating the heartbeat area")?;
     Ok(Region::new(dev, start, len))
 }
 
-fn up(a: UpArgs) -> Result<()> {
-    let cfg = config::load(&a.conf)?;
-    let me = cfg
-        .node_by_name(&a.node.node)
-        .with_context(|| format!("node {:?} is not in {}", a.node.node, a.conf.display()))?
-        .number;
-    let secret = secret(&a, &cfg)?;
-    let t = &a.timing;
-    let net = NetConfig {
-        keepalive_ms: t.keepalive_ms,
-        idle_timeout_ms: t.idle_timeout_ms,
-        reconnect_ms: t.reconnect_ms,
-        ..NetConfig::default()
-    };
-    net.validate()?;
-    let timing = Timing {
-        link_grace_ms: t.idle_timeout_ms,
-        disk_interval_ms: t.hb_interval_ms,
-        disk_dead_ms: t.hb_interval_ms * t.hb_dead_beats,
-    };
-    let disk = a.image.as_deref().map(heartbeat_region).transpose()?;
-    let socket = a.node.socket();
-    let settings = NodeSettings { net, timing, secret, disk };
-    daemon::run(a.foreground, |mut ready| {
+/// The cluster stack of this process: a tokio runtime running the node (mesh, membership,
+/// heartbeats) and its lock service. Must be started after any fork.
+pub struct Stack {
+    pub rt: tokio::runtime::Runtime,
+    pub svc: Arc<LockService>,
+    pub handle: ClusterHandle,
+    pub number: u8,
+}
+
+impl Stack {
+    pub fn start(
+        conf: &Path,
+        node: &str,
+        join: &JoinArgs,
+        disk: Option<Region>,
+        recovery: RecoveryHook,
+        downconvert: Option<DownconvertHook>,
+    ) -> Result<Stack> {
+        let cfg = config::load(conf)?;
+        let number =
+            cfg.node_by_name(node).with_context(|| format!("node {node:?} is not in {}", conf.display()))?.number;
+        let t = &join.timing;
+        let net = NetConfig {
+            keepalive_ms: t.keepalive_ms,
+            idle_timeout_ms: t.idle_timeout_ms,
+            reconnect_ms: t.reconnect_ms,
+            ..NetConfig::default()
+        };
+        net.validate()?;
+        let timing = Timing {
+            link_grace_ms: t.idle_timeout_ms,
+            disk_interval_ms: t.hb_interval_ms,
+            disk_dead_ms: t.hb_interval_ms * t.hb_dead_beats,
+        };
+        let settings = NodeSettings { net, timing, secret: secret(join, &cfg)?, disk };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        rt.block_on(async {
-            let (handle, events) = node::start(&cfg, &a.node.node, settings).await?;
-            let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
-            let svc = LockService::start(me, handle.clone(), events, recovery, None);
-            let listener = AdminListener::bind(&socket).await?;
-            ready.done();
+        let (handle, events) = rt.block_on(node::start(&cfg, node, settings))?;
+        let svc = {
+            let _guard = rt.enter();
+            LockService::start(number, handle.clone(), events, recovery, downconvert)
+        };
+        Ok(Stack { rt, svc, handle, number })
+    }
+
+    /// Answers admin requests on `socket` from now on.
+    pub fn serve_admin(&self, socket: &Path) -> Result<()> {
+        let listener = self.rt.block_on(AdminListener::bind(socket))?;
+        let (svc, handle) = (self.svc.clone(), self.handle.clone());
+        self.rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), conn)));
+        Ok(())
+    }
+
+    /// Waits until this node is a member of a view; returns the members.
+    pub fn wait_member(&self, limit: Duration) -> Result<Vec<u32>> {
+        let start = std::time::Instant::now();
+        loop {
+            let st = self.handle.status();
+            if let Some(why) = st.fenced {
+                bail!("fenced while joining the cluster: {why}");
+            }
+            if let Some(v) = st.view.filter(|v| v.members.contains_key(&self.number)) {
+                return Ok(v.members.keys().map(|&n| n as u32).collect());
+            }
+            if start.elapsed() > limit {
+                bail!("no cluster view with this node after {} s (are enough nodes up for quorum?)", limit.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The members of the current view.
+    pub fn members(&self) -> Vec<u32> {
+        self.handle.status().view.map(|v| v.members.keys().map(|&n| n as u32).collect()).unwrap_or_default()
+    }
+
+    /// Runs `f` once if this node fences.
+    pub fn on_fence(&self, f: impl FnOnce() + Send + 'static) {
+        let mut fenced = self.svc.fenced();
+        self.rt.spawn(async move {
+            if fenced.wait_for(Option::is_some).await.is_ok() {
+                f();
+            }
+        });
+    }
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    // Refuse a bad configuration before forking, so the error reaches the terminal.
+    let cfg = config::load(&a.conf)?;
+    cfg.node_by_name(&a.node.node).with_context(|| format!("node {:?} is not in {}", a.node.node, a.conf.display()))?;
+    secret(&a.join, &cfg)?;
+    let socket = a.node.socket();
+    daemon::run(a.foreground, |mut ready| {
+        let disk = match &a.image {
+            Some(img) => Some(heartbeat_region(Arc::new(
+                FileDevice::open(img, true).with_context(|| format!("opening {}", img.display()))?,
+            ))?),
+            None => None,
+        };
+        let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
+        let stack = Stack::start(&a.conf, &a.node.node, &a.join, disk, recovery, None)?;
+        stack.serve_admin(&socket)?;
+        ready.done();
+        stack.rt.block_on(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
-                _ = listener.serve(|conn| serve_admin(svc.clone(), handle.clone(), conn)) => {}
                 _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving the cluster"),
             }
             Ok::<(), anyhow::Error>(())
         })?;
         // Dropping the runtime stops the node; a clean stop clears our heartbeat sector.
-        rt.shutdown_timeout(Duration::from_secs(2));
+        stack.rt.shutdown_timeout(Duration::from_secs(2));
         Ok(())
     })
 }

@@ -1,9 +1,11 @@
 //! Block device layer: the `BlockDevice` trait every layer above writes through, and the
 //! image-file backend. The mirror (`dev::mirror`) is another implementation of the same trait.
 
+pub mod fence;
 pub mod file;
 pub mod mirror;
 
+pub use fence::FenceableDevice;
 pub use file::FileDevice;
 
 /// Errors of a block device, naming the operation and the byte range.
@@ -15,6 +17,8 @@ pub enum DevError {
     OutOfRange { op: &'static str, offset: u64, len: u64, size: u64 },
     #[error("device is read-only")]
     ReadOnly,
+    #[error("this node is fenced: it writes nothing more until restarted")]
+    Fenced,
 }
 
 pub type Result<T> = std::result::Result<T, DevError>;

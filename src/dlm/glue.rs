@@ -25,6 +25,11 @@ pub struct Cached {
     pub writer: bool,
     pub lvb: Lvb,
     pub waiters: VecDeque<Waiter>,
+    /// A grant just came: the users queued for it run even if a peer is already blocked on us
+    /// (else both nodes could upconvert and yield forever without either doing its work).
+    pub admit: bool,
+    /// A cancel of the request in flight was sent.
+    pub cancelling: bool,
 }
 
 #[derive(Debug)]
@@ -99,9 +104,21 @@ impl Cached {
     /// A waiting user gave up. If nobody else waits for the request in flight, withdraw it.
     pub fn abandon(&mut self, ticket: u64) -> Vec<Action> {
         self.waiters.retain(|w| w.ticket != ticket);
+        if self.waiters.is_empty() {
+            self.cancel_upconversion().into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Withdraws the request or upconversion in flight (once).
+    fn cancel_upconversion(&mut self) -> Option<Action> {
         match (self.busy, self.id) {
-            (Some(m), Some(id)) if self.waiters.is_empty() && !covers(self.granted, m) => vec![Action::Cancel { id }],
-            _ => Vec::new(),
+            (Some(m), Some(id)) if !self.cancelling && !covers(self.granted, m) => {
+                self.cancelling = true;
+                Some(Action::Cancel { id })
+            }
+            _ => None,
         }
     }
 
@@ -117,16 +134,22 @@ impl Cached {
     pub fn granted(&mut self, mode: Mode, lvb: Lvb) {
         self.granted = Some(mode);
         self.busy = None;
+        self.cancelling = false;
         self.lvb = lvb;
-        // A grant ends the blocking episode: if a peer still waits, the master sends a new
-        // BAST after this grant (the link is FIFO), and our waiters are served first.
-        self.blocked = None;
+        // Yielding ends the blocking episode. An upconversion does not: the peer's BAST may
+        // have come before this grant and is not sent again, so the lock goes down after the
+        // users who waited for this grant had their turn.
+        if self.blocked.is_some_and(|w| mode.compatible(w)) {
+            self.blocked = None;
+        }
+        self.admit = true;
     }
 
     /// The request or conversion in flight ended without a grant (it was cancelled); waiters
     /// that remain ask again at the next `step`.
     pub fn failed(&mut self) {
         self.busy = None;
+        self.cancelling = false;
         if self.granted.is_none() {
             self.id = None;
         }
@@ -136,17 +159,46 @@ impl Cached {
         self.blocked = Some(wanted);
     }
 
+    /// Do local users hold more than a blocked peer lets this node keep?
+    fn holding_over(&self) -> bool {
+        let Some(target) = self.blocked.map(yield_to) else { return false };
+        let over = |m: Mode| !covers(Some(target), m);
+        (self.writer && over(Mode::Ex)) || (self.readers > 0 && over(Mode::Pr))
+    }
+
+    /// Lets in the queued users the granted mode covers, in order.
+    fn serve_waiters(&mut self, out: &mut Vec<Action>) {
+        while let Some(w) = self.waiters.front() {
+            if !(covers(self.granted, w.mode) && self.local_free(w.mode)) {
+                break;
+            }
+            let (ticket, mode) = (w.ticket, w.mode);
+            self.waiters.pop_front();
+            self.hold(mode);
+            out.push(Action::Wake { ticket });
+        }
+    }
+
     /// What to do now: serve waiters from the cache, downconvert for a blocked peer, or ask for
     /// more.
     pub fn step(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         if self.busy.is_some() {
+            // Conversion deadlock: a peer is blocked by the mode we hold while our upconversion
+            // waits behind that peer (both nodes at PR converting to EX). Withdraw ours and
+            // yield first, as OCFS2's dlmglue cancels the convert; we ask again afterwards.
+            let blocks_peer = matches!((self.granted, self.blocked), (Some(g), Some(w)) if !g.compatible(w));
+            if blocks_peer && !self.holding_over() {
+                out.extend(self.cancel_upconversion());
+            }
             return out;
+        }
+        if std::mem::take(&mut self.admit) {
+            self.serve_waiters(&mut out);
         }
         if let (Some(wanted), Some(id)) = (self.blocked, self.id) {
             let target = yield_to(wanted);
-            let over = |m: Mode| !covers(Some(target), m);
-            let holding_over = (self.writer && over(Mode::Ex)) || (self.readers > 0 && over(Mode::Pr));
+            let holding_over = self.holding_over();
             if !holding_over && self.granted.is_some_and(|g| g != target && !covers(Some(target), g)) {
                 self.busy = Some(target);
                 let lvb = matches!(self.granted, Some(Mode::Ex) | Some(Mode::Pw)).then(|| self.lvb.clone());
@@ -156,17 +208,10 @@ impl Cached {
             if holding_over {
                 return out;
             }
+            // Already at or below what the peer can live with: a stale BAST.
+            self.blocked = None;
         }
-        while let Some(w) = self.waiters.front() {
-            if covers(self.granted, w.mode) && self.local_free(w.mode) {
-                let (ticket, mode) = (w.ticket, w.mode);
-                self.waiters.pop_front();
-                self.hold(mode);
-                out.push(Action::Wake { ticket });
-            } else {
-                break;
-            }
-        }
+        self.serve_waiters(&mut out);
         if let Some(w) = self.waiters.front() {
             if !covers(self.granted, w.mode) {
                 let mode = w.mode;
@@ -214,6 +259,33 @@ mod tests {
         assert_eq!(c.blocked, None);
         // The queued newcomer now needs Ex again: it asks, behind the peer.
         assert_eq!(c.step(), vec![Action::Convert { id: LockId(1), mode: Mode::Ex }]);
+    }
+
+    #[test]
+    fn bast_before_the_upconversion_grant_is_not_lost() {
+        let mut c = Cached { id: Some(LockId(1)), granted: Some(Mode::Pr), ..Default::default() };
+        assert!(!c.acquire(1, Mode::Ex));
+        assert_eq!(c.step(), vec![Action::Convert { id: LockId(1), mode: Mode::Ex }]);
+        c.blocking(Mode::Ex); // the peer queued behind our conversion
+        c.granted(Mode::Ex, Lvb::default());
+        assert_eq!(c.step(), vec![Action::Wake { ticket: 1 }], "the user who waited runs first");
+        assert!(!c.acquire(2, Mode::Ex), "a newcomer waits behind the peer");
+        c.release(Mode::Ex);
+        assert_eq!(c.step(), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: Some(Lvb::default()) }]);
+    }
+
+    #[test]
+    fn conversion_deadlock_is_broken_by_cancelling_and_yielding() {
+        let mut c = Cached { id: Some(LockId(1)), granted: Some(Mode::Pr), ..Default::default() };
+        assert!(!c.acquire(1, Mode::Ex));
+        assert_eq!(c.step(), vec![Action::Convert { id: LockId(1), mode: Mode::Ex }]);
+        c.blocking(Mode::Ex); // the peer holds PR too and converts to EX
+        assert_eq!(c.step(), vec![Action::Cancel { id: LockId(1) }]);
+        assert!(c.step().is_empty(), "one cancel");
+        c.failed();
+        assert_eq!(c.step(), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: None }]);
+        c.granted(Mode::Nl, Lvb::default());
+        assert_eq!(c.step(), vec![Action::Convert { id: LockId(1), mode: Mode::Ex }], "asks again, behind the peer");
     }
 
     #[test]

@@ -221,7 +221,9 @@ impl LockService {
         }
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
-        if inner.cache.entry(res.clone()).or_default().acquire(ticket, mode) {
+        let cached = inner.cache.entry(res.clone()).or_default();
+        tracing::trace!(res = res.as_str(), ticket, ?mode, state = ?cached, "acquire");
+        if cached.acquire(ticket, mode) {
             return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
@@ -251,6 +253,7 @@ impl LockService {
 
     fn perform(&self, inner: &mut Inner, res: &ResName, actions: Vec<Action>) {
         for a in actions {
+            tracing::trace!(res = res.as_str(), action = ?a, "lock cache");
             match a {
                 Action::Request { mode } => {
                     let id = inner.dlm.lock(res, mode, LockFlags::default());
@@ -309,6 +312,7 @@ impl LockService {
     fn pump(&self, inner: &mut Inner) {
         inner.dlm.set_time(self.started.elapsed().as_millis() as u64);
         while let Some(ev) = inner.dlm.poll_event() {
+            tracing::trace!(event = ?ev, "dlm");
             let (id, event) = match ev {
                 Event::Send { to, msg } => {
                     self.send(to, &SvcMsg::Dlm(msg));
@@ -415,7 +419,12 @@ impl LockService {
         }
         self.pump(&mut inner);
         drop(inner);
-        self.run_downconverts();
+        // Owners' downconvert callbacks block (a filesystem checkpoints there): not on a
+        // runtime worker.
+        if self.downconvert.is_some() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.run_downconverts());
+        }
     }
 
     /// Every member's view of the locks it masters or holds, gathered over the cluster.

@@ -43,6 +43,9 @@ pub struct MetaCache {
     /// None on a read-only mount.
     sink: Option<Box<dyn MetaSink>>,
     read_only: bool,
+    /// Whether this node may change metadata now: always on a single-node mount; on a cluster
+    /// mount only while it holds the metadata lock exclusive.
+    exclusive: bool,
     /// Undo log of the current operation: each block's dirty copy before the operation first
     /// changed it (None: it was not dirty). `abort_op` puts these back.
     undo: BTreeMap<u64, Option<Vec<u8>>>,
@@ -66,6 +69,7 @@ impl MetaCache {
             clean: LruCache::new(cap),
             dirty: BTreeMap::new(),
             read_only: sink.is_none(),
+            exclusive: true,
             sink,
             undo: BTreeMap::new(),
         }
@@ -73,6 +77,17 @@ impl MetaCache {
 
     pub fn set_read_only(&mut self, ro: bool) {
         self.read_only = ro;
+    }
+
+    /// See `exclusive`: a write while not exclusive fails with [`FsError::NeedExclusive`].
+    pub fn set_exclusive(&mut self, ex: bool) {
+        self.exclusive = ex;
+    }
+
+    /// Forgets every clean block: another node may change them once this node gives up its
+    /// cluster lock. Dirty and logged blocks must have been checkpointed first.
+    pub fn drop_clean(&mut self) {
+        self.clean.clear();
     }
     pub fn block_size(&self) -> usize {
         self.block_size
@@ -110,6 +125,9 @@ impl MetaCache {
     pub fn write(&mut self, blkno: u64, data: Vec<u8>) -> Result<()> {
         if self.read_only {
             return Err(FsError::ReadOnly);
+        }
+        if !self.exclusive {
+            return Err(FsError::NeedExclusive);
         }
         if blkno >= self.total_blocks || data.len() != self.block_size {
             return Err(FsError::Corrupt { blkno, what: "write of a block outside the volume".into() });

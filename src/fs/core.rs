@@ -114,6 +114,13 @@ impl Core {
         Ok(())
     }
 
+    /// Forgets all cached metadata (a cluster mount that gave up its lock: other nodes may now
+    /// change any of it). Everything changed here must have been checkpointed.
+    pub fn drop_caches(&mut self) {
+        self.cache.drop_clean();
+        self.dirs.clear();
+    }
+
     /// Starts an operation (its metadata changes can be undone until it ends).
     pub fn begin_op(&mut self) {
         self.cache.begin_op();

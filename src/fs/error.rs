@@ -45,6 +45,10 @@ pub enum FsError {
     Access,
     #[error("read-only filesystem")]
     ReadOnly,
+    /// A cluster mount changed metadata while holding the metadata lock only shared; the caller
+    /// retries the operation with the lock exclusive (never reaches a user).
+    #[error("metadata change under a shared cluster lock")]
+    NeedExclusive,
     #[error("operation not supported")]
     NotSupported,
     #[error("no data or hole past this offset")]

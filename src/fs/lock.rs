@@ -33,16 +33,19 @@ pub enum LockResource {
 
 /// Called before a cached lock is given up: flush (losing EX) or invalidate (losing PR).
 pub type DownconvertFn = Box<dyn Fn(LockResource, LockMode) + Send + Sync>;
+/// Called on one surviving node when a node died: recover its slot (replay its journal…)
+/// before anything it held is granted to others. Gets the dead node's number.
+pub type RecoveryFn = Box<dyn Fn(u32) + Send + Sync>;
 
 pub trait ClusterLocks: Send + Sync {
     /// Blocks until `res` is held at `mode` or stronger by this node.
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
-    /// Like `acquire` but fails at once (`Ok(false)`) instead of waiting.
-    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
     fn on_downconvert(&self, f: DownconvertFn);
+    /// Registers the callback that recovers a dead node.
+    fn on_recovery(&self, f: RecoveryFn);
 }
 
 /// Locks for a single-node mount: nobody else can ask, so every request is granted at once and
@@ -54,9 +57,7 @@ impl ClusterLocks for LocalLocks {
     fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
         Ok(())
     }
-    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
-        Ok(true)
-    }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
     fn on_downconvert(&self, _f: DownconvertFn) {}
+    fn on_recovery(&self, _f: RecoveryFn) {}
 }

@@ -6,6 +6,7 @@ pub mod bitmap;
 pub mod cache;
 pub mod core;
 pub mod dir;
+pub mod dlm_locks;
 pub mod error;
 pub mod extent_map;
 pub mod extent_tree;

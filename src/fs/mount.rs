@@ -28,6 +28,10 @@ pub struct MountConfig {
     pub locks: Arc<dyn ClusterLocks>,
     /// Local-alloc window size in bytes (0: allocate from the global bitmap directly).
     pub local_alloc_bytes: u64,
+    /// Cluster mount: the nodes alive in the cluster (this one included). Slots they occupy are
+    /// theirs; only other occupied slots are crashes to recover. None: a single-node mount, where
+    /// every dirty journal and occupied slot is a crash.
+    pub live_nodes: Option<Vec<u32>>,
 }
 
 impl Default for MountConfig {
@@ -39,6 +43,7 @@ impl Default for MountConfig {
             data_ordered: true,
             locks: Arc::new(LocalLocks),
             local_alloc_bytes: 8 << 20,
+            live_nodes: None,
         }
     }
 }
@@ -89,13 +94,16 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
         let core = new_core(&vol, sys0, cfg, None);
         return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
-    // No other node is alive (checked above): every dirty journal is a crash to recover, ours
-    // included (§13.8). Replay happens in place before anything else reads the volume.
-    for &j in &sys0.journal {
-        recover_slot(&vol, j)?;
-    }
     let slot_map = SlotMapLoc::find(&vol, sys0.slot_map, sb.max_slots as usize, extended)?;
     let mut map = SlotMap::decode(&vol.dev_read(slot_map.blkno, slot_map.blocks)?, slot_map.slots, extended);
+    let alive = |node: u32| node != cfg.node && cfg.live_nodes.as_ref().is_some_and(|l| l.contains(&node));
+    // Every dirty journal of a slot no live node holds is a crash to recover, ours included
+    // (§13.8). Replay happens in place before anything else reads the volume.
+    for (slot, &j) in sys0.journal.iter().enumerate() {
+        if !map.slots.get(slot).copied().flatten().is_some_and(alive) {
+            recover_slot(&vol, j)?;
+        }
+    }
     let slot = match map.slots.iter().position(|s| *s == Some(cfg.node)) {
         Some(s) => s,
         None => map
@@ -116,13 +124,10 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     // their local-alloc windows and truncate logs back and free them. Our own slot's window is
     // closed too (it may be left from a crash); a fresh one opens at the first allocation.
     for (dead, node) in map.occupied().collect::<Vec<_>>() {
-        tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
-        for ino in core.orphans_of(dead as u16)? {
-            core.reap_orphan(ino)?;
+        if node != cfg.node && !alive(node) {
+            tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
+            release_slot(&mut core, &mut map, dead)?;
         }
-        core.close_local_alloc(dead as u16)?;
-        core.flush_truncate_log(dead as u16)?;
-        map.slots[dead] = None;
     }
     core.close_local_alloc(slot as u16)?;
     core.flush_truncate_log(slot as u16)?;
@@ -135,6 +140,18 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");
     Ok(Mounted { core, vol, read_only: false, slot_map: Some(slot_map) })
+}
+
+/// Finishes a dead node's slot whose journal was replayed: its orphans, local-alloc window and
+/// truncate log go back, and the slot is marked free in `map` (the caller writes the map).
+fn release_slot(core: &mut Core, map: &mut SlotMap, slot: usize) -> Result<()> {
+    for ino in core.orphans_of(slot as u16)? {
+        core.reap_orphan(ino)?;
+    }
+    core.close_local_alloc(slot as u16)?;
+    core.flush_truncate_log(slot as u16)?;
+    map.slots[slot] = None;
+    Ok(())
 }
 
 /// The core over a volume; `sink` None makes it read-only.
@@ -215,6 +232,32 @@ impl Mounted {
     pub fn checkpoint(&mut self) -> Result<()> {
         self.core.cache.checkpoint()?;
         self.core.cache.flush()
+    }
+
+    /// Recovers the slot of `node`, which died while the cluster ran (the caller holds the
+    /// metadata lock exclusive): replays its journal, finishes its orphans, returns its
+    /// local-alloc window and truncate log, frees its slot. Returns whether it held a slot.
+    pub fn recover_node(&mut self, node: u32) -> Result<bool> {
+        let Some(loc) = self.slot_map.take() else { return Ok(false) };
+        let r = self.recover_node_at(&loc, node);
+        self.slot_map = Some(loc);
+        r
+    }
+
+    fn recover_node_at(&mut self, loc: &SlotMapLoc, node: u32) -> Result<bool> {
+        // Replay writes in place: first our own changes, then forget what we cached.
+        self.checkpoint()?;
+        self.core.drop_caches();
+        let mut map = loc.read(&mut self.core)?;
+        let Some(slot) = map.slots.iter().position(|s| *s == Some(node)) else { return Ok(false) };
+        tracing::warn!("node {node} died: recovering its slot {slot}");
+        recover_slot(&self.vol, self.core.sys.journal[slot])?;
+        self.core.drop_caches();
+        release_slot(&mut self.core, &mut map, slot)?;
+        loc.write(&mut self.core, &map)?;
+        self.checkpoint()?;
+        tracing::info!("slot {slot} of node {node} recovered");
+        Ok(true)
     }
 
     /// Clean unmount: checkpoint, release the slot, mark the journal clean (§13.9 step 5).

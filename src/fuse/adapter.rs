@@ -10,6 +10,7 @@ use crate::format::inode::{Inode, ORPHANED_FL, S_IFMT, S_IFREG};
 use crate::fs::core::Time;
 use crate::fs::error::FsError;
 use crate::fs::file::Seek;
+use crate::fs::lock::{ClusterLocks, LockMode, LockResource};
 use crate::fs::mount::Mounted;
 use crate::fs::namei::{Caller, RenameFlags as CoreRename, SetAttr};
 use fuser::*;
@@ -22,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How long the kernel may keep attributes and names of a single-node mount. A cluster mount
+/// gives no time at all: another node may change anything once this one's lock is gone.
 const TTL: Duration = Duration::from_secs(1);
 const FALLOC_FL_KEEP_SIZE: i32 = 1;
 const FALLOC_FL_PUNCH_HOLE: i32 = 2;
@@ -37,6 +40,9 @@ struct State {
 
 pub struct O2Fuse {
     state: Arc<Mutex<State>>,
+    /// Set on a cluster mount: the locks every request takes first.
+    cluster: Option<Arc<dyn ClusterLocks>>,
+    ttl: Duration,
     root: u64,
     cluster_size: u64,
     read_only: AtomicBool,
@@ -70,13 +76,39 @@ fn time_or_now(t: Option<TimeOrNow>, now: Time) -> Option<Time> {
 
 impl O2Fuse {
     pub fn new(mounted: Mounted, opts: &MountOptions) -> Self {
+        Self::build(mounted, opts, None)
+    }
+
+    /// A cluster mount: every request first takes the volume's metadata lock through `locks`
+    /// (one lock over all metadata for now; per-inode locks are the next step) — PR to read, EX
+    /// to change. Before the lock is given up, this node's changes are checkpointed in place
+    /// and, when it loses read rights, its caches dropped; a dead node's slot is recovered here
+    /// when the cluster picks this node to do it.
+    pub fn new_clustered(mounted: Mounted, opts: &MountOptions, locks: Arc<dyn ClusterLocks>) -> Self {
+        Self::build(mounted, opts, Some(locks))
+    }
+
+    fn build(mounted: Mounted, opts: &MountOptions, cluster: Option<Arc<dyn ClusterLocks>>) -> Self {
         let root = mounted.core.root;
         let cluster_size = mounted.core.cs();
         let read_only = mounted.read_only;
         let state = Arc::new(Mutex::new(State { mounted: Some(mounted), open: HashMap::new() }));
+        if let Some(locks) = &cluster {
+            register_cluster_callbacks(locks, &state);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         spawn_commit_thread(state.clone(), stop.clone(), opts.commit);
-        O2Fuse { state, root, cluster_size, read_only: AtomicBool::new(read_only), errors: opts.errors.clone(), stop }
+        let ttl = if cluster.is_some() { Duration::ZERO } else { TTL };
+        O2Fuse {
+            state,
+            cluster,
+            ttl,
+            root,
+            cluster_size,
+            read_only: AtomicBool::new(read_only),
+            errors: opts.errors.clone(),
+            stop,
+        }
     }
 
     fn blk(&self, ino: INodeNo) -> u64 {
@@ -95,18 +127,42 @@ impl O2Fuse {
     }
 
     /// Runs `f` on the mounted core; commits its metadata; maps errors (a corruption may turn
-    /// the mount read-only, as errors=remount-ro says).
+    /// the mount read-only, as errors=remount-ro says). On a cluster mount the volume's metadata
+    /// lock is taken first, outside the core's mutex (PR for a request that only reads, EX for
+    /// one that changes); a request that turns out to change metadata under PR is undone and
+    /// run again under EX.
     fn with<T>(
         &self,
         mutating: bool,
-        f: impl FnOnce(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+        mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
     ) -> Result<T, Errno> {
         if mutating && self.read_only.load(Ordering::Relaxed) {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
+        let mut exclusive = mutating;
+        loop {
+            let Some(locks) = &self.cluster else { return self.attempt(true, &mut f).map_err(|e| self.failed(e)) };
+            let mode = if exclusive { LockMode::Ex } else { LockMode::Pr };
+            locks.acquire(LockResource::Super, mode).map_err(|e| self.failed(e))?;
+            let r = self.attempt(exclusive, &mut f);
+            locks.release(LockResource::Super, mode);
+            match r {
+                Err(FsError::NeedExclusive) if !exclusive => exclusive = true,
+                r => return r.map_err(|e| self.failed(e)),
+            }
+        }
+    }
+
+    /// One run of a request on the core, undone if it fails.
+    fn attempt<T>(
+        &self,
+        exclusive: bool,
+        f: &mut impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+    ) -> crate::fs::Result<T> {
         let mut st = self.state.lock();
         let State { mounted, open } = &mut *st;
-        let Some(m) = mounted.as_mut() else { return Err(Errno::from_i32(crate::fs::error::libc_errno::EIO)) };
+        let Some(m) = mounted.as_mut() else { return Err(FsError::Dev(crate::dev::DevError::Fenced)) };
+        m.core.cache.set_exclusive(exclusive);
         // Operations join the running transaction; it commits every `commit=` seconds, at
         // fsync, when it grows large, or at once with a checkpoint when freed clusters held
         // journaled metadata (see Core::checkpoint_wanted).
@@ -117,14 +173,11 @@ impl O2Fuse {
             let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
             Err(FsError::Corrupt { blkno: 0, what: format!("internal error: {}", what.unwrap_or_default()) })
         });
-        let r = r.or_else(|e| {
-            // A failed operation leaves nothing behind: its metadata changes are undone (the
-            // clusters it allocated are back in the bitmap with them).
-            if mutating {
-                m.core.abort_op();
-            }
-            Err(e)
-        });
+        // A failed operation leaves nothing behind: its metadata changes are undone (the
+        // clusters it allocated are back in the bitmap with them).
+        if r.is_err() {
+            m.core.abort_op();
+        }
         let r = r.and_then(|v| {
             if m.core.checkpoint_wanted || m.core.cache.checkpoint_due() {
                 m.core.checkpoint_wanted = false;
@@ -135,30 +188,82 @@ impl O2Fuse {
             Ok(v)
         });
         m.core.end_op();
-        r.map_err(|e| {
-            if e.is_corruption() {
-                tracing::error!("{e}");
-                match self.errors {
-                    ErrorsBehavior::RemountRo => {
-                        if !self.read_only.swap(true, Ordering::Relaxed) {
-                            tracing::error!("errors=remount-ro: the mount is now read-only");
+        m.core.cache.set_exclusive(true);
+        r
+    }
+
+    /// Maps a failed request's error; a corruption may turn the mount read-only
+    /// (errors=remount-ro) or stop the daemon (errors=panic).
+    fn failed(&self, e: FsError) -> Errno {
+        if e.is_corruption() {
+            tracing::error!("{e}");
+            match self.errors {
+                ErrorsBehavior::RemountRo => {
+                    if !self.read_only.swap(true, Ordering::Relaxed) {
+                        tracing::error!("errors=remount-ro: the mount is now read-only");
+                        if let Some(m) = self.state.lock().mounted.as_mut() {
                             m.core.cache.set_read_only(true);
                         }
                     }
-                    ErrorsBehavior::Panic => {
-                        tracing::error!("errors=panic: stopping the daemon");
-                        std::process::abort();
-                    }
-                    ErrorsBehavior::Continue => {}
                 }
+                ErrorsBehavior::Panic => {
+                    tracing::error!("errors=panic: stopping the daemon");
+                    std::process::abort();
+                }
+                ErrorsBehavior::Continue => {}
             }
-            errno(&e)
-        })
+        }
+        errno(&e)
+    }
+
+    /// O_DIRECT opens bypass the page cache; so does every open of a cluster mount, where
+    /// another node's write must be seen by the next read here.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        if flags & O_DIRECT != 0 || self.cluster.is_some() {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn entry_attr(&self, inode: &Inode) -> FileAttr {
         attr(self.ino(inode.blkno), inode, self.cluster_size)
     }
+}
+
+/// The cluster mount's side of its locks: checkpoint before the metadata lock goes (others
+/// read the volume next), forget the caches when read rights go too, and recover dead nodes'
+/// slots under the lock taken exclusive.
+fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<State>>) {
+    let st = state.clone();
+    locks.on_downconvert(Box::new(move |res, mode| {
+        if res != LockResource::Super {
+            return;
+        }
+        tracing::debug!(?mode, "metadata lock wanted elsewhere: checkpointing before the downconvert");
+        if let Some(m) = st.lock().mounted.as_mut() {
+            if let Err(e) = m.checkpoint() {
+                tracing::error!("checkpoint before giving up the metadata lock: {e}");
+            }
+            if mode == LockMode::Nl {
+                m.core.drop_caches();
+            }
+        }
+    }));
+    let (st, weak) = (state.clone(), Arc::downgrade(locks));
+    locks.on_recovery(Box::new(move |node| {
+        let Some(locks) = weak.upgrade() else { return };
+        if let Err(e) = locks.acquire(LockResource::Super, LockMode::Ex) {
+            tracing::error!("recovering node {node}: {e}");
+            return;
+        }
+        if let Some(m) = st.lock().mounted.as_mut() {
+            if let Err(e) = m.recover_node(node) {
+                tracing::error!("recovering node {node}: {e}");
+            }
+        }
+        locks.release(LockResource::Super, LockMode::Ex);
+    }));
 }
 
 /// Makes metadata durable every `interval` (the `commit=` option).
@@ -196,17 +301,25 @@ fn caller(req: &Request) -> Caller {
 impl Filesystem for O2Fuse {
     fn destroy(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // A cluster mount changes the slot map on its way out: under the metadata lock.
+        let locked = self.cluster.as_ref().map(|l| (l.acquire(LockResource::Super, LockMode::Ex), l));
+        if let Some((Err(e), _)) = &locked {
+            tracing::error!("unmount: {e}");
+        }
         if let Some(m) = self.state.lock().mounted.take() {
             if let Err(e) = m.unmount() {
                 tracing::error!("unmount: {e}");
             }
+        }
+        if let Some((Ok(()), l)) = locked {
+            l.release(LockResource::Super, LockMode::Ex);
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.blk(parent);
         match self.with(false, |m, _| m.core.lookup(parent, name.as_bytes())) {
-            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
@@ -214,7 +327,7 @@ impl Filesystem for O2Fuse {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let blk = self.blk(ino);
         match self.with(false, |m, _| m.core.read_inode(blk)) {
-            Ok(inode) => reply.attr(&TTL, &self.entry_attr(&inode)),
+            Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
     }
@@ -249,7 +362,7 @@ impl Filesystem for O2Fuse {
             ctime: ctime.map(to_time),
         };
         match self.with(true, |m, _| m.core.setattr(blk, change, now)) {
-            Ok(inode) => reply.attr(&TTL, &self.entry_attr(&inode)),
+            Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
     }
@@ -267,7 +380,7 @@ impl Filesystem for O2Fuse {
         let who = caller(req);
         let mode = (mode & !umask & 0o7777) as u16 | (mode as u16 & S_IFMT);
         match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, rdev as u64, who, Time::now())) {
-            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
@@ -277,7 +390,7 @@ impl Filesystem for O2Fuse {
         let who = caller(req);
         let mode = crate::format::inode::S_IFDIR | (mode & !umask & 0o7777) as u16;
         match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())) {
-            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
@@ -305,7 +418,7 @@ impl Filesystem for O2Fuse {
         match self.with(true, |m, _| {
             m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())
         }) {
-            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
@@ -339,7 +452,7 @@ impl Filesystem for O2Fuse {
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (blk, np) = (self.blk(ino), self.blk(newparent));
         match self.with(true, |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
-            Ok(inode) => reply.entry(&TTL, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
     }
@@ -351,10 +464,7 @@ impl Filesystem for O2Fuse {
             *open.entry(blk).or_insert(0) += 1;
             Ok(())
         }) {
-            Ok(()) => reply.opened(
-                FileHandle(0),
-                if flags.0 & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
-            ),
+            Ok(()) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
         }
     }
@@ -570,11 +680,11 @@ impl Filesystem for O2Fuse {
             Ok(inode)
         }) {
             Ok(inode) => reply.created(
-                &TTL,
+                &self.ttl,
                 &self.entry_attr(&inode),
                 Generation(inode.generation as u64),
                 FileHandle(0),
-                if flags & O_DIRECT != 0 { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+                self.open_flags(flags),
             ),
             Err(e) => reply.error(e),
         }

@@ -184,12 +184,18 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts `image` on `dir` with `-o opts` (none when empty); panics with the daemon's stderr
-    /// if it exits or the mount does not appear within 10 s.
+    /// if it exits or the mount does not appear within 30 s.
     pub fn new(image: &Path, dir: &Path, opts: &str) -> Mount {
         Self::try_new(image, dir, opts).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn try_new(image: &Path, dir: &Path, opts: &str) -> Result<Mount, String> {
+        let opts: Vec<String> = if opts.is_empty() { vec![] } else { vec!["-o".into(), opts.into()] };
+        Self::start(image, dir, &opts)
+    }
+
+    /// `o2fs mount -f ARGS… IMAGE DIR` (e.g. a cluster mount's `--node`, `-c`…).
+    pub fn start(image: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
         use std::time::{Duration, Instant};
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -197,10 +203,7 @@ impl Mount {
         let log =
             std::fs::File::create(&stderr_path).map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
         let mut cmd = Command::new(bin("o2fs"));
-        cmd.arg("mount").arg("-f");
-        if !opts.is_empty() {
-            cmd.arg("-o").arg(opts);
-        }
+        cmd.arg("mount").arg("-f").args(args);
         cmd.arg(image).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
         let mut m = Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path };
@@ -218,10 +221,10 @@ impl Mount {
                     m.stderr()
                 ));
             }
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > Duration::from_secs(30) {
                 let log = m.stderr();
                 m.cleanup();
-                return Err(format!("o2fs mount {} {}: no mount after 10 s:\n{log}", image.display(), dir.display()));
+                return Err(format!("o2fs mount {} {}: no mount after 30 s:\n{log}", image.display(), dir.display()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,107 @@
+//! The cluster-lock seam served by the DLM (a cluster mount): [`ClusterLocks`] over this node's
+//! [`LockService`]. Resource names follow OCFS2's lock names: a type letter, then the block
+//! number and generation in hex.
+
+use super::error::{FsError, Result};
+use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
+use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook};
+use crate::dlm::{Mode, ResName};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// Created before the lock service (whose hooks call into it), then bound to it.
+#[derive(Default)]
+pub struct DlmLocks {
+    svc: OnceLock<Arc<LockService>>,
+    /// Guards of the locks held, per resource and mode (released one per `release`).
+    held: Mutex<HashMap<(LockResource, LockMode), Vec<LockGuard>>>,
+    /// Resource names back to the core's resources, for downconvert callbacks.
+    names: Mutex<HashMap<ResName, LockResource>>,
+    downconvert: OnceLock<DownconvertFn>,
+    recovery: OnceLock<RecoveryFn>,
+}
+
+impl DlmLocks {
+    pub fn new() -> Arc<DlmLocks> {
+        Arc::new(DlmLocks::default())
+    }
+
+    pub fn bind(&self, svc: Arc<LockService>) {
+        let _ = self.svc.set(svc);
+    }
+
+    /// The hook the lock service runs before downconverting a cached lock.
+    pub fn downconvert_hook(self: &Arc<Self>) -> DownconvertHook {
+        let this = self.clone();
+        Arc::new(move |name: &ResName, mode: Mode| {
+            let res = this.names.lock().get(name).copied();
+            if let (Some(res), Some(f)) = (res, this.downconvert.get()) {
+                f(res, if mode == Mode::Nl { LockMode::Nl } else { LockMode::Pr });
+            }
+        })
+    }
+
+    /// The hook the lock service runs when this node must recover a dead one.
+    pub fn recovery_hook(self: &Arc<Self>) -> RecoveryHook {
+        let this = self.clone();
+        Arc::new(move |dead| match this.recovery.get() {
+            Some(f) => f(dead as u32),
+            None => tracing::warn!(dead, "node died before the filesystem could recover it; the next mount will"),
+        })
+    }
+
+    fn name(res: LockResource) -> ResName {
+        let (kind, blkno, extra) = match res {
+            LockResource::Super => ('S', 0, 0),
+            LockResource::InodeMeta { blkno } => ('M', blkno, 0),
+            LockResource::InodeRw { blkno } => ('W', blkno, 0),
+            LockResource::InodeOpen { blkno } => ('O', blkno, 0),
+            LockResource::Rename => ('R', 0, 0),
+            LockResource::System { blkno } => ('M', blkno, 1),
+            LockResource::Journal { slot } => ('J', slot as u64, 0),
+        };
+        ResName::ocfs2(kind, blkno, extra)
+    }
+
+    /// Blocks until held (not from the lock service's own runtime threads).
+    fn take(&self, res: LockResource, mode: LockMode) -> Result<()> {
+        let svc = self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))?;
+        let dlm_mode = match mode {
+            LockMode::Nl => return Ok(()),
+            LockMode::Pr => Mode::Pr,
+            LockMode::Ex => Mode::Ex,
+        };
+        let name = Self::name(res);
+        self.names.lock().insert(name.clone(), res);
+        match svc.lock_blocking(&name, dlm_mode) {
+            Ok(g) => {
+                self.held.lock().entry((res, mode)).or_default().push(g);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("cluster lock {}: {e}", name.as_str());
+                Err(FsError::Dev(crate::dev::DevError::Fenced))
+            }
+        }
+    }
+}
+
+impl ClusterLocks for DlmLocks {
+    fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()> {
+        self.take(res, mode)
+    }
+
+    fn release(&self, res: LockResource, mode: LockMode) {
+        let guard = self.held.lock().get_mut(&(res, mode)).and_then(Vec::pop);
+        drop(guard);
+    }
+
+    fn on_downconvert(&self, f: DownconvertFn) {
+        let _ = self.downconvert.set(f);
+    }
+
+    fn on_recovery(&self, f: RecoveryFn) {
+        let _ = self.recovery.set(f);
+    }
+}
