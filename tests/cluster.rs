@@ -111,17 +111,7 @@ impl Drop for Split {
 fn network_split_fences_the_higher_node() {
     let c = Cluster::on("127.0.9", 2, true);
     c.wait_view(&[0, 1], &[0, 1], Duration::from_secs(20));
-    let mut holder = c.lock_cmd(1, &["svc"], &["sleep", "60"]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let split = Split::new("127.0.9.1", "127.0.9.2");
-    c.wait_fenced(1, Duration::from_secs(20));
-    let st = common::wait_bounded(&mut holder, Duration::from_secs(10)).expect("the fenced node's command is killed");
-    assert!(!st.success());
-    assert!(c.status(0)["fenced"].is_null(), "the lower node survives\n{}", c.logs());
-    c.wait_view(&[0], &[0], Duration::from_secs(20));
-    // The service moves: n0 takes the lock the fenced node held.
-    let out = run(&mut c.lock_cmd(0, &["--try", "svc"], &["true"]));
-    assert!(out.status.success(), "{}\n{}", common::text(&out), c.logs());
+    let split = c.split_fences_the_higher_node(|| Split::new("127.0.9.1", "127.0.9.2"));
     // A fenced node refuses new locks even after the link returns.
     drop(split);
     std::thread::sleep(Duration::from_millis(500));

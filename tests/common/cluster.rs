@@ -183,6 +183,27 @@ impl Cluster {
         std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap()
     }
 
+    /// Two nodes, n1 holding `svc` under a long command, are split by `cut` (whose result, say
+    /// a guard that heals the split, is returned): n1 fences and its command is killed; n0
+    /// survives, drops n1 from its view, and takes `svc`.
+    pub fn split_fences_the_higher_node<G>(&self, cut: impl FnOnce() -> G) -> G {
+        let limit = Duration::from_secs(20);
+        let mut holder = self.lock_cmd(1, &["svc"], &["sleep", "60"]).spawn().unwrap();
+        self.wait_until(limit, "n1 to hold svc", || {
+            run(&mut self.lock_cmd(0, &["--try", "svc"], &["true"])).status.code() == Some(1)
+        });
+        let guard = cut();
+        self.wait_fenced(1, limit);
+        let st =
+            super::wait_bounded(&mut holder, Duration::from_secs(10)).expect("the fenced node's command is killed");
+        assert!(!st.success(), "the command under a lost lock must not end well");
+        assert!(self.status(0)["fenced"].is_null(), "the lower node survives\n{}", self.logs());
+        self.wait_view(&[0], &[0], limit);
+        let out = run(&mut self.lock_cmd(0, &["--try", "svc"], &["true"]));
+        assert!(out.status.success(), "n0 takes the fenced node's lock: {}\n{}", text(&out), self.logs());
+        guard
+    }
+
     pub fn logs(&self) -> String {
         self.nodes.iter().flatten().map(|d| format!("--- {}\n{}", d.name, d.log())).collect()
     }
