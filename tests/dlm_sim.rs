@@ -213,7 +213,9 @@ impl Sim {
     fn connect(&mut self, a: NodeId, b: NodeId) {
         self.cut.remove(&(a.min(b), a.max(b)));
         for (x, y) in [(a, b), (b, a)] {
-            self.member(x).map(|m| m.link_up(y, incarnation(y)));
+            if let Some(m) = self.member(x) {
+                m.link_up(y, incarnation(y));
+            }
         }
         self.pump_members();
     }
@@ -223,7 +225,9 @@ impl Sim {
         self.links.remove(&(a, b));
         self.links.remove(&(b, a));
         for (x, y) in [(a, b), (b, a)] {
-            self.member(x).map(|m| m.link_down(y));
+            if let Some(m) = self.member(x) {
+                m.link_down(y);
+            }
         }
     }
 
@@ -282,7 +286,7 @@ impl Sim {
         if !self.membership() {
             return;
         }
-        if now % TIMING.disk_interval_ms == 0 {
+        if now.is_multiple_of(TIMING.disk_interval_ms) {
             for (id, beat) in self.beats.iter_mut() {
                 if self.nodes.contains_key(id) {
                     *beat += 1;
@@ -291,7 +295,9 @@ impl Sim {
             self.sample_disk();
         }
         for n in self.nodes.values_mut() {
-            n.member.as_mut().map(|m| m.tick(now));
+            if let Some(m) = n.member.as_mut() {
+                m.tick(now);
+            }
         }
         self.pump_members();
     }
