@@ -48,6 +48,15 @@ pub fn seed_from_env(default: u64) -> u64 {
     }
 }
 
+/// How many seeds a seeded sweep runs: `O2FS_SEEDS` (a wider search than CI's) when set, else
+/// `default`.
+pub fn seed_count_from_env(default: u64) -> u64 {
+    match std::env::var("O2FS_SEEDS") {
+        Ok(s) => parse_seed(&s).unwrap_or_else(|| panic!("O2FS_SEEDS={s:?}: not a decimal or 0x-hex number")),
+        Err(_) => default,
+    }
+}
+
 fn parse_seed(s: &str) -> Option<u64> {
     let s = s.trim();
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {

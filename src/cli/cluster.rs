@@ -178,6 +178,10 @@ impl Stack {
             keepalive_ms: t.keepalive_ms,
             idle_timeout_ms: t.idle_timeout_ms,
             reconnect_ms: t.reconnect_ms,
+            // A handshake, or a write, stalled longer than a silent link may last is just as
+            // dead (so a stuck or half-sent handshake is dropped within the idle timeout).
+            handshake_timeout_ms: t.idle_timeout_ms.min(NetConfig::default().handshake_timeout_ms),
+            write_timeout_ms: t.idle_timeout_ms,
             ..NetConfig::default()
         };
         net.validate()?;

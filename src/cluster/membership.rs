@@ -8,9 +8,15 @@
 //! - Every node reports to its peers which nodes it reaches (incarnations included, so a
 //!   restarted node is a new node). The lowest node of the connected component is the leader; it
 //!   picks the largest set of mutually reaching nodes (current members first, then joiners, in
-//!   node order) and, if that set is quorate, proposes it as view `epoch + 1`. Views are only
-//!   ever proposed by that one leader and applied in epoch order, so every survivor sees the
-//!   same sequence of views (node up/down events in the same order).
+//!   node order) and, if that set is quorate, proposes it as the next view. Views are applied in
+//!   epoch order, so every survivor sees the same sequence of views (node up/down events in the
+//!   same order).
+//! - Reports can be stale, so two nodes may each believe for a moment that they lead. An epoch
+//!   therefore names its proposer (`round << 8 | leader`): no two different views ever share an
+//!   epoch. A leader that hears of an epoch above its own proposes above it, so the views meet
+//!   again; and a member applies a view that leaves out members of its current view only once
+//!   it too knows them dead (else it keeps the view pending), so a view from a leader that did
+//!   not know of a joiner cannot drop that live joiner behind its back.
 //! - Quorum: over the counted nodes — the configured nodes, less those the disk heartbeat shows
 //!   dead — a set is quorate when it holds more than half, or exactly half including the lowest
 //!   counted node (so in a two-node split the lower node number survives).
@@ -21,7 +27,8 @@
 //!   once that member is dead on disk (or, without a disk, after the grace), so a survivor never
 //!   recovers a node that might still write.
 //! - A member whose reachable members are not quorate, or that sees a view without itself,
-//!   fences: it stops all I/O until restarted.
+//!   fences: it stops all I/O until restarted. A member that stays linked to the leader but
+//!   has not reached every other member for `link_grace_ms` is told to fence (evicted).
 //! - A link that broke and came back within the grace may have lost messages: the leader then
 //!   proposes a new view with the same members, which makes the layers above resend their state.
 
@@ -138,6 +145,11 @@ pub struct Membership {
     basis: BTreeMap<NodeId, u64>,
     /// Live members the leader told to fence, and when.
     evicted: BTreeMap<NodeId, u64>,
+    /// Live, linked members the leader would leave out (they do not reach every other member),
+    /// and since when: evicted only after `link_grace_ms`, as reports may be stale until then.
+    unlinked: BTreeMap<NodeId, u64>,
+    /// A proposed view that leaves out members this node does not know dead yet.
+    pending: Option<View>,
     fenced: Option<String>,
     out: VecDeque<MemberEvent>,
 }
@@ -166,6 +178,8 @@ impl Membership {
             view: None,
             basis: BTreeMap::new(),
             evicted: BTreeMap::new(),
+            unlinked: BTreeMap::new(),
+            pending: None,
             fenced: None,
             out: VecDeque::new(),
         };
@@ -272,6 +286,16 @@ impl Membership {
             }
             return;
         }
+        let current = self.view.as_ref().map(View::nodes).unwrap_or_default();
+        if current.iter().any(|&n| !view.members.contains_key(&n) && self.fate(n) != Fate::Dead) {
+            if self.pending.as_ref().is_none_or(|p| p.epoch < view.epoch) {
+                self.pending = Some(view);
+            }
+            return;
+        }
+        if self.pending.as_ref().is_some_and(|p| p.epoch <= view.epoch) {
+            self.pending = None;
+        }
         info!(epoch = view.epoch, members = ?view.nodes(), "new cluster view");
         self.view = Some(view.clone());
         self.out.push_back(MemberEvent::View(view));
@@ -369,6 +393,9 @@ impl Membership {
         if self.fenced.is_some() {
             return;
         }
+        if let Some(view) = self.pending.take() {
+            self.apply(view);
+        }
         self.check_own_quorum();
         if self.fenced.is_none() {
             self.lead();
@@ -434,13 +461,20 @@ impl Membership {
             return;
         }
         // A member is left behind only once it is known dead (freeze, then decide); one that is
-        // alive but does not reach every other member is told to fence first.
+        // alive but has not reached every other member for the grace is told to fence first.
         let left: Vec<NodeId> = current.iter().copied().filter(|n| !chosen.contains(n)).collect();
+        let now = self.now;
+        self.unlinked.retain(|n, _| left.contains(n));
         for &n in &left {
-            if self.links.get(&n).is_some_and(|l| l.up) && !self.evicted.contains_key(&n) {
+            let since = *self.unlinked.entry(n).or_insert(now);
+            let settled = now >= since + self.timing.link_grace_ms;
+            if settled && self.links.get(&n).is_some_and(|l| l.up) && !self.evicted.contains_key(&n) {
                 warn!(node = n, members = ?chosen, "evicting a node that does not reach every other member");
                 self.evicted.insert(n, self.now);
-                self.out.push_back(MemberEvent::Send { to: n, msg: MemberMsg::Evict { epoch: newest + 1 } });
+                self.out.push_back(MemberEvent::Send {
+                    to: n,
+                    msg: MemberMsg::Evict { epoch: next_epoch(newest, self.me) },
+                });
             }
         }
         if left.iter().any(|&n| self.fate(n) != Fate::Dead) {
@@ -452,16 +486,21 @@ impl Membership {
         let reconnects =
             |n: NodeId| if n == self.me { self.reconnects } else { self.reports.get(&n).map_or(0, |r| r.reconnects) };
         let basis: BTreeMap<NodeId, u64> = chosen.iter().map(|&n| (n, reconnects(n))).collect();
-        if self.view.as_ref().is_some_and(|v| v.members == members) && basis == self.basis {
+        if self.view.as_ref().is_some_and(|v| v.members == members) && basis == self.basis && newest <= my_epoch {
             return;
         }
-        let view = View { epoch: newest + 1, members };
+        let view = View { epoch: next_epoch(newest, self.me), members };
         self.basis = basis;
         for &to in chosen.iter().filter(|&&n| n != self.me) {
             self.out.push_back(MemberEvent::Send { to, msg: MemberMsg::Propose(view.clone()) });
         }
         self.apply(view);
     }
+}
+
+/// The epoch `leader` proposes after `newest`: the next round, named by its proposer.
+fn next_epoch(newest: u64, leader: NodeId) -> u64 {
+    ((newest >> 8) + 1) << 8 | leader as u64
 }
 
 #[cfg(test)]
@@ -682,6 +721,26 @@ mod tests {
         assert!(net.fenced.is_empty(), "{:?}", net.fenced);
         assert_eq!(net.last_view(1).unwrap().1, set(&[1, 2]));
         assert_eq!(net.last_view(2).unwrap().1, set(&[1, 2]));
+    }
+
+    #[test]
+    fn a_view_that_drops_a_live_member_waits_until_it_is_dead() {
+        let mut net = Net::new(3, true);
+        net.run(200);
+        let (e, _) = net.last_view(1).unwrap();
+        // Node 2 believes (on stale reports) that it leads, and leaves out node 0, which node 1
+        // still reaches. Its epoch names it, so it cannot collide with node 0's next view.
+        assert_ne!(next_epoch(e, 2), next_epoch(e, 0));
+        let members = BTreeMap::from([(1, net.incarnation(1)), (2, net.incarnation(2))]);
+        let view = View { epoch: next_epoch(e, 2), members };
+        net.nodes[1].as_mut().unwrap().receive(2, MemberMsg::Propose(view.clone()));
+        net.pump();
+        assert_eq!(net.last_view(1).unwrap().0, e, "node 0 is alive and linked: not dropped");
+        net.crash(0);
+        net.run(3000);
+        let (last, nodes) = net.last_view(1).unwrap();
+        assert!(last >= view.epoch && nodes == set(&[1, 2]), "applied once node 0 is dead");
+        assert!(net.fenced.is_empty());
     }
 
     #[test]

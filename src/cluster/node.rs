@@ -261,14 +261,17 @@ async fn dial_loop(ctx: Arc<Ctx>, peer: NodeId, addr: SocketAddr) {
     }
 }
 
+/// Drains one peer's queue onto its connection. The core drops the queue when it is done with
+/// the link (replaced, lost, or this node fenced): the connection is then closed, so the peer
+/// sees the link go down.
 async fn write_loop(tx: ConnSender, mut q: mpsc::UnboundedReceiver<Wire>) {
     while let Some(w) = q.recv().await {
         if let Err(e) = tx.send(&w).await {
             warn!("cluster link: {e}");
-            tx.shutdown().await;
-            return;
+            break;
         }
     }
+    tx.shutdown().await;
 }
 
 async fn read_loop(mut rx: ConnReceiver, peer: NodeId, conn: u64, core: mpsc::UnboundedSender<CoreIn>) {
@@ -357,6 +360,12 @@ impl Core {
         match m {
             CoreIn::Up { peer, incarnation, conn, tx } => {
                 info!(peer, "cluster link up");
+                // Messages held from an earlier connection (perhaps an earlier run of the peer,
+                // whose epochs a restarted node may reuse) are dropped: a reconnect always
+                // brings a new view, in which the layer above resends its state.
+                for msgs in self.held.values_mut() {
+                    msgs.retain(|(from, _)| *from != peer);
+                }
                 self.peers.insert(peer, Peer { conn, tx });
                 self.membership.link_up(peer, incarnation);
             }

@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{LockError, LockId, Lvb, Mode, NodeId, ResName};
 
-/// A lock value block with the version the master gave it; rebuild keeps the highest version.
+/// A lock value block and its version. Versions are the master's: a grant carries the current
+/// one and a PW/EX writer numbers its writes on from it (one per write); the master bumps it on
+/// its own only to invalidate, and never while a live member holds PW/EX, so a live writer's
+/// numbering always continues the master's. Rebuild keeps the highest version.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionedLvb {
     pub version: u64,

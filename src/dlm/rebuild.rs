@@ -131,7 +131,9 @@ impl Dlm {
         for r in self.mastered.values_mut() {
             r.drop_released(&judge);
             let handoff = r.handoff.take().filter(|h| h.complete);
-            if handoff.is_none() {
+            // Never under a live writer: it numbers its next write from the version it was
+            // granted, and a bump here would make that write tie with an older value.
+            if handoff.is_none() && !r.live_writer(&judge) {
                 r.invalidate_lvb();
             }
             r.trusted = handoff.is_some_and(|h| h.trusted) || all_recovered;

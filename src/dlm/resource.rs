@@ -167,6 +167,12 @@ impl Resource {
         self.lvb = VersionedLvb { version: self.lvb.version + 1, lvb: Default::default() };
     }
 
+    /// Whether a live member holds PW or EX: its rebuild report carries the value block as it
+    /// wrote it (nobody else can have written since its grant), so nothing was lost.
+    pub fn live_writer(&self, judge: &Judge) -> bool {
+        self.granted.iter().any(|h| judge.alive(h.node) && h.mode.writes_lvb())
+    }
+
     /// Whether one of `removed`'s locks could have written a value block the master never got.
     pub fn written_by_any(&self, removed: &std::collections::BTreeSet<NodeId>) -> bool {
         self.granted.iter().any(|h| removed.contains(&h.node) && h.mode.writes_lvb())

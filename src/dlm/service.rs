@@ -7,6 +7,7 @@
 //! runs outside the mutex before the DLM is told to downconvert (the filesystem flushes there).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ pub struct LockService {
     fenced: watch::Sender<Option<String>>,
     recovery: RecoveryHook,
     downconvert: Option<DownconvertHook>,
+    /// Messages handed to the cluster runtime since the start.
+    sent: AtomicU64,
 }
 
 /// A held lock; dropping it releases the local hold (the DLM lock stays cached).
@@ -163,6 +166,7 @@ impl LockService {
             fenced: watch::channel(None).0,
             recovery,
             downconvert,
+            sent: AtomicU64::new(0),
         });
         let s = svc.clone();
         tokio::spawn(async move {
@@ -171,6 +175,11 @@ impl LockService {
             }
         });
         svc
+    }
+
+    /// Messages this node's lock service sent to others since it started.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Watch this to learn that the node fenced (then every held lock is void).
@@ -356,7 +365,10 @@ impl LockService {
 
     fn send(&self, to: NodeId, msg: &SvcMsg) {
         match bincode::serde::encode_to_vec(msg, bincode::config::standard()) {
-            Ok(bytes) => self.cluster.send(to, bytes),
+            Ok(bytes) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                self.cluster.send(to, bytes)
+            }
             Err(e) => warn!("encoding a lock message: {e}"),
         }
     }

@@ -19,11 +19,18 @@ impl Daemon {
     /// Starts `o2fs ARGS… --socket DIR/NAME.sock -f` with stderr in DIR/NAME.log and waits
     /// until its admin socket answers `status`.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Daemon {
+        let mut cmd = Command::new(bin("o2fs"));
+        cmd.args(args);
+        Daemon::spawn(dir, name, cmd)
+    }
+
+    /// The same for a prepared command line (say `ip netns exec NS o2fs …`, which execs o2fs
+    /// under the same PID).
+    pub fn spawn(dir: &Path, name: &str, mut cmd: Command) -> Daemon {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("daemon log");
-        let child = Command::new(bin("o2fs"))
-            .args(args)
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("-f")
