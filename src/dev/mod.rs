@@ -2,6 +2,7 @@
 //! image-file backend. The mirror (`dev::mirror`) is another implementation of the same trait.
 
 pub mod file;
+pub mod mem;
 pub mod mirror;
 
 pub use file::FileDevice;

@@ -1,0 +1,223 @@
+//! Generation identifiers (DRBD 8's "UUIDs") and the handshake decision they drive.
+//!
+//! Each replica carries a *current* id naming the data generation it holds, a *bitmap* id naming
+//! the generation its out-of-sync bitmap is relative to (0 when the bitmap tracks nothing), and
+//! two *history* ids of older generations. A node that changes its data while it cannot reach
+//! its peer starts a new generation: the old current id becomes the bitmap id (or goes to the
+//! history if a bitmap id is already set) and a fresh random id becomes current. Comparing the
+//! two nodes' ids on connect tells who holds newer data, whether the bitmap suffices or a full
+//! sync is needed, and whether both changed apart (split brain), as `drbd_uuid_compare` does.
+
+use serde::{Deserialize, Serialize};
+
+/// The current id of a replica that never held data (DRBD's `UUID_JUST_CREATED`).
+pub const JUST_CREATED: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenIds {
+    pub current: u64,
+    pub bitmap: u64,
+    pub history: [u64; 2],
+}
+
+impl GenIds {
+    pub fn just_created() -> GenIds {
+        GenIds { current: JUST_CREATED, bitmap: 0, history: [0; 2] }
+    }
+
+    fn push_history(&mut self, id: u64) {
+        if id != 0 && !self.history.contains(&id) {
+            self.history = [id, self.history[0]];
+        }
+    }
+
+    /// Starts a new generation `fresh`: called before the first write this node completes while
+    /// its peer may not have it (DRBD's new current UUID on a disconnected primary).
+    pub fn new_current(&mut self, fresh: u64) {
+        if self.bitmap == 0 {
+            self.bitmap = self.current;
+        } else {
+            self.push_history(self.current);
+        }
+        self.current = fresh;
+    }
+
+    /// Both replicas now hold this generation: the bitmap id goes to the history.
+    pub fn in_sync(&mut self) {
+        self.push_history(self.bitmap);
+        self.bitmap = 0;
+    }
+
+    /// A finished resync made this replica a copy of generation `source_current`.
+    pub fn adopt(&mut self, source_current: u64) {
+        if self.current != source_current {
+            self.push_history(self.current);
+        }
+        self.current = source_current;
+        self.bitmap = 0;
+    }
+
+    fn ancestors(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.bitmap).chain(self.history).filter(|&id| id != 0)
+    }
+}
+
+/// One side's view at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    pub gens: GenIds,
+    /// The replica holds a whole generation (not a half-done sync target).
+    pub consistent: bool,
+    /// The node crashed while primary and marked its activity-log extents out of sync.
+    pub crashed_primary: bool,
+    /// The administrator asked this side to throw away its changes (`discard-my-data`).
+    pub discard_my_data: bool,
+    /// The out-of-sync bitmap has bits set.
+    pub has_bits: bool,
+}
+
+/// What the handshake concludes, from this node's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Both replicas are empty: adopt the lower node's fresh generation, no sync.
+    AdoptFresh,
+    /// Same generation and nothing out of sync.
+    InSync,
+    /// Resync the union of both bitmaps (every block when `full`).
+    Resync {
+        source: bool,
+        full: bool,
+    },
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "split brain: both nodes changed their data while apart; run `o2fs discard-my-data` on the node \
+         whose changes are to be thrown away"
+    )]
+    SplitBrain,
+    #[error("split brain, and both nodes asked to discard their data; clear it on one (`o2fs connect`)")]
+    BothDiscard,
+    #[error("the replicas hold unrelated data (no common generation); invalidate one (`o2fs invalidate`)")]
+    Unrelated,
+    #[error("the node that holds the newer data has an inconsistent replica (a resync into it did not finish)")]
+    SourceInconsistent,
+}
+
+/// Compares this node's ids with the peer's; `lower` says whether this node has the lower node id
+/// (the tie-breaker, as DRBD's discard/resolve-conflicts flag). The rules are symmetric: the peer
+/// computing `decide(peer, me, !lower)` reaches the mirror-image decision.
+pub fn decide(me: &Side, peer: &Side, lower: bool) -> Decision {
+    let (m, p) = (me.gens, peer.gens);
+    let resync = |source: bool, full: bool| {
+        let src = if source { me } else { peer };
+        if src.consistent {
+            Decision::Resync { source, full }
+        } else {
+            Decision::Refuse(Refusal::SourceInconsistent)
+        }
+    };
+    match (m.current == JUST_CREATED, p.current == JUST_CREATED) {
+        (true, true) => return Decision::AdoptFresh,
+        // A freshly made replica meets one with data (mkfs ran on one node): full sync from it.
+        (true, false) => return resync(false, true),
+        (false, true) => return resync(true, true),
+        (false, false) => {}
+    }
+    if m.current == p.current {
+        if !me.has_bits && !peer.has_bits && me.consistent && peer.consistent {
+            return Decision::InSync;
+        }
+        // Same generation but blocks to repair (a crashed primary's activity log, verify
+        // findings, an interrupted resync): the consistent side, then the crashed primary (DRBD
+        // resyncs from it), then the lower node id is the source.
+        let source = if me.consistent != peer.consistent {
+            me.consistent
+        } else if me.crashed_primary != peer.crashed_primary {
+            me.crashed_primary
+        } else {
+            lower
+        };
+        return resync(source, false);
+    }
+    if m.bitmap != 0 && m.bitmap == p.current {
+        return resync(true, false);
+    }
+    if p.bitmap != 0 && p.bitmap == m.current {
+        return resync(false, false);
+    }
+    if m.history.contains(&p.current) {
+        return resync(true, true);
+    }
+    if p.history.contains(&m.current) {
+        return resync(false, true);
+    }
+    if m.ancestors().any(|a| p.ancestors().any(|b| a == b)) {
+        // Both moved on from a common generation: split brain. Only an administrator's
+        // discard-my-data on one side resolves it; the bitmaps suffice when both start from the
+        // same bitmap generation, else everything moves.
+        let full = m.bitmap == 0 || m.bitmap != p.bitmap;
+        return match (me.discard_my_data, peer.discard_my_data) {
+            (true, false) => resync(false, full),
+            (false, true) => resync(true, full),
+            (true, true) => Decision::Refuse(Refusal::BothDiscard),
+            (false, false) => Decision::Refuse(Refusal::SplitBrain),
+        };
+    }
+    Decision::Refuse(Refusal::Unrelated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(gens: GenIds) -> Side {
+        Side { gens, consistent: true, crashed_primary: false, discard_my_data: false, has_bits: false }
+    }
+
+    fn both(a: &Side, b: &Side) -> (Decision, Decision) {
+        (decide(a, b, true), decide(b, a, false))
+    }
+
+    #[test]
+    fn decisions_are_mirror_images() {
+        let fresh = side(GenIds::just_created());
+        assert_eq!(both(&fresh, &fresh), (Decision::AdoptFresh, Decision::AdoptFresh));
+        let mut written = GenIds::just_created();
+        written.new_current(77);
+        let full = (Decision::Resync { source: true, full: true }, Decision::Resync { source: false, full: true });
+        assert_eq!(both(&side(written), &fresh), full);
+
+        let base = GenIds { current: 10, bitmap: 0, history: [0; 2] };
+        assert_eq!(both(&side(base), &side(base)), (Decision::InSync, Decision::InSync));
+        let mut ahead = base;
+        ahead.new_current(11);
+        let bm = (Decision::Resync { source: true, full: false }, Decision::Resync { source: false, full: false });
+        assert_eq!(both(&side(ahead), &side(base)), bm);
+        let mut further = ahead;
+        further.new_current(12);
+        assert_eq!(further.bitmap, 10, "the bitmap still counts from the generation the peer has");
+        assert_eq!(both(&side(further), &side(base)), bm);
+
+        let mut other = base;
+        other.new_current(20);
+        let sb = Decision::Refuse(Refusal::SplitBrain);
+        assert_eq!(both(&side(ahead), &side(other)), (sb, sb));
+        let victim = Side { discard_my_data: true, ..side(other) };
+        assert_eq!(both(&side(ahead), &victim), bm);
+
+        let crashed = Side { crashed_primary: true, has_bits: true, ..side(base) };
+        assert_eq!(both(&side(base), &crashed), (bm.1, bm.0));
+        let target = Side { consistent: false, ..side(base) };
+        assert_eq!(both(&target, &crashed), (bm.1, bm.0));
+
+        let unrelated = side(GenIds { current: 99, bitmap: 98, history: [97, 0] });
+        assert_eq!(decide(&side(ahead), &unrelated, true), Decision::Refuse(Refusal::Unrelated));
+        let mut synced = base;
+        synced.adopt(11);
+        ahead.in_sync();
+        assert_eq!((synced.current, ahead.bitmap, ahead.history[0]), (11, 0, 10));
+    }
+}
