@@ -171,7 +171,6 @@ struct Link {
     next_seq: u64,
     /// Highest peer write seq applied.
     seen: u64,
-    fresh_gen: u64,
     peer: Option<Hello>,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
@@ -269,7 +268,10 @@ impl Engine {
             out: VecDeque::new(),
             conn: ConnState::Unconnected,
             repl: Repl::Off,
-            io: IoState::Running,
+            // Under fencing a node starts frozen: until it has seen its peer (or the cluster lets it
+            // go on alone) the peer may hold newer data. DRBD's equivalent is a restarted node
+            // that the fence-peer handler marked outdated.
+            io: if cfg.fencing == Fencing::Freeze { IoState::Frozen } else { IoState::Running },
             link: Link::default(),
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
@@ -306,7 +308,9 @@ impl Engine {
 
     /// The transport should be (re)connected.
     pub fn wants_connection(&self) -> bool {
-        self.conn == ConnState::Unconnected && self.io == IoState::Running
+        // Frozen writes must be decided (completed after a new generation, or failed) before a
+        // handshake compares generations.
+        self.conn == ConnState::Unconnected && self.io != IoState::Fenced && self.frozen.is_empty()
     }
 
     /// Writes sent to the peer and not yet acknowledged by it.
@@ -570,14 +574,13 @@ impl Engine {
             return;
         }
         self.conn = ConnState::Handshake;
-        self.link = Link { fresh_gen: (self.new_gen)(), ..Link::default() };
+        self.link = Link::default();
         let hello = Hello {
             size: self.sup.data_size,
             gens: self.sup.gens,
             consistent: self.consistent(),
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
-            fresh_gen: self.link.fresh_gen,
             oos: self.bitmap.runs(),
         };
         self.send(Msg::Hello(hello));
@@ -811,12 +814,6 @@ impl Engine {
         tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");
         let result = match decision {
             Decision::Refuse(r) => return self.refuse(r.to_string()),
-            Decision::AdoptFresh => {
-                self.sup.gens.current = if lower { self.link.fresh_gen } else { h.fresh_gen };
-                self.sup.flags |= flags::CONSISTENT;
-                self.repl = Repl::Established;
-                self.save_super()
-            }
             Decision::InSync => {
                 self.sup.gens.in_sync();
                 self.sup.flags &= !flags::CRASHED_PRIMARY;
@@ -832,6 +829,11 @@ impl Engine {
         if let Err(e) = result {
             tracing::error!(error = %e, "meta-disk write at handshake");
             return self.protocol_error(format!("local meta-disk failed: {e}"));
+        }
+        if self.io == IoState::Frozen && self.frozen.is_empty() {
+            tracing::info!("peer connected: frozen I/O resumes");
+            self.io = IoState::Running;
+            self.start_waiting();
         }
         self.plan_resync();
     }
@@ -857,6 +859,8 @@ impl Engine {
             Ok(())
         } else {
             self.repl = Repl::SyncTarget;
+            self.sup.gens.start_sync_target(&h.gens, full);
+            self.save_super()?;
             let t = SyncTarget::new(h.gens.current, self.cfg.rate_bytes_per_sec, self.cfg.resync_depth, self.now);
             self.sync_target = Some(t);
             self.set_flag(flags::CONSISTENT, false)
@@ -946,6 +950,7 @@ impl Engine {
             return self.protocol_error(format!("peer write {seq} (seen {seen}) out of order"));
         }
         self.link.seen = seq;
+        tracing::debug!(seq, seen, offset, len = data.len(), "peer write");
         if self.cfg.protocol == Protocol::B {
             self.send(Msg::RecvAck { seq });
         }

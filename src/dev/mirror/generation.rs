@@ -50,10 +50,32 @@ impl GenIds {
 
     /// A finished resync made this replica a copy of generation `source_current`.
     pub fn adopt(&mut self, source_current: u64) {
-        if self.current != source_current {
+        if self.current != source_current && self.current != JUST_CREATED {
             self.push_history(self.current);
         }
         self.current = source_current;
+        self.bitmap = 0;
+    }
+
+    /// This replica becomes the target of a resync from a peer with ids `source`. Its ids step
+    /// back to what it will still share with the source if the resync is cut short: the
+    /// source's bitmap generation after a split brain, "just created" for a full sync (DRBD
+    /// likewise rewrites a sync target's UUIDs when the resync starts). An interrupted resync
+    /// then resumes from the same source.
+    pub fn start_sync_target(&mut self, source: &GenIds, full: bool) {
+        let base = if full {
+            JUST_CREATED
+        } else if source.current == self.current || source.bitmap == 0 {
+            self.current
+        } else {
+            source.bitmap
+        };
+        if self.current != base {
+            if self.current != JUST_CREATED {
+                self.push_history(self.current);
+            }
+            self.current = base;
+        }
         self.bitmap = 0;
     }
 
@@ -79,8 +101,6 @@ pub struct Side {
 /// What the handshake concludes, from this node's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Both replicas are empty: adopt the lower node's fresh generation, no sync.
-    AdoptFresh,
     /// Same generation and nothing out of sync.
     InSync,
     /// Resync the union of both bitmaps (every block when `full`).
@@ -119,12 +139,13 @@ pub fn decide(me: &Side, peer: &Side, lower: bool) -> Decision {
             Decision::Refuse(Refusal::SourceInconsistent)
         }
     };
+    // A freshly made replica meets one with data (mkfs ran on one node): full sync from it. Two
+    // fresh replicas stay "just created" (and are in sync) until one writes while apart: a
+    // generation adopted at the handshake could reach one side only, and fake a split brain.
     match (m.current == JUST_CREATED, p.current == JUST_CREATED) {
-        (true, true) => return Decision::AdoptFresh,
-        // A freshly made replica meets one with data (mkfs ran on one node): full sync from it.
         (true, false) => return resync(false, true),
         (false, true) => return resync(true, true),
-        (false, false) => {}
+        _ => {}
     }
     if m.current == p.current {
         if !me.has_bits && !peer.has_bits && me.consistent && peer.consistent {
@@ -184,7 +205,7 @@ mod tests {
     #[test]
     fn decisions_are_mirror_images() {
         let fresh = side(GenIds::just_created());
-        assert_eq!(both(&fresh, &fresh), (Decision::AdoptFresh, Decision::AdoptFresh));
+        assert_eq!(both(&fresh, &fresh), (Decision::InSync, Decision::InSync));
         let mut written = GenIds::just_created();
         written.new_current(77);
         let full = (Decision::Resync { source: true, full: true }, Decision::Resync { source: false, full: true });

@@ -80,8 +80,8 @@ pub struct Super {
 
 impl Super {
     /// The superblock of a freshly made replica: consistent (it reads as zeros on both nodes),
-    /// generation "just created", so the first connection adopts a common generation or fully
-    /// syncs from the node that wrote first.
+    /// generation "just created", so the first connection finds the replicas in sync, or fully
+    /// syncs from the node that wrote while apart.
     pub fn fresh(data_size: u64, al_extent_shift: u32) -> Super {
         Super { data_size, al_extent_shift, flags: flags::CONSISTENT, gens: GenIds::just_created() }
     }

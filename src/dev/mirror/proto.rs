@@ -89,8 +89,6 @@ pub struct Hello {
     pub consistent: bool,
     pub crashed_primary: bool,
     pub discard_my_data: bool,
-    /// A generation id to adopt when both replicas are fresh (the lower node's wins).
-    pub fresh_gen: u64,
     /// The out-of-sync bitmap as runs `(first block, count)`.
     pub oos: Vec<(u64, u64)>,
 }
