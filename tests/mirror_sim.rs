@@ -9,7 +9,8 @@
 //!   are byte-equal, both bitmaps empty, and every block holds the last acknowledged write to it
 //!   or a later or concurrent one; only writes thrown away by discard-my-data may be lost.
 //!
-//! `O2FS_SEED=N` replays one seed (with logs: `RUST_LOG=debug`); a failure prints its seed.
+//! `O2FS_SEED=N` replays one seed (with logs: `RUST_LOG=debug`, more history: `SIM_TAIL=N`); a
+//! failure prints its seed. `O2FS_SIM_SEEDS=N` runs N seeds instead of 2000.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -70,6 +71,8 @@ struct WriteRec {
     first: u64,
     count: u64,
     issue: u64,
+    /// The connection current (or last) when it was issued.
+    conn: u64,
     /// When it completed, failed, or was lost in a crash.
     end: Option<u64>,
     ok: bool,
@@ -108,7 +111,8 @@ struct Sim {
     /// Messages in flight per direction (`links[i]` from node i), with their delivery time.
     links: [VecDeque<(u64, Msg)>; 2],
     up: bool,
-    up_since: u64,
+    /// Number of the current (or last) connection.
+    conn_no: u64,
     partitioned: bool,
     writes: Vec<WriteRec>,
     reads: Vec<Option<ReadRec>>,
@@ -168,7 +172,7 @@ impl Sim {
             nodes,
             links: [VecDeque::new(), VecDeque::new()],
             up: false,
-            up_since: 0,
+            conn_no: 0,
             partitioned: false,
             // Write ids start at 1: a block whose id is 0 was never written.
             writes: vec![WriteRec {
@@ -176,6 +180,7 @@ impl Sim {
                 first: 0,
                 count: 0,
                 issue: 0,
+                conn: 0,
                 end: Some(0),
                 ok: false,
                 replicated: false,
@@ -199,7 +204,12 @@ impl Sim {
     }
 
     fn fail(&self, what: String) -> ! {
-        let tail: Vec<&String> = self.log.iter().rev().take(std::env::var("SIM_TAIL").ok().and_then(|v| v.parse().ok()).unwrap_or(60)).collect();
+        let tail: Vec<&String> = self
+            .log
+            .iter()
+            .rev()
+            .take(std::env::var("SIM_TAIL").ok().and_then(|v| v.parse().ok()).unwrap_or(60))
+            .collect();
         let tail: Vec<&str> = tail.into_iter().rev().map(String::as_str).collect();
         panic!("seed {} (replay: O2FS_SEED={}): {what}\nlast events:\n{}", self.seed, self.seed, tail.join("\n"));
     }
@@ -255,7 +265,8 @@ impl Sim {
             let Some(e) = self.nodes[i].engine.as_mut() else { continue };
             if e.io_state() == IoState::Frozen {
                 if !peer_alive || i == 0 {
-                    e.resume_io(now);
+                    // A node that has not met its peer since it started stays frozen.
+                    let _ = e.resume_io(now);
                 } else {
                     e.fence(now);
                     self.nodes[i].fenced = true;
@@ -278,9 +289,9 @@ impl Sim {
             // Protocol A acknowledges a write once sent: one still on its way when its writer
             // crashes is lost if the peer goes on (DRBD documents the same).
             let peer_has = self.nodes[1 - i].replica.reached.lock().clone();
-            let since = self.up_since;
+            let conn = self.conn_no;
             for (id, w) in self.writes.iter_mut().enumerate() {
-                if w.node == i && w.ok && w.issue >= since && !peer_has.contains(&(id as u64)) {
+                if w.node == i && w.ok && w.conn == conn && !peer_has.contains(&(id as u64)) {
                     w.may_be_lost = true;
                 }
             }
@@ -296,7 +307,7 @@ impl Sim {
             return;
         }
         self.up = true;
-        self.up_since = self.now;
+        self.conn_no += 1;
         self.note("link up".into());
         let now = self.now;
         let first = self.rng.below(2) as usize;
@@ -427,6 +438,7 @@ impl Sim {
             first,
             count,
             issue: self.now,
+            conn: self.conn_no,
             end: None,
             ok: false,
             replicated: false,
@@ -485,7 +497,7 @@ impl Sim {
         let survivor_has = self.nodes[1 - victim].replica.reached.lock().clone();
         let mut lost = 0;
         for (id, w) in self.writes.iter_mut().enumerate() {
-            if w.node == victim && w.issue < self.up_since && !survivor_has.contains(&(id as u64)) && !w.discarded {
+            if w.node == victim && w.conn < self.conn_no && !survivor_has.contains(&(id as u64)) && !w.discarded {
                 w.discarded = true;
                 lost += w.ok as u32;
             }
@@ -602,7 +614,14 @@ impl Sim {
                     .iter()
                     .map(|n| {
                         let e = n.engine.as_ref().unwrap();
-                        format!("{:?} {:?} {:?} quiet {} oos {}", e.conn_state(), e.repl_state(), e.io_state(), e.quiet(), e.out_of_sync_blocks())
+                        format!(
+                            "{:?} {:?} {:?} quiet {} oos {}",
+                            e.conn_state(),
+                            e.repl_state(),
+                            e.io_state(),
+                            e.quiet(),
+                            e.out_of_sync_blocks()
+                        )
                     })
                     .collect();
                 self.fail(format!("did not settle within 60 s: {states:?}"));
@@ -661,9 +680,10 @@ fn run(seed: u64, steps: u32) -> Sim {
 }
 
 fn init_log() {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
-    ).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()))
+        .try_init();
 }
 
 #[test]
@@ -671,7 +691,8 @@ fn random_faults_never_lose_an_acknowledged_write() {
     init_log();
     let (first, count) = match std::env::var("O2FS_SEED") {
         Ok(_) => (o2fs::testutil::seed_from_env(0), 1),
-        Err(_) => (0, 2000),
+        // O2FS_SIM_SEEDS=N runs more seeds (a soak); 2000 by default.
+        Err(_) => (0, std::env::var("O2FS_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)),
     };
     let started = std::time::Instant::now();
     let (mut split_brains, mut writes) = (0, 0);

@@ -197,6 +197,12 @@ pub struct Engine {
     /// A new generation was started since the connection was lost.
     rotated: bool,
     discard_my_data: bool,
+    /// A handshake succeeded since the node started.
+    peer_seen: bool,
+    /// Verify found blocks to repair, and this node becomes their sync target once no
+    /// protocol-A-acknowledged write of its own is in flight (a sync target loses those if the
+    /// link fails).
+    verify_target_pending: bool,
     sync_target: Option<SyncTarget>,
     progress: Option<Progress>,
     verify: Option<Verify>,
@@ -278,6 +284,8 @@ impl Engine {
             frozen: Vec::new(),
             rotated: false,
             discard_my_data: false,
+            peer_seen: false,
+            verify_target_pending: false,
             sync_target: None,
             progress: None,
             verify: None,
@@ -478,8 +486,13 @@ impl Engine {
             match self.start_write(w.offset, w.data, al_changed) {
                 Ok(Some(seq)) => {
                     // A sync target has no up-to-date copy of its own: it acknowledges only what
-                    // the peer wrote, whatever the protocol.
-                    let completed = self.cfg.protocol == Protocol::A && self.consistent();
+                    // the peer wrote, whatever the protocol; so does a node whose handshake is
+                    // still open (it may be about to become one).
+                    let completed = self.cfg.protocol == Protocol::A
+                        && self.consistent()
+                        && self.conn == ConnState::Connected
+                        && self.repl != Repl::SyncTarget
+                        && !self.verify_target_pending;
                     if completed {
                         self.out.push_back(Output::WriteDone { id: w.id, result: Ok(Written::Replicated) });
                     }
@@ -605,6 +618,7 @@ impl Engine {
         self.rotated = false;
         self.sync_target = None;
         self.progress = None;
+        self.verify_target_pending = false;
         if let Some(v) = self.verify.take() {
             tracing::warn!(status = ?v.status(), "online verify aborted");
         }
@@ -664,16 +678,22 @@ impl Engine {
     }
 
     /// The cluster decided this node survives: frozen writes complete, I/O goes on degraded.
-    pub fn resume_io(&mut self, now: u64) {
+    /// Refused for a node that has not met its peer since it started: the peer may have gone on
+    /// alone meanwhile (DRBD lets only an UpToDate node resume alone).
+    pub fn resume_io(&mut self, now: u64) -> Result<(), String> {
         self.now = now;
         if self.io != IoState::Frozen {
-            return;
+            return Ok(());
+        }
+        if !self.peer_seen {
+            return Err("this node has not reached its peer since it started; its data may be outdated".into());
         }
         tracing::info!(pending = self.frozen.len(), "I/O resumed after the peer was lost");
         self.io = IoState::Running;
         let frozen = std::mem::take(&mut self.frozen);
         self.complete_degraded(frozen, Ok(()));
         self.start_waiting();
+        Ok(())
     }
 
     /// The cluster decided this node loses: every waiting write fails, and no I/O is done until
@@ -823,6 +843,7 @@ impl Engine {
             Decision::Resync { source, full } => self.start_resync(source, full, &h),
         };
         self.discard_my_data = false;
+        self.peer_seen = true;
         self.last_refusal = None;
         self.conn = ConnState::Connected;
         self.link.peer = Some(h);
@@ -845,6 +866,10 @@ impl Engine {
     }
 
     fn start_resync(&mut self, source: bool, full: bool, h: &Hello) -> Result<(), IoFailure> {
+        if h.gens.current == self.sup.gens.current {
+            // Both hold this generation (a repair resync): the bitmap id has served.
+            self.sup.gens.in_sync();
+        }
         if full {
             self.bitmap.set_all();
         } else {
@@ -882,6 +907,7 @@ impl Engine {
                     if !r.completed {
                         self.out.push_back(Output::WriteDone { id: r.id, result: Ok(Written::Replicated) });
                     }
+                    self.become_verify_target();
                     self.start_waiting();
                 }
                 None => self.protocol_error(format!("write ack for unknown request {seq}")),
@@ -1133,6 +1159,15 @@ impl Engine {
         if found == 0 || self.repl != Repl::Established {
             return;
         }
+        self.verify_target_pending = true;
+        self.become_verify_target();
+    }
+
+    fn become_verify_target(&mut self) {
+        if !self.verify_target_pending || self.in_flight.values().any(|r| r.completed) {
+            return;
+        }
+        self.verify_target_pending = false;
         let current = self.sup.gens.current;
         self.progress = Some(Progress::new(self.bitmap.count(), self.now));
         self.repl = Repl::SyncTarget;

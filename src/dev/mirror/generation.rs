@@ -2,13 +2,17 @@
 //!
 //! Each replica carries a *current* id naming the data generation it holds, a *bitmap* id naming
 //! the generation its out-of-sync bitmap is relative to (0 when the bitmap tracks nothing), and
-//! two *history* ids of older generations. A node that changes its data while it cannot reach
+//! [`HISTORY`] *history* ids of older generations (DRBD keeps two; we keep four, so that a run of
+//! interrupted resyncs and new generations does not push the common ancestor out). A node that changes its data while it cannot reach
 //! its peer starts a new generation: the old current id becomes the bitmap id (or goes to the
 //! history if a bitmap id is already set) and a fresh random id becomes current. Comparing the
 //! two nodes' ids on connect tells who holds newer data, whether the bitmap suffices or a full
 //! sync is needed, and whether both changed apart (split brain), as `drbd_uuid_compare` does.
 
 use serde::{Deserialize, Serialize};
+
+/// History ids kept.
+pub const HISTORY: usize = 4;
 
 /// The current id of a replica that never held data (DRBD's `UUID_JUST_CREATED`).
 pub const JUST_CREATED: u64 = 4;
@@ -17,17 +21,18 @@ pub const JUST_CREATED: u64 = 4;
 pub struct GenIds {
     pub current: u64,
     pub bitmap: u64,
-    pub history: [u64; 2],
+    pub history: [u64; HISTORY],
 }
 
 impl GenIds {
     pub fn just_created() -> GenIds {
-        GenIds { current: JUST_CREATED, bitmap: 0, history: [0; 2] }
+        GenIds { current: JUST_CREATED, bitmap: 0, history: [0; HISTORY] }
     }
 
     fn push_history(&mut self, id: u64) {
         if id != 0 && !self.history.contains(&id) {
-            self.history = [id, self.history[0]];
+            self.history.rotate_right(1);
+            self.history[0] = id;
         }
     }
 
@@ -211,7 +216,7 @@ mod tests {
         let full = (Decision::Resync { source: true, full: true }, Decision::Resync { source: false, full: true });
         assert_eq!(both(&side(written), &fresh), full);
 
-        let base = GenIds { current: 10, bitmap: 0, history: [0; 2] };
+        let base = GenIds { current: 10, bitmap: 0, history: [0; HISTORY] };
         assert_eq!(both(&side(base), &side(base)), (Decision::InSync, Decision::InSync));
         let mut ahead = base;
         ahead.new_current(11);
@@ -234,7 +239,7 @@ mod tests {
         let target = Side { consistent: false, ..side(base) };
         assert_eq!(both(&target, &crashed), (bm.1, bm.0));
 
-        let unrelated = side(GenIds { current: 99, bitmap: 98, history: [97, 0] });
+        let unrelated = side(GenIds { current: 99, bitmap: 98, history: [97, 0, 0, 0] });
         assert_eq!(decide(&side(ahead), &unrelated, true), Decision::Refuse(Refusal::Unrelated));
         let mut synced = base;
         synced.adopt(11);
