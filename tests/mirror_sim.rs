@@ -104,6 +104,7 @@ struct Sim {
     rng: Rng,
     now: u64,
     protocol: Protocol,
+    rate: u64,
     dual: bool,
     fencing: Fencing,
     primary: usize,
@@ -118,16 +119,17 @@ struct Sim {
     reads: Vec<Option<ReadRec>>,
     log: Vec<String>,
     split_brains: u32,
+    resync_requests: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
 
-fn config(node: usize, protocol: Protocol, fencing: Fencing) -> EngineConfig {
+fn config(node: usize, protocol: Protocol, fencing: Fencing, rate: u64) -> EngineConfig {
     EngineConfig {
         node_id: node as u32,
         peer_id: 1 - node as u32,
         protocol,
-        rate_bytes_per_sec: 4 << 20,
+        rate_bytes_per_sec: rate,
         fencing,
         al_extents: 3,
         resync_depth: 8,
@@ -136,12 +138,17 @@ fn config(node: usize, protocol: Protocol, fencing: Fencing) -> EngineConfig {
 }
 
 impl Sim {
+    /// A random setup for `seed`.
     fn new(seed: u64) -> Sim {
         let mut rng = Rng::new(seed);
         let protocol = [Protocol::A, Protocol::B, Protocol::C][rng.below(3) as usize];
         let dual = protocol == Protocol::C && rng.below(4) != 0;
         let fencing = if dual && rng.below(2) == 0 { Fencing::Freeze } else { Fencing::DontCare };
         let internal = rng.below(2) == 0;
+        Sim::with(seed, rng, protocol, dual, fencing, internal, 4 << 20)
+    }
+
+    fn with(seed: u64, rng: Rng, protocol: Protocol, dual: bool, fencing: Fencing, internal: bool, rate: u64) -> Sim {
         let nodes = (0..2)
             .map(|_| {
                 let meta_len = meta::meta_size(DATA);
@@ -166,6 +173,7 @@ impl Sim {
             rng,
             now: 1,
             protocol,
+            rate,
             dual,
             fencing,
             primary: 0,
@@ -190,6 +198,7 @@ impl Sim {
             reads: Vec::new(),
             log: Vec::new(),
             split_brains: 0,
+            resync_requests: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
@@ -219,7 +228,7 @@ impl Sim {
         let loaded = MetaArea::open(n.meta_dev.clone(), n.meta_base, DATA).unwrap();
         let mut gen_rng = Rng::new(self.rng.next());
         let engine = Engine::open(
-            config(i, self.protocol, self.fencing),
+            config(i, self.protocol, self.fencing, self.rate),
             n.replica.clone(),
             loaded,
             Box::new(move || gen_rng.next() | 1 << 63),
@@ -344,6 +353,7 @@ impl Sim {
         let now = self.now;
         match out {
             Output::Send(msg) => {
+                self.resync_requests += matches!(msg, Msg::ResyncRequest { .. }) as u64;
                 if self.up {
                     let at = self.delay() + now;
                     let at = self.links[i].back().map_or(at, |(last, _)| at.max(*last));
@@ -427,6 +437,10 @@ impl Sim {
         }
         let first = self.rng.below(BLOCKS);
         let count = (1 + self.rng.below(2)).min(BLOCKS - first);
+        self.issue_write(i, first, count);
+    }
+
+    fn issue_write(&mut self, i: usize, first: u64, count: u64) {
         let id = self.writes.len() as u64;
         let mut data = vec![0u8; (count * BM_BLOCK) as usize];
         for block in data.chunks_mut(BM_BLOCK as usize) {
@@ -708,4 +722,81 @@ fn random_faults_never_lose_an_acknowledged_write() {
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
     }
+}
+
+/// A quiet connected pair (protocol C, dual primary) with `rate` bytes/s of resync.
+fn connected_pair(rate: u64) -> Sim {
+    let mut sim = Sim::with(1, Rng::new(1), Protocol::C, true, Fencing::DontCare, false, rate);
+    sim.heal();
+    sim
+}
+
+fn write_blocks(sim: &mut Sim, node: usize, blocks: &[u64]) {
+    for &b in blocks {
+        sim.issue_write(node, b, 1);
+        while sim.writes.last().unwrap().end.is_none() {
+            sim.step(1);
+        }
+    }
+}
+
+#[test]
+fn resync_moves_only_the_changed_blocks_at_the_rate() {
+    init_log();
+    let rate = 40 * BM_BLOCK;
+    let mut sim = connected_pair(rate);
+    write_blocks(&mut sim, 0, &[1, 2, 3]);
+    sim.partitioned = true;
+    sim.cut("test partition");
+    let changed = [5, 9, 17, 30, 31, 40, 41, 50, 60, 62];
+    write_blocks(&mut sim, 0, &changed);
+    let oos = sim.nodes[0].engine.as_ref().unwrap().out_of_sync_blocks();
+    assert_eq!(oos, changed.len() as u64);
+    sim.resync_requests = 0;
+    let start = sim.now;
+    sim.heal();
+    let ms = sim.now - start;
+    assert_eq!(sim.resync_requests, oos, "only the out-of-sync blocks move");
+    let expected = oos * BM_BLOCK * 1000 / rate;
+    assert!(ms * 4 >= expected * 3 && ms * 4 <= expected * 5, "{oos} blocks in {ms} ms at {rate} B/s");
+    sim.check_converged();
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_the_resync_repairs_it() {
+    init_log();
+    let mut sim = connected_pair(4 << 20);
+    write_blocks(&mut sim, 1, &[7, 20]);
+    sim.nodes[1].replica.mem.write_at(&[0x5A], 20 * BM_BLOCK + 100).unwrap();
+    let now = sim.now;
+    sim.engine(0).start_verify(now).unwrap();
+    sim.heal();
+    let status = sim.nodes[0].engine.as_ref().unwrap().status();
+    assert_eq!(status.verify.map(|v| (v.out_of_sync_blocks, v.finished)), Some((1, true)));
+    sim.check_converged();
+}
+
+#[test]
+fn split_brain_is_refused_on_both_sides_until_discard_my_data() {
+    init_log();
+    let mut sim = connected_pair(4 << 20);
+    sim.partitioned = true;
+    sim.cut("test partition");
+    write_blocks(&mut sim, 0, &[3]);
+    write_blocks(&mut sim, 1, &[4]);
+    sim.partitioned = false;
+    for _ in 0..100 {
+        sim.step(1);
+        if sim.victim.is_some() {
+            break;
+        }
+    }
+    let refusals: Vec<Option<String>> =
+        sim.nodes.iter().map(|n| n.engine.as_ref().unwrap().last_refusal().map(str::to_string)).collect();
+    assert!(refusals.iter().all(|r| r.as_deref().is_some_and(|r| r.contains("split brain"))), "{refusals:?}");
+    let victim = sim.victim.unwrap();
+    let survivor = sim.nodes[1 - victim].replica.mem.contents();
+    sim.heal();
+    sim.check_converged();
+    assert_eq!(sim.nodes[victim].replica.mem.contents()[..DATA as usize], survivor[..DATA as usize]);
 }

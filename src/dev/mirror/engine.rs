@@ -594,6 +594,7 @@ impl Engine {
             consistent: self.consistent(),
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
+            fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
             oos: self.bitmap.runs(),
         };
         self.send(Msg::Hello(hello));
@@ -821,6 +822,7 @@ impl Engine {
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
             has_bits: !self.bitmap.is_empty(),
+            fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
         };
         let peer = Side {
             gens: h.gens,
@@ -828,6 +830,7 @@ impl Engine {
             crashed_primary: h.crashed_primary,
             discard_my_data: h.discard_my_data,
             has_bits: !h.oos.is_empty(),
+            fresh_in_sync: h.fresh_in_sync,
         };
         let lower = self.cfg.node_id < self.cfg.peer_id;
         let decision = decide(&me, &peer, lower);
@@ -835,6 +838,9 @@ impl Engine {
         let result = match decision {
             Decision::Refuse(r) => return self.refuse(r.to_string()),
             Decision::InSync => {
+                if self.sup.gens.current == super::generation::JUST_CREATED {
+                    self.sup.flags |= flags::FRESH_IN_SYNC;
+                }
                 self.sup.gens.in_sync();
                 self.sup.flags &= !flags::CRASHED_PRIMARY;
                 self.repl = Repl::Established;

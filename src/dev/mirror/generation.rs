@@ -101,6 +101,8 @@ pub struct Side {
     pub discard_my_data: bool,
     /// The out-of-sync bitmap has bits set.
     pub has_bits: bool,
+    /// Met the peer while both were just created (meta flag FRESH_IN_SYNC).
+    pub fresh_in_sync: bool,
 }
 
 /// What the handshake concludes, from this node's point of view.
@@ -147,9 +149,12 @@ pub fn decide(me: &Side, peer: &Side, lower: bool) -> Decision {
     // A freshly made replica meets one with data (mkfs ran on one node): full sync from it. Two
     // fresh replicas stay "just created" (and are in sync) until one writes while apart: a
     // generation adopted at the handshake could reach one side only, and fake a split brain.
+    // The node with data may use its bitmap instead when it knows the fresh peer's replica
+    // equalled its own when both were just created and its bitmap counts from then.
+    let full_from = |s: &Side| !(s.fresh_in_sync && s.gens.bitmap == JUST_CREATED);
     match (m.current == JUST_CREATED, p.current == JUST_CREATED) {
-        (true, false) => return resync(false, true),
-        (false, true) => return resync(true, true),
+        (true, false) => return resync(false, full_from(peer)),
+        (false, true) => return resync(true, full_from(me)),
         _ => {}
     }
     if m.current == p.current {
@@ -200,7 +205,14 @@ mod tests {
     use super::*;
 
     fn side(gens: GenIds) -> Side {
-        Side { gens, consistent: true, crashed_primary: false, discard_my_data: false, has_bits: false }
+        Side {
+            gens,
+            consistent: true,
+            crashed_primary: false,
+            discard_my_data: false,
+            has_bits: false,
+            fresh_in_sync: false,
+        }
     }
 
     fn both(a: &Side, b: &Side) -> (Decision, Decision) {
@@ -215,6 +227,10 @@ mod tests {
         written.new_current(77);
         let full = (Decision::Resync { source: true, full: true }, Decision::Resync { source: false, full: true });
         assert_eq!(both(&side(written), &fresh), full);
+        let met = Side { fresh_in_sync: true, ..side(written) };
+        let by_bitmap =
+            (Decision::Resync { source: true, full: false }, Decision::Resync { source: false, full: false });
+        assert_eq!(both(&met, &fresh), by_bitmap);
 
         let base = GenIds { current: 10, bitmap: 0, history: [0; HISTORY] };
         assert_eq!(both(&side(base), &side(base)), (Decision::InSync, Decision::InSync));

@@ -8,7 +8,7 @@
 //!   0  magic "o2fsMETA"          8  version u32 (1)        12 crc32 u32 (of the sector, this field 0)
 //!  16  data size u64 (bytes of replica the mirror exposes, a multiple of 4096)
 //!  24  bitmap block u32 (4096)  28  AL extent shift u32     32 flags u32 (CONSISTENT 1, PRIMARY 2,
-//!                                                                 CRASHED_PRIMARY 4)   36 reserved
+//!                                                   CRASHED_PRIMARY 4, FRESH_IN_SYNC 8)   36 reserved
 //!  40  current id u64           48  bitmap id u64          56 history[0..4] u64 × 4
 //!  88  bitmap bits u64           rest zero
 //! sectors 1..=8     activity-log ring: transaction `seq` lives in sector 1 + seq % 8
@@ -52,7 +52,10 @@ pub mod flags {
     /// The node crashed while primary; its activity log was merged into the bitmap. Cleared when
     /// a handshake or resync settles the replicas.
     pub const CRASHED_PRIMARY: u32 = 4;
-    pub const KNOWN: u32 = CONSISTENT | PRIMARY | CRASHED_PRIMARY;
+    /// The node met its peer while both replicas were "just created" (and so equal): a later
+    /// resync from this node toward a still-fresh peer can use the bitmap.
+    pub const FRESH_IN_SYNC: u32 = 8;
+    pub const KNOWN: u32 = CONSISTENT | PRIMARY | CRASHED_PRIMARY | FRESH_IN_SYNC;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,7 @@ pub struct Hello {
     pub consistent: bool,
     pub crashed_primary: bool,
     pub discard_my_data: bool,
+    pub fresh_in_sync: bool,
     /// The out-of-sync bitmap as runs `(first block, count)`.
     pub oos: Vec<(u64, u64)>,
 }
