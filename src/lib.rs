@@ -4,11 +4,13 @@
 //! - [`format`]: byte-exact encode/decode of every OCFS2 and JBD2 structure.
 //! - [`dev`]: the `BlockDevice` trait and the image-file backend; `dev::mirror` the replicated one.
 //! - [`cluster`]: cluster.conf, membership, heartbeat.
+//! - [`dlm`]: the distributed lock manager (sans-IO engine: lock modes, mastery, queues, recovery).
 //! - [`fs`]: the filesystem core (allocators, extent trees, directories, volume access).
 //! - [`mkfs`], [`fsck`]: the offline tools' engines (the programs only parse and print).
 
 pub mod cluster;
 pub mod dev;
+pub mod dlm;
 pub mod format;
 pub mod fs;
 pub mod fsck;

@@ -2,3 +2,4 @@
 
 pub mod config;
 pub mod disk_heartbeat;
+pub mod membership;
