@@ -11,6 +11,8 @@ use o2fs::fuse::{MountOptions, O2Fuse};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod mirror_cmd;
+
 #[derive(Parser, Debug)]
 #[command(name = "o2fs", version, about = "o2fs cluster filesystem daemon and tools")]
 struct Cli {
@@ -24,6 +26,20 @@ enum Cmd {
     Mount(MountArgs),
     /// List the nodes heartbeating on a volume (as mounted.ocfs2 -f does).
     Mounted(MountedArgs),
+    /// The replicated device (DRBD-style mirror).
+    Mirror(mirror_cmd::MirrorArgs),
+    /// Show a running node's mirror state (as drbdadm status does).
+    Status(mirror_cmd::StatusArgs),
+    /// Compare the replicas online (sha1 per block); differing blocks are resynced.
+    Verify(mirror_cmd::AdminArgs),
+    /// Connect to the peer again (after a refusal or disconnect).
+    Connect(mirror_cmd::AdminArgs),
+    /// Drop the peer connection and stay disconnected.
+    Disconnect(mirror_cmd::AdminArgs),
+    /// Declare the local replica invalid: it is fully resynced from the peer.
+    Invalidate(mirror_cmd::AdminArgs),
+    /// After a split brain: throw this node's changes away and resync from the peer.
+    DiscardMyData(mirror_cmd::AdminArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +68,11 @@ struct MountArgs {
     dir: PathBuf,
 }
 
+/// First arguments that are subcommands, even when a file of that name exists in the working
+/// directory (anything else that exists is a mount helper's SOURCE).
+const SUBCOMMANDS: &[&str] =
+    &["mount", "mounted", "mirror", "status", "verify", "connect", "disconnect", "invalidate", "discard-my-data"];
+
 fn main() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
     // Two arenas keep the daemon's memory close to its caches (many per-thread arenas hold on to
@@ -72,7 +93,7 @@ fn main() {
     // mount(8) runs helpers as `mount.fuse.o2fs SOURCE DIR [-o OPTS]`; mount.fuse3 runs `o2fs
     // SOURCE DIR -o OPTS`. Both mean `o2fs mount`.
     let is_mount_helper = invoked_as.starts_with("mount.")
-        || argv.get(1).is_some_and(|a| Path::new(a).exists() && !["mount"].contains(&a.as_str()));
+        || argv.get(1).is_some_and(|a| Path::new(a).exists() && !SUBCOMMANDS.contains(&a.as_str()));
     let cli = if is_mount_helper {
         let mut args = vec!["o2fs".to_string(), "mount".to_string()];
         args.extend(argv.into_iter().skip(1).filter(|a| a != "-n" && a != "-s" && a != "-v"));
@@ -83,6 +104,13 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Mount(a) => cmd_mount(a),
         Cmd::Mounted(a) => cmd_mounted(a),
+        Cmd::Mirror(a) => mirror_cmd::cmd_mirror(a),
+        Cmd::Status(a) => mirror_cmd::cmd_status(a),
+        Cmd::Verify(a) => mirror_cmd::cmd_simple("verify", a),
+        Cmd::Connect(a) => mirror_cmd::cmd_simple("connect", a),
+        Cmd::Disconnect(a) => mirror_cmd::cmd_simple("disconnect", a),
+        Cmd::Invalidate(a) => mirror_cmd::cmd_simple("invalidate", a),
+        Cmd::DiscardMyData(a) => mirror_cmd::cmd_simple("discard-my-data", a),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");
@@ -144,14 +172,20 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     if a.foreground {
         return serve(&a, &opts, None);
     }
-    // Daemonise only once the mount is ready: the parent waits for the child's word.
+    daemonize("mount", |ready| serve(&a, &opts, ready))
+}
+
+/// Runs `run` in a daemon child, returning in the parent once the child reports ready: `run`
+/// gets the pipe to write "ok" on once it serves (and keeps it open), or fails, and its error
+/// is reported by the parent.
+fn daemonize(what: &str, run: impl FnOnce(Option<std::fs::File>) -> Result<()>) -> Result<()> {
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
     // SAFETY: fork is required to daemonise; no other thread exists yet at this point, so the
     // child starts from a consistent single-threaded state.
     match unsafe { nix::unistd::fork() }.context("fork")? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(wr);
-            // The child writes "ok" once mounted (and keeps the pipe open), or an error and exits.
+            // The child writes "ok" once ready (and keeps the pipe open), or an error and exits.
             let mut msg = Vec::new();
             let mut rd = std::fs::File::from(rd);
             let mut buf = [0u8; 512];
@@ -165,7 +199,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
             let msg = String::from_utf8_lossy(&msg).into_owned();
             match msg.strip_prefix("ok") {
                 Some(_) => Ok(()),
-                None if msg.is_empty() => bail!("the mount daemon died before the mount was ready"),
+                None if msg.is_empty() => bail!("the {what} daemon died before it was ready"),
                 None => bail!("{}", msg.trim_start_matches("err:").trim()),
             }
         }
@@ -174,7 +208,7 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
             let _ = nix::unistd::setsid();
             let wr = std::fs::File::from(wr);
             // The parent reports a failure to start; the daemon's own error output is gone.
-            if let Err(e) = serve(&a, &opts, Some(wr.try_clone().context("pipe")?)) {
+            if let Err(e) = run(Some(wr.try_clone().context("pipe")?)) {
                 use std::io::Write;
                 let _ = write!(&wr, "err: {e:#}");
                 std::process::exit(1);

@@ -146,6 +146,8 @@ pub struct Status {
     pub verify: Option<VerifyStatus>,
     pub generations: GenIds,
     pub last_refusal: Option<String>,
+    /// No write, resync or verify in flight.
+    pub quiet: bool,
 }
 
 /// A local write sent to the peer and not yet write-acked.
@@ -381,6 +383,7 @@ impl Engine {
             verify: self.verify.as_ref().map(Verify::status).or(self.last_verify),
             generations: self.sup.gens,
             last_refusal: self.last_refusal.clone(),
+            quiet: self.quiet(),
         }
     }
 

@@ -9,10 +9,14 @@
 //! - [`resync`], [`verify`]: rate-limited resync planning and online verify.
 //! - [`engine`]: the sans-network replication state machine of one node; the simulation
 //!   (tests/mirror_sim.rs) and the tokio driver both drive it.
+//! - [`driver`]: the running node — engine thread, peer link on tokio, [`driver::MirrorDevice`].
+//! - [`admin`]: the admin commands and the text form of `o2fs status`.
 
 pub mod activity_log;
+pub mod admin;
 pub mod bitmap;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod generation;
 pub mod meta;
