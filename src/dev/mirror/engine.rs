@@ -143,11 +143,19 @@ pub struct Status {
     pub out_of_sync_bytes: u64,
     pub resync: Option<Progress>,
     pub resync_speed_bytes_per_sec: Option<u64>,
+    /// The last finished resync: blocks moved and how long it took.
+    pub last_resync: Option<ResyncSummary>,
     pub verify: Option<VerifyStatus>,
     pub generations: GenIds,
     pub last_refusal: Option<String>,
     /// No write, resync or verify in flight.
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ResyncSummary {
+    pub blocks: u64,
+    pub ms: u64,
 }
 
 /// A local write sent to the peer and not yet write-acked.
@@ -207,6 +215,7 @@ pub struct Engine {
     verify_target_pending: bool,
     sync_target: Option<SyncTarget>,
     progress: Option<Progress>,
+    last_resync: Option<ResyncSummary>,
     verify: Option<Verify>,
     last_verify: Option<VerifyStatus>,
     last_refusal: Option<String>,
@@ -290,6 +299,7 @@ impl Engine {
             verify_target_pending: false,
             sync_target: None,
             progress: None,
+            last_resync: None,
             verify: None,
             last_verify: None,
             last_refusal: None,
@@ -380,6 +390,7 @@ impl Engine {
             out_of_sync_bytes: self.bitmap.count() * BM_BLOCK,
             resync: self.progress,
             resync_speed_bytes_per_sec: self.progress.map(|p| p.speed(self.now)),
+            last_resync: self.last_resync,
             verify: self.verify.as_ref().map(Verify::status).or(self.last_verify),
             generations: self.sup.gens,
             last_refusal: self.last_refusal.clone(),
@@ -1080,6 +1091,7 @@ impl Engine {
         if let Some(p) = self.progress.take() {
             let ms = self.now.saturating_sub(p.started_ms);
             tracing::info!(side, blocks = p.done_blocks, ms, bytes_per_sec = p.speed(self.now), "resync finished");
+            self.last_resync = Some(ResyncSummary { blocks: p.done_blocks, ms });
         }
         self.repl = Repl::Established;
     }

@@ -1,0 +1,322 @@
+//! The mirror over real sockets: two `o2fs mirror up` processes on 127.0.0.1 and 127.0.0.2, each
+//! with its own resource file, replica and meta-disk in a temporary folder and ports of its own.
+//! Writes and reads go through the admin socket's `write`/`read` (the MirrorDevice path).
+//! Daemons are killed by PID when a test ends, even when it fails.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use o2fs::net::admin;
+use o2fs::testutil::Rng;
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+
+const BLOCK: u64 = 4096;
+/// Replica size: 8 MiB (external meta-disk, so the image is pure data).
+const SIZE: u64 = 8 << 20;
+
+/// A running `o2fs mirror up`, killed (SIGKILL, by PID) when dropped.
+struct Daemon {
+    node: String,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, node: &str, res: &Path) -> Daemon {
+        let log = dir.join(format!("{node}.log"));
+        let socket = dir.join(format!("{node}.sock"));
+        let child = Command::new(common::bin("o2fs"))
+            .args(["mirror", "up", "-f", "--node", node, "-r"])
+            .arg(res)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning o2fs mirror up");
+        let d = Daemon { node: node.into(), socket, log, child: Some(child) };
+        d.wait_for(|_| true, "the admin socket");
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_call(&self, request: Value) -> Result<Value, String> {
+        admin::request(&self.socket, &request, Duration::from_secs(20)).map_err(|e| e.to_string())
+    }
+
+    fn call(&self, request: Value) -> Value {
+        self.try_call(request.clone()).unwrap_or_else(|e| panic!("{}: {request}: {e}\nlog:\n{}", self.node, self.log()))
+    }
+
+    fn status(&self) -> Value {
+        self.call(json!({"cmd": "status"}))["status"].clone()
+    }
+
+    /// Waits (20 s at most) until the status satisfies `ok`.
+    fn wait_for(&self, ok: impl Fn(&Value) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(reply) = self.try_call(json!({"cmd": "status"})) {
+                if ok(&reply["status"]) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{}: waited 20 s for {what}\nlog:\n{}", self.node, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_established(&self) {
+        self.wait_for(
+            |s| s["connection"] == "Connected" && s["replication"] == "Established" && s["quiet"] == true,
+            "an established, quiet connection",
+        );
+    }
+
+    fn write_block(&self, block: u64, fill: u8) {
+        let hex: String = std::iter::repeat_n(format!("{fill:02x}"), BLOCK as usize).collect();
+        self.call(json!({"cmd": "write", "offset": block * BLOCK, "hex": hex}));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes `dir/NODE.res` for node `i` (0: alpha on 127.0.0.1, 1: beta on 127.0.0.2).
+fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize) -> PathBuf {
+    let host = |name: &str, ip: &str| {
+        format!(
+            "\ton {name} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/{name}.img;\n\t\taddress {ip}:{port};\n\
+             \t\tmeta-disk {d}/{name}.meta[0];\n\t}}\n",
+            d = dir.display()
+        )
+    };
+    let text = format!(
+        "resource r0 {{\n\tprotocol C;\n\tsyncer {{ verify-alg sha1; rate {rate}; }}\n\
+         \tnet {{ cram-hmac-alg sha1; shared-secret \"{secret}\"; allow-two-primaries; }}\n{}{}}}\n",
+        host("alpha", "127.0.0.1"),
+        host("beta", "127.0.0.2")
+    );
+    let path = dir.join(format!("{}.res", ["alpha", "beta"][i]));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Pair {
+    dir: tempfile::TempDir,
+    res: [PathBuf; 2],
+    nodes: [Daemon; 2],
+}
+
+impl Pair {
+    fn new(secrets: [&str; 2], rate: &str) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        for name in ["alpha", "beta"] {
+            common::sparse_image(dir.path(), &format!("{name}.img"), SIZE);
+        }
+        let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i));
+        let nodes = [0, 1].map(|i| Daemon::start(dir.path(), ["alpha", "beta"][i], &res[i]));
+        Pair { dir, res, nodes }
+    }
+
+    fn image(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.img", ["alpha", "beta"][i]))
+    }
+
+    fn sha1(&self, i: usize) -> String {
+        let mut f = std::fs::File::open(self.image(i)).unwrap();
+        let mut h = Sha1::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.nodes[i] = Daemon::start(self.dir.path(), ["alpha", "beta"][i], &self.res[i]);
+    }
+
+    fn assert_images_equal(&self) {
+        for n in &self.nodes {
+            n.wait_established();
+        }
+        assert_eq!(self.sha1(0), self.sha1(1), "replicas differ");
+    }
+}
+
+fn init_log() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+}
+
+#[test]
+fn random_writes_from_both_sides_end_in_equal_images() {
+    init_log();
+    let pair = Pair::new(["Ohg8Eec0ahth"; 2], "100M");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let seed = o2fs::testutil::seed_from_env(7);
+    std::thread::scope(|s| {
+        for (i, node) in pair.nodes.iter().enumerate() {
+            s.spawn(move || {
+                let mut rng = Rng::new(seed + i as u64);
+                // A small block range, so that both sides often write the same block at once.
+                for _ in 0..150 {
+                    node.write_block(rng.below(64), rng.below(256) as u8);
+                }
+            });
+        }
+    });
+    pair.assert_images_equal();
+    let read = pair.nodes[1].call(json!({"cmd": "read", "offset": 0, "len": 16}));
+    assert_eq!(read["hex"].as_str().unwrap().len(), 32, "seed {seed}");
+}
+
+#[test]
+fn wrong_secret_is_refused_and_logged_on_both_sides() {
+    init_log();
+    let pair = Pair::new(["right-secret", "wrong-secret"], "10M");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = |d: &Daemon| d.log().contains("wrong shared secret");
+    while !(refused(&pair.nodes[0]) && refused(&pair.nodes[1])) {
+        assert!(
+            Instant::now() < deadline,
+            "refusal not logged on both sides:\nalpha:\n{}\nbeta:\n{}",
+            pair.nodes[0].log(),
+            pair.nodes[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in &pair.nodes {
+        assert_ne!(n.status()["connection"], "Connected");
+    }
+    // Writes still work, degraded.
+    pair.nodes[0].write_block(3, 0xAA);
+}
+
+#[test]
+fn resync_after_a_peer_kill_moves_only_the_changed_blocks_at_the_rate() {
+    init_log();
+    // 512 KiB/s: 128 blocks take about a second.
+    let mut pair = Pair::new(["Ohg8Eec0ahth"; 2], "512K");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    for b in 0..8 {
+        pair.nodes[0].write_block(b, 1);
+    }
+    pair.nodes[1].kill();
+    let changed: Vec<u64> = (0..128).map(|k| 100 + k * 7).collect();
+    for &b in &changed {
+        pair.nodes[0].write_block(b, 2);
+    }
+    assert_eq!(pair.nodes[0].status()["out_of_sync_bytes"], changed.len() as u64 * BLOCK);
+    pair.restart(1);
+    pair.assert_images_equal();
+    let last = pair.nodes[0].status()["last_resync"].clone();
+    assert_eq!(last["blocks"], changed.len() as u64, "{last}");
+    let ms = last["ms"].as_u64().unwrap().max(1);
+    let speed = changed.len() as u64 * BLOCK * 1000 / ms;
+    let rate = 512 * 1024;
+    assert!(speed * 4 >= rate * 3 && speed * 4 <= rate * 5, "resync at {speed} B/s, rate {rate} B/s");
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_and_resync_repairs_it() {
+    init_log();
+    let pair = Pair::new(["Ohg8Eec0ahth"; 2], "20M");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    for b in 0..16 {
+        pair.nodes[0].write_block(b, 0x11);
+    }
+    pair.nodes[1].wait_established();
+    // Behind the mirror's back.
+    let mut f = std::fs::OpenOptions::new().write(true).open(pair.image(1)).unwrap();
+    f.seek(SeekFrom::Start(5 * BLOCK + 123)).unwrap();
+    f.write_all(&[0xEE]).unwrap();
+    drop(f);
+    assert_ne!(pair.sha1(0), pair.sha1(1));
+    let out = common::run(
+        Command::new(common::bin("o2fs")).args(["verify", "--node", "alpha", "--socket"]).arg(&pair.nodes[0].socket),
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    pair.nodes[0].wait_for(|s| s["verify"]["finished"] == true, "the verify to finish");
+    assert_eq!(pair.nodes[0].status()["verify"]["out_of_sync_blocks"], 1);
+    pair.assert_images_equal();
+}
+
+#[test]
+fn split_brain_is_refused_until_discard_my_data() {
+    init_log();
+    let pair = Pair::new(["Ohg8Eec0ahth"; 2], "20M");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    pair.nodes[0].write_block(1, 0x10);
+    for n in &pair.nodes {
+        n.call(json!({"cmd": "disconnect"}));
+    }
+    pair.nodes[0].write_block(2, 0xA0);
+    pair.nodes[1].write_block(3, 0xB0);
+    for n in &pair.nodes {
+        n.call(json!({"cmd": "connect"}));
+    }
+    for n in &pair.nodes {
+        n.wait_for(
+            |s| s["last_refusal"].as_str().is_some_and(|r| r.contains("split brain")),
+            "the split brain refusal",
+        );
+        assert!(n.log().contains("split brain"), "{}", n.log());
+    }
+    let out = common::run(
+        Command::new(common::bin("o2fs"))
+            .args(["discard-my-data", "--node", "beta", "--socket"])
+            .arg(&pair.nodes[1].socket),
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    pair.nodes[0].call(json!({"cmd": "connect"}));
+    pair.assert_images_equal();
+    let read = |block: u64| {
+        let r = pair.nodes[1].call(json!({"cmd": "read", "offset": block * BLOCK, "len": 1}));
+        r["hex"].as_str().unwrap().to_string()
+    };
+    assert_eq!((read(1), read(2), read(3)), ("10".into(), "a0".into(), "00".into()), "the survivor's data won");
+    let status = common::run(
+        Command::new(common::bin("o2fs")).args(["status", "--node", "beta", "--socket"]).arg(&pair.nodes[1].socket),
+    );
+    assert!(common::text(&status).contains("replication:Established"), "{}", common::text(&status));
+}
