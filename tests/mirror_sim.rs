@@ -44,7 +44,7 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
-        if offset < DATA && offset % BM_BLOCK == 0 {
+        if offset < DATA && offset.is_multiple_of(BM_BLOCK) {
             let mut reached = self.reached.lock();
             for block in buf.chunks(BM_BLOCK as usize) {
                 reached.insert(u64::from_le_bytes(block[..8].try_into().unwrap()));
@@ -554,11 +554,7 @@ impl Sim {
             return;
         }
         match roll {
-            0..=399 => {
-                if self.dual || i == self.primary {
-                    self.submit_write(i);
-                }
-            }
+            0..=399 if self.dual || i == self.primary => self.submit_write(i),
             400..=499 => self.submit_read(i),
             500..=509 => self.cut("link failure"),
             510..=514 => {

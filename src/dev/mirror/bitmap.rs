@@ -164,7 +164,7 @@ impl Bitmap {
                 break;
             }
             let mut v = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8)"));
-            if w == self.words.len() - 1 && self.bits % 64 != 0 {
+            if w == self.words.len() - 1 && !self.bits.is_multiple_of(64) {
                 v &= (1u64 << (self.bits % 64)) - 1;
             }
             self.count = self.count - self.words[w].count_ones() as u64 + v.count_ones() as u64;

@@ -209,7 +209,7 @@ pub fn decode_super(b: &[u8], offset: u64) -> Result<Super> {
     if bm_block as u64 != super::bitmap::BM_BLOCK {
         return bad(format!("bitmap block size {bm_block}, expected {}", super::bitmap::BM_BLOCK));
     }
-    if s.data_size == 0 || s.data_size % SECTOR != 0 {
+    if s.data_size == 0 || !s.data_size.is_multiple_of(SECTOR) {
         return bad(format!("data size {} is not a positive multiple of {SECTOR}", s.data_size));
     }
     if !(12..=40).contains(&s.al_extent_shift) {
