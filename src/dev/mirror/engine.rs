@@ -30,7 +30,7 @@ use super::bitmap::{Bitmap, BM_BLOCK};
 use super::config::Protocol;
 use super::generation::{decide, Decision, GenIds, Side};
 use super::meta::{flags, MetaArea, MetaError, Super};
-use super::proto::{Hello, Msg};
+use super::proto::{Hello, Msg, MAX_PEER_READ};
 use super::resync::{Progress, SyncTarget};
 use super::verify::{self, Verify, VerifyStatus};
 use crate::dev::BlockDevice;
@@ -71,6 +71,8 @@ pub enum IoFailure {
     NoUpToDateData,
     #[error("local replica: {0}")]
     Device(String),
+    #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
+    PeerReadTooLarge { len: u64 },
 }
 
 /// How a successful write completed.
@@ -558,6 +560,8 @@ impl Engine {
                 Err(IoFailure::Fenced)
             } else if self.local_good(offset, len) {
                 self.local_read(offset, len).map(Some)
+            } else if len > MAX_PEER_READ {
+                Err(IoFailure::PeerReadTooLarge { len })
             } else if self.established() && self.repl == Repl::SyncTarget {
                 self.link.next_id += 1;
                 let rid = self.link.next_id;
@@ -945,6 +949,9 @@ impl Engine {
                 }
             }
             Msg::ReadRequest { id, offset, len } => {
+                if len > MAX_PEER_READ {
+                    return self.protocol_error(format!("read request of {len} bytes"));
+                }
                 let data = match self.check_range(offset, len) {
                     Ok(()) if self.local_good(offset, len) => self.local_read(offset, len).ok(),
                     Ok(()) => None,

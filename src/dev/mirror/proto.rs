@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::generation::GenIds;
 
+/// Largest read one node asks of the other (a sync target's read of blocks it lacks); it must
+/// fit a frame with room to spare.
+pub const MAX_PEER_READ: u64 = 16 << 20;
+
 /// SHA-1 digest of one block (verify-alg sha1).
 pub type Digest = [u8; 20];
 
