@@ -129,6 +129,7 @@ fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize) -> PathBu
 
 struct Pair {
     dir: tempfile::TempDir,
+    port: u16,
     res: [PathBuf; 2],
     nodes: [Daemon; 2],
 }
@@ -142,7 +143,7 @@ impl Pair {
         }
         let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i));
         let nodes = [0, 1].map(|i| Daemon::start(dir.path(), ["alpha", "beta"][i], &res[i]));
-        Pair { dir, res, nodes }
+        Pair { dir, port, res, nodes }
     }
 
     fn image(&self, i: usize) -> PathBuf {
@@ -319,4 +320,61 @@ fn split_brain_is_refused_until_discard_my_data() {
         Command::new(common::bin("o2fs")).args(["status", "--node", "beta", "--socket"]).arg(&pair.nodes[1].socket),
     );
     assert!(common::text(&status).contains("replication:Established"), "{}", common::text(&status));
+}
+
+/// Protocol C: once `write` returned, the data is on the peer's image, even when the writer is
+/// killed with SIGKILL at once.
+#[test]
+fn acknowledged_write_survives_sigkill_of_the_writer() {
+    init_log();
+    let mut pair = Pair::new(["Ohg8Eec0ahth"; 2], "20M");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let mut rng = Rng::new(o2fs::testutil::seed_from_env(11));
+    let blocks: Vec<(u64, u8)> = (0..20).map(|_| (rng.below(SIZE / BLOCK), 1 + rng.below(255) as u8)).collect();
+    for &(b, fill) in &blocks {
+        pair.nodes[0].write_block(b, fill);
+    }
+    pair.nodes[0].kill();
+    let mut img = std::fs::File::open(pair.image(1)).unwrap();
+    let mut expect = std::collections::HashMap::new();
+    for &(b, fill) in &blocks {
+        expect.insert(b, fill);
+    }
+    for (b, fill) in expect {
+        let mut buf = vec![0u8; BLOCK as usize];
+        img.seek(SeekFrom::Start(b * BLOCK)).unwrap();
+        img.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == fill), "block {b} lacks the acknowledged write on the peer");
+    }
+}
+
+/// Garbage, a truncated handshake and an oversized frame on a node's port are refused and
+/// logged; the daemon stays up and its real peer still connects.
+#[test]
+fn hostile_bytes_on_the_port_are_refused_without_harm() {
+    init_log();
+    let mut pair = Pair::new(["Ohg8Eec0ahth"; 2], "20M");
+    pair.nodes[1].kill();
+    let addr = format!("127.0.0.1:{}", pair.port);
+    let send = |bytes: &[u8]| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.read_to_end(&mut sink);
+    };
+    send(b"GET / HTTP/1.0\r\n\r\n");
+    send(&[0, 0, 0]);
+    send(&0xFFFF_FFF0u32.to_be_bytes());
+    let mut rng = Rng::new(o2fs::testutil::seed_from_env(3));
+    send(&rng.bytes(5000));
+    pair.nodes[0].write_block(9, 0x99);
+    assert_eq!(pair.nodes[0].status()["connection"], "Unconnected");
+    let log = pair.nodes[0].log();
+    assert!(log.contains("peer connection refused"), "{log}");
+    pair.restart(1);
+    pair.assert_images_equal();
 }
