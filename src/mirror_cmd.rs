@@ -39,6 +39,12 @@ struct UpArgs {
     /// Admin socket (default /run/o2fs/NODE.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Send a keepalive after this long without traffic (o2cb default 2000 ms).
+    #[arg(long, default_value_t = NetConfig::default().keepalive_ms)]
+    keepalive_ms: u64,
+    /// Declare the peer gone after this long without traffic (o2cb default 30000 ms).
+    #[arg(long, default_value_t = NetConfig::default().idle_timeout_ms)]
+    idle_timeout_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,7 +91,8 @@ fn run(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, ready: Option
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-    let opts = MirrorOptions { node: a.node.clone(), net: NetConfig::default(), fencing: Fencing::DontCare };
+    let net = NetConfig { keepalive_ms: a.keepalive_ms, idle_timeout_ms: a.idle_timeout_ms, ..NetConfig::default() };
+    let opts = MirrorOptions { node: a.node.clone(), net, fencing: Fencing::DontCare };
     let mirror = Arc::new(Mirror::start(&res, opts).with_context(|| format!("starting resource {}", res.name))?);
     let path = socket(&a.node, &a.socket);
     let listener = mirror.runtime().block_on(AdminListener::bind(&path))?;

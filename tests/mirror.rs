@@ -28,11 +28,22 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, node: &str, res: &Path) -> Daemon {
+    /// Starts node `node` (in network namespace `netns`, if given), with 200 ms keepalives and a
+    /// 1.5 s idle timeout so that a dead link is noticed quickly.
+    fn start(dir: &Path, node: &str, res: &Path, netns: Option<&str>) -> Daemon {
         let log = dir.join(format!("{node}.log"));
         let socket = dir.join(format!("{node}.sock"));
-        let child = Command::new(common::bin("o2fs"))
-            .args(["mirror", "up", "-f", "--node", node, "-r"])
+        let mut cmd = match netns {
+            // `ip netns exec` execs the program: the child's PID is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(common::bin("o2fs"));
+                c
+            }
+            None => Command::new(common::bin("o2fs")),
+        };
+        let child = cmd
+            .args(["mirror", "up", "-f", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", node, "-r"])
             .arg(res)
             .arg("--socket")
             .arg(&socket)
@@ -107,8 +118,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Writes `dir/NODE.res` for node `i` (0: alpha on 127.0.0.1, 1: beta on 127.0.0.2).
-fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize) -> PathBuf {
+/// Writes `dir/NODE.res` for node `i` (0: alpha at `ips[0]`, 1: beta at `ips[1]`).
+fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize, ips: [&str; 2]) -> PathBuf {
     let host = |name: &str, ip: &str| {
         format!(
             "\ton {name} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/{name}.img;\n\t\taddress {ip}:{port};\n\
@@ -119,8 +130,8 @@ fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize) -> PathBu
     let text = format!(
         "resource r0 {{\n\tprotocol C;\n\tsyncer {{ verify-alg sha1; rate {rate}; }}\n\
          \tnet {{ cram-hmac-alg sha1; shared-secret \"{secret}\"; allow-two-primaries; }}\n{}{}}}\n",
-        host("alpha", "127.0.0.1"),
-        host("beta", "127.0.0.2")
+        host("alpha", ips[0]),
+        host("beta", ips[1])
     );
     let path = dir.join(format!("{}.res", ["alpha", "beta"][i]));
     std::fs::write(&path, text).unwrap();
@@ -128,22 +139,31 @@ fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize) -> PathBu
 }
 
 struct Pair {
+    // Fields drop in order: the daemons before their namespaces and folder.
+    nodes: [Daemon; 2],
+    netns: Option<Netns>,
     dir: tempfile::TempDir,
     port: u16,
     res: [PathBuf; 2],
-    nodes: [Daemon; 2],
 }
 
 impl Pair {
+    /// Two nodes on 127.0.0.1 and 127.0.0.2.
     fn new(secrets: [&str; 2], rate: &str) -> Pair {
+        Pair::start(secrets, rate, None)
+    }
+
+    fn start(secrets: [&str; 2], rate: &str, netns: Option<Netns>) -> Pair {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = if netns.is_some() { 7788 } else { free_port() };
         for name in ["alpha", "beta"] {
             common::sparse_image(dir.path(), &format!("{name}.img"), SIZE);
         }
-        let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i));
-        let nodes = [0, 1].map(|i| Daemon::start(dir.path(), ["alpha", "beta"][i], &res[i]));
-        Pair { dir, port, res, nodes }
+        let ips = netns.as_ref().map_or(["127.0.0.1", "127.0.0.2"], |_| [NETNS_IPS[0], NETNS_IPS[1]]);
+        let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i, ips));
+        let ns = |i: usize| netns.as_ref().map(|n| n.names[i].as_str());
+        let nodes = [0, 1].map(|i| Daemon::start(dir.path(), ["alpha", "beta"][i], &res[i], ns(i)));
+        Pair { nodes, netns, dir, port, res }
     }
 
     fn image(&self, i: usize) -> PathBuf {
@@ -166,7 +186,8 @@ impl Pair {
 
     fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
-        self.nodes[i] = Daemon::start(self.dir.path(), ["alpha", "beta"][i], &self.res[i]);
+        let ns = self.netns.as_ref().map(|n| n.names[i].as_str());
+        self.nodes[i] = Daemon::start(self.dir.path(), ["alpha", "beta"][i], &self.res[i], ns);
     }
 
     fn assert_images_equal(&self) {
@@ -377,4 +398,85 @@ fn hostile_bytes_on_the_port_are_refused_without_harm() {
     assert!(log.contains("peer connection refused"), "{log}");
     pair.restart(1);
     pair.assert_images_equal();
+}
+
+const NETNS_IPS: [&str; 2] = ["10.231.7.1", "10.231.7.2"];
+
+/// Two network namespaces joined by a veth pair (10.231.7.1 and .2), deleted when dropped.
+struct Netns {
+    names: [String; 2],
+    veth: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id();
+        let n = Netns { names: [format!("o2fs-{id}-a"), format!("o2fs-{id}-b")], veth: format!("o2v{id}") };
+        let ip = |args: &[&str]| {
+            let out = common::run(Command::new("ip").args(args));
+            assert!(out.status.success(), "ip {args:?}: {}", common::text(&out));
+        };
+        let peer = format!("{}p", n.veth);
+        for ns in &n.names {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["link", "add", &n.veth, "type", "veth", "peer", "name", &peer]);
+        for (i, dev) in [&n.veth, &peer].into_iter().enumerate() {
+            ip(&["link", "set", dev, "netns", &n.names[i]]);
+            ip(&["-n", &n.names[i], "addr", "add", &format!("{}/24", NETNS_IPS[i]), "dev", dev]);
+            ip(&["-n", &n.names[i], "link", "set", dev, "up"]);
+        }
+        n
+    }
+
+    /// Takes the link down (true) or up again, in the first namespace.
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let out = common::run(Command::new("ip").args(["-n", &self.names[0], "link", "set", &self.veth, state]));
+        assert!(out.status.success(), "{}", common::text(&out));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The same over a veth pair between two network namespaces: random writes from both sides,
+/// then the link goes down while one side writes; once it is back, only the blocks changed
+/// meanwhile move.
+#[test]
+fn network_namespaces_link_down_resyncs_only_what_changed() {
+    init_log();
+    let pair = Pair::start(["Ohg8Eec0ahth"; 2], "20M", Some(Netns::new()));
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let seed = o2fs::testutil::seed_from_env(5);
+    std::thread::scope(|s| {
+        for (i, node) in pair.nodes.iter().enumerate() {
+            s.spawn(move || {
+                let mut rng = Rng::new(seed + i as u64);
+                for _ in 0..60 {
+                    node.write_block(rng.below(64), rng.below(256) as u8);
+                }
+            });
+        }
+    });
+    pair.assert_images_equal();
+    let netns = pair.netns.as_ref().unwrap();
+    netns.link(false);
+    let changed: Vec<u64> = (0..40).map(|k| 300 + 3 * k).collect();
+    for &b in &changed {
+        pair.nodes[1].write_block(b, 0x77);
+    }
+    pair.nodes[1].wait_for(|s| s["connection"] != "Connected", "the dead link to be noticed");
+    assert_eq!(pair.nodes[1].status()["out_of_sync_bytes"], changed.len() as u64 * BLOCK);
+    netns.link(true);
+    pair.assert_images_equal();
+    assert_eq!(pair.nodes[1].status()["last_resync"]["blocks"], changed.len() as u64, "seed {seed}");
 }
