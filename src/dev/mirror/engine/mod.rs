@@ -233,8 +233,6 @@ pub struct Engine {
     bitmap_saved_ms: u64,
 }
 
-/// Byte ranges of `[offset, offset+len)` not covered by any of `holes`.
-
 impl Engine {
     /// Opens a node from its meta-disk and replica. A node that crashed while primary merges its
     /// activity log into the bitmap first (DRBD's "AL apply" at attach). `new_gen` supplies fresh

@@ -182,6 +182,7 @@ impl Engine {
     }
 }
 
+/// Byte ranges of `[offset, offset+len)` not covered by any of `holes`.
 fn subtract(offset: u64, len: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut parts = vec![(offset, offset + len)];
     for &(h0, hlen) in holes {
