@@ -131,6 +131,8 @@ pub struct MetaArea {
     dev: Arc<dyn BlockDevice>,
     base: u64,
     al_seq: u64,
+    /// Written since the last flush.
+    unflushed: std::cell::Cell<bool>,
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -259,12 +261,13 @@ impl MetaArea {
     }
 
     fn write(&self, sector: u64, b: &[u8]) -> Result<()> {
+        self.unflushed.set(true);
         Ok(self.dev.write_at(b, self.base + sector * SECTOR)?)
     }
 
     /// Writes a fresh meta area (empty bitmap and activity log) at `base` on `dev`.
     pub fn create(dev: Arc<dyn BlockDevice>, base: u64, sup: &Super) -> Result<MetaArea> {
-        let mut area = MetaArea { dev, base, al_seq: 0 };
+        let mut area = MetaArea { dev, base, al_seq: 0, unflushed: std::cell::Cell::new(false) };
         for slot in 0..AL_SLOTS {
             area.write(1 + slot, &[0; SECTOR as usize])?;
         }
@@ -280,7 +283,7 @@ impl MetaArea {
 
     /// Reads the meta area at `base` on `dev`; `data_size` is what the placement expects.
     pub fn open(dev: Arc<dyn BlockDevice>, base: u64, data_size: u64) -> Result<Loaded> {
-        let mut area = MetaArea { dev, base, al_seq: 0 };
+        let mut area = MetaArea { dev, base, al_seq: 0, unflushed: std::cell::Cell::new(false) };
         let sup = decode_super(&area.read(0)?, base)?;
         if sup.data_size != data_size {
             return Err(MetaError::Super {
@@ -344,8 +347,16 @@ impl MetaArea {
         Ok(())
     }
 
+    /// Makes the meta area's writes durable; nothing to do when none happened since the last
+    /// flush.
     pub fn flush(&self) -> Result<()> {
-        Ok(self.dev.flush()?)
+        if self.unflushed.replace(false) {
+            if let Err(e) = self.dev.flush() {
+                self.unflushed.set(true);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 }
 
