@@ -26,7 +26,7 @@ fn start(res: &config::ResourceConfig, node: &str) -> Mirror {
 
 fn wait_established(m: &Mirror) {
     loop {
-        let s = &m.admin(&json!({"cmd": "status"}))["status"];
+        let s = &m.admin(&json!({"cmd": "status"}))["mirror"];
         if s["replication"] == "Established" && s["quiet"] == true {
             return;
         }
@@ -148,7 +148,7 @@ fn main() {
     let b = start(&res, "b");
     wait_established(&b);
     wait_established(&a);
-    let last = &a.admin(&json!({"cmd": "status"}))["status"]["last_resync"];
+    let last = &a.admin(&json!({"cmd": "status"}))["mirror"]["last_resync"];
     let (moved, ms) = (last["blocks"].as_u64().unwrap_or(0), last["ms"].as_u64().unwrap_or(1).max(1));
     let speed = moved * 4096 * 1000 / ms;
     println!(

@@ -2,6 +2,8 @@
 //! invoked by mount(8) as `mount.fuse.o2fs` (or by mount.fuse3 as `o2fs SOURCE DIR -o OPTS`)
 //! it mounts too, so an /etc/fstab line works. Command lines only: the work is in the library.
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use o2fs::cluster::disk_heartbeat::{Heartbeat, Region, DEFAULT_DEAD_BEATS, DEFAULT_INTERVAL};
@@ -10,8 +12,6 @@ use o2fs::fs::mount::{mount, MountConfig};
 use o2fs::fuse::{MountOptions, O2Fuse};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-mod mirror_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "o2fs", version, about = "o2fs cluster filesystem daemon and tools")]
@@ -26,20 +26,27 @@ enum Cmd {
     Mount(MountArgs),
     /// List the nodes heartbeating on a volume (as mounted.ocfs2 -f does).
     Mounted(MountedArgs),
+    /// Cluster daemon (membership, heartbeats, DLM).
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
+    /// Run a command while holding a cluster-wide lock (flock(1) for a whole cluster).
+    Lock(cli::cluster::LockArgs),
+    /// Dump the cluster's lock resources: master, holders, waiters.
+    Locks(cli::cluster::ShowArgs),
+    /// A running node's state (cluster and mirror sections; the mirror's as drbdadm status).
+    Status(cli::cluster::ShowArgs),
     /// The replicated device (DRBD-style mirror).
-    Mirror(mirror_cmd::MirrorArgs),
-    /// Show a running node's mirror state (as drbdadm status does).
-    Status(mirror_cmd::StatusArgs),
-    /// Compare the replicas online (sha1 per block); differing blocks are resynced.
-    Verify(mirror_cmd::AdminArgs),
-    /// Connect to the peer again (after a refusal or disconnect).
-    Connect(mirror_cmd::AdminArgs),
-    /// Drop the peer connection and stay disconnected.
-    Disconnect(mirror_cmd::AdminArgs),
+    Mirror(cli::mirror::MirrorArgs),
+    /// Compare the mirror's replicas online (sha1 per block); differing blocks are resynced.
+    Verify(cli::cluster::NodeRef),
+    /// Connect the mirror to its peer again (after a refusal or disconnect).
+    Connect(cli::cluster::NodeRef),
+    /// Drop the mirror's peer connection and stay disconnected.
+    Disconnect(cli::cluster::NodeRef),
     /// Declare the local replica invalid: it is fully resynced from the peer.
-    Invalidate(mirror_cmd::AdminArgs),
+    Invalidate(cli::cluster::NodeRef),
     /// After a split brain: throw this node's changes away and resync from the peer.
-    DiscardMyData(mirror_cmd::AdminArgs),
+    DiscardMyData(cli::cluster::NodeRef),
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,10 +75,22 @@ struct MountArgs {
     dir: PathBuf,
 }
 
-/// First arguments that are subcommands, even when a file of that name exists in the working
-/// directory (anything else that exists is a mount helper's SOURCE).
-const SUBCOMMANDS: &[&str] =
-    &["mount", "mounted", "mirror", "status", "verify", "connect", "disconnect", "invalidate", "discard-my-data"];
+/// Names that are subcommands even if a file of that name exists (mount-helper detection).
+const SUBCOMMANDS: &[&str] = &[
+    "mount",
+    "mounted",
+    "cluster",
+    "lock",
+    "locks",
+    "status",
+    "mirror",
+    "verify",
+    "connect",
+    "disconnect",
+    "invalidate",
+    "discard-my-data",
+    "help",
+];
 
 fn main() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
@@ -104,13 +123,19 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Mount(a) => cmd_mount(a),
         Cmd::Mounted(a) => cmd_mounted(a),
-        Cmd::Mirror(a) => mirror_cmd::cmd_mirror(a),
-        Cmd::Status(a) => mirror_cmd::cmd_status(a),
-        Cmd::Verify(a) => mirror_cmd::cmd_simple("verify", a),
-        Cmd::Connect(a) => mirror_cmd::cmd_simple("connect", a),
-        Cmd::Disconnect(a) => mirror_cmd::cmd_simple("disconnect", a),
-        Cmd::Invalidate(a) => mirror_cmd::cmd_simple("invalidate", a),
-        Cmd::DiscardMyData(a) => mirror_cmd::cmd_simple("discard-my-data", a),
+        Cmd::Cluster(c) => cli::cluster::run(c),
+        Cmd::Lock(a) => match cli::cluster::lock(a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
+        Cmd::Locks(a) => cli::cluster::locks(a),
+        Cmd::Status(a) => cli::cluster::status(a),
+        Cmd::Mirror(a) => cli::mirror::run(a),
+        Cmd::Verify(n) => cli::mirror::command("verify", n),
+        Cmd::Connect(n) => cli::mirror::command("connect", n),
+        Cmd::Disconnect(n) => cli::mirror::command("disconnect", n),
+        Cmd::Invalidate(n) => cli::mirror::command("invalidate", n),
+        Cmd::DiscardMyData(n) => cli::mirror::command("discard-my-data", n),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");
@@ -169,57 +194,11 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     if !a.dir.is_dir() {
         bail!("mount point {} is not a directory", a.dir.display());
     }
-    if a.foreground {
-        return serve(&a, &opts, None);
-    }
-    daemonize("mount", |ready| serve(&a, &opts, ready))
+    cli::daemon::run(a.foreground, |ready| serve(&a, &opts, ready))
 }
 
-/// Runs `run` in a daemon child, returning in the parent once the child reports ready: `run`
-/// gets the pipe to write "ok" on once it serves (and keeps it open), or fails, and its error
-/// is reported by the parent.
-fn daemonize(what: &str, run: impl FnOnce(Option<std::fs::File>) -> Result<()>) -> Result<()> {
-    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
-    // SAFETY: fork is required to daemonise; no other thread exists yet at this point, so the
-    // child starts from a consistent single-threaded state.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            drop(wr);
-            // The child writes "ok" once ready (and keeps the pipe open), or an error and exits.
-            let mut msg = Vec::new();
-            let mut rd = std::fs::File::from(rd);
-            let mut buf = [0u8; 512];
-            use std::io::Read;
-            while msg != b"ok" {
-                match rd.read(&mut buf).context("waiting for the daemon")? {
-                    0 => break,
-                    n => msg.extend_from_slice(&buf[..n]),
-                }
-            }
-            let msg = String::from_utf8_lossy(&msg).into_owned();
-            match msg.strip_prefix("ok") {
-                Some(_) => Ok(()),
-                None if msg.is_empty() => bail!("the {what} daemon died before it was ready"),
-                None => bail!("{}", msg.trim_start_matches("err:").trim()),
-            }
-        }
-        nix::unistd::ForkResult::Child => {
-            drop(rd);
-            let _ = nix::unistd::setsid();
-            let wr = std::fs::File::from(wr);
-            // The parent reports a failure to start; the daemon's own error output is gone.
-            if let Err(e) = run(Some(wr.try_clone().context("pipe")?)) {
-                use std::io::Write;
-                let _ = write!(&wr, "err: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Mounts and serves until unmounted. `ready` hears "ok" once the mount is up.
-fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Result<()> {
+/// Mounts and serves until unmounted; `ready` is told once the mount is up.
+fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> Result<()> {
     // Before any thread starts, so that every thread inherits the blocked signals.
     spawn_signal_unmounter(a.dir.clone());
     let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
@@ -267,12 +246,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, ready: Option<std::fs::File>) -> Re
     config.clone_fd = true;
     let session =
         fuser::Session::new(fs, &a.dir, &config).with_context(|| format!("mounting on {}", a.dir.display()))?;
-    if let Some(mut w) = ready {
-        use std::io::Write;
-        let _ = w.write_all(b"ok");
-        drop(w);
-        redirect_stdio();
-    }
+    ready.done();
     let served = session.run().context("serving FUSE requests");
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
     drop(heartbeat);
@@ -309,16 +283,6 @@ fn kernel_option(name: &str) -> Option<fuser::MountOption> {
         "dirsync" => DirSync,
         _ => return None,
     })
-}
-
-/// A daemon keeps no terminal.
-fn redirect_stdio() {
-    use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
 }
 
 /// SIGTERM/SIGINT unmount cleanly (the session then ends and the volume is released).

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::daemon::Daemon;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use o2fs::net::admin;
@@ -19,59 +20,43 @@ const BLOCK: u64 = 4096;
 /// Replica size: 8 MiB (external meta-disk, so the image is pure data).
 const SIZE: u64 = 8 << 20;
 
-/// A running `o2fs mirror up`, killed (SIGKILL, by PID) when dropped.
-struct Daemon {
-    node: String,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+/// A running `o2fs mirror up` (tests/common/daemon.rs: stopped by PID when dropped).
+struct Node {
+    daemon: Daemon,
 }
 
-impl Daemon {
+impl Node {
     /// Starts node `node` (in network namespace `netns`, if given), with 200 ms keepalives and a
     /// 1.5 s idle timeout so that a dead link is noticed quickly.
-    fn start(dir: &Path, node: &str, res: &Path, netns: Option<&str>) -> Daemon {
-        let log = dir.join(format!("{node}.log"));
-        let socket = dir.join(format!("{node}.sock"));
-        let mut cmd = match netns {
-            // `ip netns exec` execs the program: the child's PID is the daemon's.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(common::bin("o2fs"));
-                c
-            }
-            None => Command::new(common::bin("o2fs")),
+    fn start(dir: &Path, node: &str, res: &Path, netns: Option<&str>) -> Node {
+        let res = res.to_str().unwrap();
+        let args = ["mirror", "up", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", node, "-r", res];
+        let daemon = match netns {
+            Some(ns) => Daemon::start_via(dir, node, &["ip", "netns", "exec", ns], &args),
+            None => Daemon::start(dir, node, &args),
         };
-        let child = cmd
-            .args(["mirror", "up", "-f", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", node, "-r"])
-            .arg(res)
-            .arg("--socket")
-            .arg(&socket)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning o2fs mirror up");
-        let d = Daemon { node: node.into(), socket, log, child: Some(child) };
-        d.wait_for(|_| true, "the admin socket");
-        d
+        Node { daemon }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log()
+    }
+
+    fn socket(&self) -> &Path {
+        &self.daemon.socket
     }
 
     fn try_call(&self, request: Value) -> Result<Value, String> {
-        admin::request(&self.socket, &request, Duration::from_secs(20)).map_err(|e| e.to_string())
+        admin::request(self.socket(), &request, Duration::from_secs(20)).map_err(|e| e.to_string())
     }
 
     fn call(&self, request: Value) -> Value {
-        self.try_call(request.clone()).unwrap_or_else(|e| panic!("{}: {request}: {e}\nlog:\n{}", self.node, self.log()))
+        self.try_call(request.clone())
+            .unwrap_or_else(|e| panic!("{}: {request}: {e}\nlog:\n{}", self.daemon.name, self.log()))
     }
 
     fn status(&self) -> Value {
-        self.call(json!({"cmd": "status"}))["status"].clone()
+        self.call(json!({"cmd": "status"}))["mirror"].clone()
     }
 
     /// Waits (20 s at most) until the status satisfies `ok`.
@@ -79,11 +64,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(reply) = self.try_call(json!({"cmd": "status"})) {
-                if ok(&reply["status"]) {
+                if ok(&reply["mirror"]) {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "{}: waited 20 s for {what}\nlog:\n{}", self.node, self.log());
+            assert!(Instant::now() < deadline, "{}: waited 20 s for {what}\nlog:\n{}", self.daemon.name, self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -100,17 +85,9 @@ impl Daemon {
         self.call(json!({"cmd": "write", "offset": block * BLOCK, "hex": hex}));
     }
 
+    /// A crash: SIGKILL.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
+        self.daemon.kill9();
     }
 }
 
@@ -140,7 +117,7 @@ fn resource(dir: &Path, port: u16, secret: &str, rate: &str, i: usize, ips: [&st
 
 struct Pair {
     // Fields drop in order: the daemons before their namespaces and folder.
-    nodes: [Daemon; 2],
+    nodes: [Node; 2],
     netns: Option<Netns>,
     dir: tempfile::TempDir,
     port: u16,
@@ -162,7 +139,7 @@ impl Pair {
         let ips = netns.as_ref().map_or(["127.0.0.1", "127.0.0.2"], |_| [NETNS_IPS[0], NETNS_IPS[1]]);
         let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i, ips));
         let ns = |i: usize| netns.as_ref().map(|n| n.names[i].as_str());
-        let nodes = [0, 1].map(|i| Daemon::start(dir.path(), ["alpha", "beta"][i], &res[i], ns(i)));
+        let nodes = [0, 1].map(|i| Node::start(dir.path(), ["alpha", "beta"][i], &res[i], ns(i)));
         Pair { nodes, netns, dir, port, res }
     }
 
@@ -187,7 +164,7 @@ impl Pair {
     fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
         let ns = self.netns.as_ref().map(|n| n.names[i].as_str());
-        self.nodes[i] = Daemon::start(self.dir.path(), ["alpha", "beta"][i], &self.res[i], ns);
+        self.nodes[i] = Node::start(self.dir.path(), ["alpha", "beta"][i], &self.res[i], ns);
     }
 
     fn assert_images_equal(&self) {
@@ -231,7 +208,7 @@ fn wrong_secret_is_refused_and_logged_on_both_sides() {
     init_log();
     let pair = Pair::new(["right-secret", "wrong-secret"], "10M");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = |d: &Daemon| d.log().contains("wrong shared secret");
+    let refused = |d: &Node| d.log().contains("wrong shared secret");
     while !(refused(&pair.nodes[0]) && refused(&pair.nodes[1])) {
         assert!(
             Instant::now() < deadline,
@@ -293,7 +270,7 @@ fn verify_finds_a_flipped_byte_and_resync_repairs_it() {
     drop(f);
     assert_ne!(pair.sha1(0), pair.sha1(1));
     let out = common::run(
-        Command::new(common::bin("o2fs")).args(["verify", "--node", "alpha", "--socket"]).arg(&pair.nodes[0].socket),
+        Command::new(common::bin("o2fs")).args(["verify", "--node", "alpha", "--socket"]).arg(pair.nodes[0].socket()),
     );
     assert!(out.status.success(), "{}", common::text(&out));
     pair.nodes[0].wait_for(|s| s["verify"]["finished"] == true, "the verify to finish");
@@ -327,7 +304,7 @@ fn split_brain_is_refused_until_discard_my_data() {
     let out = common::run(
         Command::new(common::bin("o2fs"))
             .args(["discard-my-data", "--node", "beta", "--socket"])
-            .arg(&pair.nodes[1].socket),
+            .arg(pair.nodes[1].socket()),
     );
     assert!(out.status.success(), "{}", common::text(&out));
     pair.nodes[0].call(json!({"cmd": "connect"}));
@@ -338,7 +315,7 @@ fn split_brain_is_refused_until_discard_my_data() {
     };
     assert_eq!((read(1), read(2), read(3)), ("10".into(), "a0".into(), "00".into()), "the survivor's data won");
     let status = common::run(
-        Command::new(common::bin("o2fs")).args(["status", "--node", "beta", "--socket"]).arg(&pair.nodes[1].socket),
+        Command::new(common::bin("o2fs")).args(["status", "--node", "beta", "--socket"]).arg(pair.nodes[1].socket()),
     );
     assert!(common::text(&status).contains("replication:Established"), "{}", common::text(&status));
 }

@@ -51,8 +51,9 @@ impl Region {
         self.dev.flush()
     }
 
-    pub fn beat(&self, node: u8, generation: u64, dead_ms: u32) -> Result<(), DevError> {
-        let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1).max(1);
+    /// Writes `node`'s sector. `seq` is o2hb's timestamp in seconds, kept strictly increasing by
+    /// the caller so that every beat changes the sector even at sub-second intervals.
+    pub fn beat(&self, node: u8, seq: u64, generation: u64, dead_ms: u32) -> Result<(), DevError> {
         let mut sector = vec![0u8; SECTOR];
         HeartbeatBlock { seq, node, cksum: 0, generation, dead_ms }.encode(&mut sector);
         self.write_sector(node, &sector)
@@ -109,7 +110,12 @@ impl Heartbeat {
         let _ = getrandom::getrandom(&mut gen);
         let generation = u64::from_le_bytes(gen);
         let dead_ms = dead_beats.saturating_mul(interval.as_millis() as u32);
-        region.beat(node, generation, dead_ms)?;
+        let next_seq = |last: u64| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            now.max(last + 1)
+        };
+        let mut seq = next_seq(0);
+        region.beat(node, seq, generation, dead_ms)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (region, stop) = (region.clone(), stop.clone());
@@ -121,7 +127,8 @@ impl Heartbeat {
                     waited += step;
                     if waited >= interval {
                         waited = Duration::ZERO;
-                        if let Err(e) = region.beat(node, generation, dead_ms) {
+                        seq = next_seq(seq);
+                        if let Err(e) = region.beat(node, seq, generation, dead_ms) {
                             tracing::error!("disk heartbeat of node {node}: {e}");
                         }
                     }
@@ -131,13 +138,25 @@ impl Heartbeat {
         Ok(Heartbeat { stop, thread: Some(thread), region, node })
     }
 
+    /// Clean stop: the sector is cleared, so others see the node gone rather than dead.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if self.halt() {
             if let Err(e) = self.region.clear(self.node) {
                 tracing::error!("clearing the heartbeat of node {}: {e}", self.node);
             }
+        }
+    }
+
+    /// Stops beating and writes nothing more (fencing): others see the sector go silent.
+    /// Returns whether it was still beating.
+    pub fn halt(&mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => {
+                let _ = t.join();
+                true
+            }
+            None => false,
         }
     }
 }

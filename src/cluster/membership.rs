@@ -275,6 +275,8 @@ impl Membership {
         info!(epoch = view.epoch, members = ?view.nodes(), "new cluster view");
         self.view = Some(view.clone());
         self.out.push_back(MemberEvent::View(view));
+        // Peers judge who leads by who is in a cluster: tell them we are now.
+        self.broadcast_reach();
     }
 
     fn fence(&mut self, reason: String) {
@@ -394,8 +396,8 @@ impl Membership {
     }
 
     /// The leader proposes a new view when the largest mutually-linked set differs from the
-    /// current one. It is the lowest node of the connected component among those with the
-    /// newest view (a restarted low-numbered node joins a running cluster; it does not lead it).
+    /// current one. It is the lowest node of the connected component among those already in a
+    /// view (a restarted low-numbered node joins a running cluster; it does not lead it).
     fn lead(&mut self) {
         // Decide on complete knowledge: every reachable peer has told what it reaches.
         if self.links.iter().any(|(n, l)| l.up && !self.reports.contains_key(n)) {
@@ -415,7 +417,8 @@ impl Membership {
             }
         }
         let newest = component.iter().map(|&n| epoch_of(n)).max().unwrap_or(0);
-        if component.iter().find(|&&n| epoch_of(n) == newest) != Some(&self.me) {
+        let in_view = |n: NodeId| (newest == 0) || epoch_of(n) > 0;
+        if component.iter().find(|&&n| in_view(n)) != Some(&self.me) {
             return;
         }
         let current: BTreeSet<NodeId> = self.view.as_ref().map(View::nodes).unwrap_or_default();
@@ -435,6 +438,7 @@ impl Membership {
         let left: Vec<NodeId> = current.iter().copied().filter(|n| !chosen.contains(n)).collect();
         for &n in &left {
             if self.links.get(&n).is_some_and(|l| l.up) && !self.evicted.contains_key(&n) {
+                warn!(node = n, members = ?chosen, "evicting a node that does not reach every other member");
                 self.evicted.insert(n, self.now);
                 self.out.push_back(MemberEvent::Send { to: n, msg: MemberMsg::Evict { epoch: newest + 1 } });
             }
@@ -662,6 +666,22 @@ mod tests {
         assert!(e2 > e1, "the restarted node joins the running cluster's epochs");
         assert_eq!(net.last_view(1), Some((e2, m2)));
         assert!(net.fenced.is_empty());
+    }
+
+    #[test]
+    fn restarted_node_then_leader_death() {
+        let mut net = Net::new(3, false);
+        net.run(200);
+        net.crash(2);
+        net.run(2000);
+        net.start(2);
+        net.run(300);
+        assert_eq!(net.last_view(2).unwrap().1, set(&[0, 1, 2]));
+        net.crash(0);
+        net.run(2000);
+        assert!(net.fenced.is_empty(), "{:?}", net.fenced);
+        assert_eq!(net.last_view(1).unwrap().1, set(&[1, 2]));
+        assert_eq!(net.last_view(2).unwrap().1, set(&[1, 2]));
     }
 
     #[test]

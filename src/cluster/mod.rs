@@ -3,3 +3,4 @@
 pub mod config;
 pub mod disk_heartbeat;
 pub mod membership;
+pub mod node;

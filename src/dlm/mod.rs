@@ -10,8 +10,13 @@
 //! - `recovery` (private): dead nodes, who recovers them, and what their locks still block.
 //! - `engine`, `holder`, `mastering`, `rebuild` (private): [`Dlm`] — the API, the holder's side,
 //!   the master's side, and the rebuild after every view change.
+//! - [`glue`]: the lock cache above the engine (OCFS2's dlmglue): keep granted modes, downconvert
+//!   on a blocking callback.
+//! - [`service`]: the runtime of one node: drives the engine from the cluster runtime's events
+//!   and serves local users through the cache.
 
 mod engine;
+pub mod glue;
 mod holder;
 pub mod master;
 mod mastering;
@@ -21,6 +26,7 @@ pub mod name;
 mod rebuild;
 mod recovery;
 mod resource;
+pub mod service;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

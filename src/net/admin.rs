@@ -208,6 +208,36 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// Waits for an unsolicited line from the daemon (e.g. "your lock is lost"); `None` when
+    /// the connection closed.
+    pub fn next_message(&mut self) -> Result<Option<Value>, AdminError> {
+        self.tx.set_read_timeout(None).map_err(|source| AdminError::Io {
+            path: self.path.clone(),
+            during: "setting a timeout",
+            source,
+        })?;
+        let mut line = Vec::new();
+        let n = (&mut self.rx)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|source| AdminError::Io { path: self.path.clone(), during: "reading", source })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        parse_line(&self.path, "daemon", &line).map(Some)
+    }
+
+    /// A second handle on the socket, to shut the connection down from another thread.
+    pub fn closer(&self) -> Result<std::os::unix::net::UnixStream, AdminError> {
+        self.tx.try_clone().map_err(|source| AdminError::Io {
+            path: self.path.clone(),
+            during: "cloning the socket",
+            source,
+        })
+    }
+}
+
 /// One request on a fresh connection (most admin commands).
 pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value, AdminError> {
     AdminClient::connect(path)?.call(request, Some(timeout))

@@ -2,6 +2,8 @@
 //! images with Debian's ocfs2-tools exactly as ocfs2-format.md §17.2 prescribes.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

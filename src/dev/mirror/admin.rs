@@ -12,7 +12,7 @@ pub fn handle(engine: &mut Engine, now: u64, request: &Value) -> Value {
     let done = |r: Result<(), String>| r.map_or_else(err, |()| ok(json!({})));
     match request["cmd"].as_str() {
         Some("status") => match serde_json::to_value(engine.status()) {
-            Ok(status) => ok(json!({ "status": status })),
+            Ok(status) => ok(json!({ "mirror": status })),
             Err(e) => err(format!("encoding the status: {e}")),
         },
         Some("verify") => done(engine.start_verify(now)),
@@ -42,14 +42,13 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// `o2fs status` text from a `status` reply.
-pub fn format_status(reply: &Value) -> String {
-    let s = &reply["status"];
+/// `o2fs status` text of the `mirror` section of a `status` reply.
+pub fn format_status(s: &Value) -> String {
     let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let mut out = format!(
         "{} node:{} role:{} io:{}\n  disk:{}\n  peer connection:{} replication:{} peer-disk:{}\n",
-        text(&reply["resource"]),
-        text(&reply["node"]),
+        text(&s["resource"]),
+        text(&s["node"]),
         text(&s["role"]),
         text(&s["io"]),
         text(&s["disk"]),

@@ -204,7 +204,7 @@ impl Mirror {
             return crate::net::admin::err("the mirror engine has stopped");
         }
         let mut v = rx.recv().unwrap_or_else(|_| crate::net::admin::err("the mirror engine has stopped"));
-        if let Some(o) = v.as_object_mut() {
+        if let Some(o) = v.get_mut("mirror").and_then(Value::as_object_mut) {
             o.insert("resource".into(), json!(self.resource));
             o.insert("node".into(), json!(self.node));
         }

@@ -1,6 +1,6 @@
-//! `o2fs mirror up` and the administration commands answered over a node's unix socket
-//! (`o2fs status|verify|connect|disconnect|invalidate|discard-my-data`). Command lines only: the
-//! mirror is `o2fs::dev::mirror::driver`.
+//! `o2fs mirror up` and the mirror's administration commands answered over a node's unix socket
+//! (`o2fs verify|connect|disconnect|invalidate|discard-my-data`; `o2fs status` shows the mirror
+//! section of any node's status). Command lines only: the mirror is `o2fs::dev::mirror::driver`.
 
 use anyhow::{bail, Context, Result};
 use o2fs::dev::mirror::driver::{Mirror, MirrorOptions};
@@ -11,6 +11,9 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::cluster::NodeRef;
+use super::daemon::{self, Ready};
 
 #[derive(clap::Args, Debug)]
 pub struct MirrorArgs {
@@ -27,18 +30,14 @@ enum MirrorCmd {
 
 #[derive(clap::Args, Debug)]
 struct UpArgs {
-    /// This node's name (an `on NAME` section of the resource).
-    #[arg(long)]
-    node: String,
+    #[command(flatten)]
+    node: NodeRef,
     /// DRBD-format resource file.
     #[arg(short = 'r')]
     resource: PathBuf,
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
-    /// Admin socket (default /run/o2fs/NODE.sock).
-    #[arg(long)]
-    socket: Option<PathBuf>,
     /// Send a keepalive after this long without traffic (o2cb default 2000 ms).
     #[arg(long, default_value_t = NetConfig::default().keepalive_ms)]
     keepalive_ms: u64,
@@ -47,43 +46,17 @@ struct UpArgs {
     idle_timeout_ms: u64,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct AdminArgs {
-    /// The node whose daemon to ask.
-    #[arg(long)]
-    node: String,
-    /// Admin socket (default /run/o2fs/NODE.sock).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    admin: AdminArgs,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-fn socket(node: &str, path: &Option<PathBuf>) -> PathBuf {
-    path.clone().unwrap_or_else(|| admin::default_socket(node))
-}
-
-pub fn cmd_mirror(a: MirrorArgs) -> Result<()> {
+pub fn run(a: MirrorArgs) -> Result<()> {
     let MirrorCmd::Up(a) = a.cmd;
     let resources = o2fs::dev::mirror::config::load(&a.resource)?;
-    let Some(res) = resources.into_iter().find(|r| r.host(&a.node).is_some()) else {
-        bail!("{}: no resource has a host named {}", a.resource.display(), a.node);
+    let Some(res) = resources.into_iter().find(|r| r.host(&a.node.node).is_some()) else {
+        bail!("{}: no resource has a host named {}", a.resource.display(), a.node.node);
     };
-    if a.foreground {
-        return run(&a, res, None);
-    }
-    crate::daemonize("mirror", |ready| run(&a, res, ready))
+    daemon::run(a.foreground, |ready| up(&a, res, ready))
 }
 
 /// Runs the mirror and its admin socket until SIGTERM or SIGINT, then shuts down cleanly.
-fn run(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, ready: Option<std::fs::File>) -> Result<()> {
+fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Ready) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     // Blocked before any thread starts, so that every thread inherits the mask and only the
     // wait below takes them.
@@ -92,9 +65,9 @@ fn run(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, ready: Option
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
     let net = NetConfig { keepalive_ms: a.keepalive_ms, idle_timeout_ms: a.idle_timeout_ms, ..NetConfig::default() };
-    let opts = MirrorOptions { node: a.node.clone(), net, fencing: Fencing::DontCare };
+    let opts = MirrorOptions { node: a.node.node.clone(), net, fencing: Fencing::DontCare };
     let mirror = Arc::new(Mirror::start(&res, opts).with_context(|| format!("starting resource {}", res.name))?);
-    let path = socket(&a.node, &a.socket);
+    let path = a.node.socket();
     let listener = mirror.runtime().block_on(AdminListener::bind(&path))?;
     let m = mirror.clone();
     mirror.runtime().spawn(listener.serve(move |mut conn| {
@@ -112,33 +85,16 @@ fn run(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, ready: Option
             }
         }
     }));
-    if let Some(mut w) = ready {
-        use std::io::Write;
-        let _ = w.write_all(b"ok");
-    }
+    ready.done();
     let signal = signals.wait().context("waiting for a signal")?;
     tracing::info!(?signal, "mirror down");
     drop(mirror);
     Ok(())
 }
 
-fn call(a: &AdminArgs, request: serde_json::Value) -> Result<serde_json::Value> {
-    let path = socket(&a.node, &a.socket);
-    admin::request(&path, &request, Duration::from_secs(30)).with_context(|| format!("node {}", a.node))
-}
-
-pub fn cmd_status(a: StatusArgs) -> Result<()> {
-    let reply = call(&a.admin, json!({ "cmd": "status" }))?;
-    if a.json {
-        println!("{reply}");
-    } else {
-        print!("{}", o2fs::dev::mirror::admin::format_status(&reply));
-    }
-    Ok(())
-}
-
 /// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`.
-pub fn cmd_simple(cmd: &str, a: AdminArgs) -> Result<()> {
-    call(&a, json!({ "cmd": cmd }))?;
+pub fn command(cmd: &str, node: NodeRef) -> Result<()> {
+    admin::request(&node.socket(), &json!({ "cmd": cmd }), Duration::from_secs(30))
+        .with_context(|| format!("node {}", node.node))?;
     Ok(())
 }

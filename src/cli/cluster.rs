@@ -1,0 +1,368 @@
+//! `o2fs cluster up`, `o2fs lock`, `o2fs locks`, `o2fs status`: the cluster daemon and the
+//! commands that talk to it over its admin socket.
+
+use anyhow::{bail, Context, Result};
+use o2fs::cluster::config::{self, ClusterConfig};
+use o2fs::cluster::disk_heartbeat::Region;
+use o2fs::cluster::membership::Timing;
+use o2fs::cluster::node::{self, ClusterHandle, NodeSettings};
+use o2fs::dev::FileDevice;
+use o2fs::dlm::service::{LockService, ServiceError};
+use o2fs::dlm::{Mode, ResName, ResourceDump};
+use o2fs::net::admin::{self, AdminClient, AdminConn, AdminListener};
+use o2fs::net::NetConfig;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::daemon;
+
+/// How long `o2fs lock --try` lets a node that only caches the lock yield it (a few round
+/// trips and a downconvert) before it calls the lock held elsewhere.
+const TRY_FOR: Duration = Duration::from_millis(300);
+
+/// Where to find a node's daemon.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeRef {
+    /// Node name (as in cluster.conf).
+    #[arg(long)]
+    pub node: String,
+    /// Admin socket (default /run/o2fs/NODE.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+impl NodeRef {
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| admin::default_socket(&self.node))
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Run one node's cluster daemon (membership, heartbeats, DLM) without a filesystem.
+    Up(UpArgs),
+}
+
+/// Timing overrides (o2cb defaults); tests use small values.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimingArgs {
+    /// Keepalive ping after this much silence on a link.
+    #[arg(long, default_value_t = 2000)]
+    pub keepalive_ms: u64,
+    /// A link silent this long is dead; a lost link is given this long to come back.
+    #[arg(long, default_value_t = 30000)]
+    pub idle_timeout_ms: u64,
+    /// Delay between connection attempts.
+    #[arg(long, default_value_t = 2000)]
+    pub reconnect_ms: u64,
+    /// Disk heartbeat interval.
+    #[arg(long, default_value_t = 2000)]
+    pub hb_interval_ms: u64,
+    /// Missed disk beats after which a node is dead.
+    #[arg(long, default_value_t = 31)]
+    pub hb_dead_beats: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub node: NodeRef,
+    /// o2cb cluster.conf.
+    #[arg(short = 'c')]
+    pub conf: PathBuf,
+    /// Volume to heartbeat on (its `heartbeat` system file).
+    pub image: Option<PathBuf>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    pub foreground: bool,
+    /// File holding the cluster secret (else the cluster stanza's `secret_file`).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Run without authentication when no secret is configured.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub node: NodeRef,
+    /// Lock mode.
+    #[arg(long, default_value = "ex")]
+    pub mode: String,
+    /// Fail (exit 1) if the lock is in use elsewhere (not granted within 300 ms).
+    #[arg(long = "try")]
+    pub try_lock: bool,
+    /// Lock name (1 to 64 printable characters).
+    pub name: String,
+    /// Command to run while the lock is held.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub node: NodeRef,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: ClusterCmd) -> Result<()> {
+    match cmd {
+        ClusterCmd::Up(a) => up(a),
+    }
+}
+
+/// The secret: `--secret-file`, else the config's `secret_file`, else none with `--insecure`.
+fn secret(a: &UpArgs, cfg: &ClusterConfig) -> Result<Option<Vec<u8>>> {
+    match a.secret_file.as_ref().or(cfg.secret_file.as_ref()) {
+        Some(p) => {
+            let s = std::fs::read(p).with_context(|| format!("reading the cluster secret {}", p.display()))?;
+            let s = s.trim_ascii().to_vec();
+            if s.is_empty() {
+                bail!("the cluster secret file {} is empty", p.display());
+            }
+            Ok(Some(s))
+        }
+        None if a.insecure => {
+            tracing::warn!("no cluster secret: running unauthenticated (--insecure)");
+            Ok(None)
+        }
+        None => bail!("no cluster secret: give --secret-file, a secret_file line in the cluster stanza, or --insecure"),
+    }
+}
+
+fn heartbeat_region(image: &Path) -> Result<Region> {
+    let dev: Arc<dyn o2fs::dev::BlockDevice> =
+        Arc::new(FileDevice::open(image, true).with_context(|| format!("opening {}", image.display()))?);
+    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", image.display()))?;
+    let (start, len) = vol.heartbeat_area().context("locating the heartbeat area")?;
+    Ok(Region::new(dev, start, len))
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    let cfg = config::load(&a.conf)?;
+    let me = cfg
+        .node_by_name(&a.node.node)
+        .with_context(|| format!("node {:?} is not in {}", a.node.node, a.conf.display()))?
+        .number;
+    let secret = secret(&a, &cfg)?;
+    let t = &a.timing;
+    let net = NetConfig {
+        keepalive_ms: t.keepalive_ms,
+        idle_timeout_ms: t.idle_timeout_ms,
+        reconnect_ms: t.reconnect_ms,
+        ..NetConfig::default()
+    };
+    net.validate()?;
+    let timing = Timing {
+        link_grace_ms: t.idle_timeout_ms,
+        disk_interval_ms: t.hb_interval_ms,
+        disk_dead_ms: t.hb_interval_ms * t.hb_dead_beats,
+    };
+    let disk = a.image.as_deref().map(heartbeat_region).transpose()?;
+    let socket = a.node.socket();
+    let settings = NodeSettings { net, timing, secret, disk };
+    daemon::run(a.foreground, |mut ready| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        rt.block_on(async {
+            let (handle, events) = node::start(&cfg, &a.node.node, settings).await?;
+            let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
+            let svc = LockService::start(me, handle.clone(), events, recovery, None);
+            let listener = AdminListener::bind(&socket).await?;
+            ready.done();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = listener.serve(|conn| serve_admin(svc.clone(), handle.clone(), conn)) => {}
+                _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving the cluster"),
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        // Dropping the runtime stops the node; a clean stop clears our heartbeat sector.
+        rt.shutdown_timeout(Duration::from_secs(2));
+        Ok(())
+    })
+}
+
+/// Answers one admin client: `status`, `locks`, and `lock` (held until the client closes the
+/// connection or sends `unlock`; if this node fences meanwhile the client is told at once).
+async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mut conn: AdminConn) {
+    while let Ok(Some(req)) = conn.recv().await {
+        let reply = match req["cmd"].as_str() {
+            Some("status") => admin::ok(json!({ "cluster": cluster.status(), "cached_locks": svc.cached().len() })),
+            Some("locks") => {
+                let dumps = svc.dump_cluster(Duration::from_secs(5)).await;
+                admin::ok(
+                    json!({ "nodes": dumps.iter().map(|(n, d)| json!({"node": n, "resources": d})).collect::<Vec<_>>() }),
+                )
+            }
+            Some("lock") => {
+                hold_lock(&svc, &mut conn, &req).await;
+                return;
+            }
+            other => admin::err(format!("unknown command {other:?}")),
+        };
+        if conn.send(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn hold_lock(svc: &Arc<LockService>, conn: &mut AdminConn, req: &Value) {
+    let parsed = (|| -> Result<(ResName, Mode, bool)> {
+        let name = ResName::new(req["name"].as_str().unwrap_or(""))?;
+        let mode: Mode = req["mode"].as_str().unwrap_or("ex").parse()?;
+        if !matches!(mode, Mode::Pr | Mode::Ex) {
+            bail!("mode {mode}: o2fs lock takes pr or ex");
+        }
+        Ok((name, mode, req["try"].as_bool().unwrap_or(false)))
+    })();
+    let (name, mode, try_lock) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = conn.send(&admin::err(format!("{e:#}"))).await;
+            return;
+        }
+    };
+    let mut fenced = svc.fenced();
+    // The client may give up while waiting: closing its connection abandons the request.
+    let guard = tokio::select! {
+        g = svc.lock(&name, mode, try_lock.then_some(TRY_FOR)) => g,
+        _ = conn.recv() => return,
+    };
+    let guard = match guard {
+        Ok(g) => g,
+        Err(e) => {
+            let msg = match e {
+                ServiceError::HeldElsewhere => format!("{} is locked elsewhere", name.as_str()),
+                e => e.to_string(),
+            };
+            let _ = conn.send(&admin::err(msg)).await;
+            return;
+        }
+    };
+    if conn.send(&admin::ok(json!({ "granted": mode.to_string() }))).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = conn.recv() => {}
+        why = async { fenced.wait_for(Option::is_some).await.map(|w| w.clone().unwrap_or_default()) } => {
+            let why = why.unwrap_or_default();
+            let _ = conn.send(&admin::err(format!("lock lost: this node fenced ({why})"))).await;
+        }
+    }
+    drop(guard);
+}
+
+/// `o2fs lock`: runs the command while holding the lock; exits with its status.
+pub fn lock(a: LockArgs) -> Result<i32> {
+    let socket = a.node.socket();
+    let mut client = AdminClient::connect(&socket)?;
+    match client.call(&json!({"cmd": "lock", "name": a.name, "mode": a.mode, "try": a.try_lock}), None) {
+        Ok(_) => {}
+        Err(admin::AdminError::Remote(msg)) if a.try_lock && msg.ends_with("is locked elsewhere") => {
+            eprintln!("o2fs lock: {msg}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let child = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .spawn()
+        .with_context(|| format!("running {}", a.command[0]))?;
+    let child = Arc::new(parking_lot::Mutex::new(child));
+    let closer = client.closer()?;
+    // If the lock is lost (the node fenced, or its daemon died), the command must not go on
+    // believing it holds it: kill it. The child is reaped only under the mutex, so the pid
+    // killed is always still ours.
+    let watcher = {
+        let child = child.clone();
+        std::thread::spawn(move || {
+            let why = match client.next_message() {
+                Ok(None) | Err(_) => "the daemon went away".to_string(),
+                Ok(Some(v)) => v["error"].as_str().unwrap_or("lock lost").to_string(),
+            };
+            let mut c = child.lock();
+            if matches!(c.try_wait(), Ok(None)) {
+                eprintln!("o2fs lock: {why}: killing the command");
+                let _ = c.kill();
+            }
+        })
+    };
+    let status = loop {
+        if let Some(st) = child.lock().try_wait().context("waiting for the command")? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = closer.shutdown(std::net::Shutdown::Both);
+    let _ = watcher.join();
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// `o2fs locks`: every lock resource of the cluster, from its master's point of view.
+pub fn locks(a: ShowArgs) -> Result<()> {
+    let reply = admin::request(&a.node.socket(), &json!({"cmd": "locks"}), Duration::from_secs(10))?;
+    if a.json {
+        println!("{}", reply["nodes"]);
+        return Ok(());
+    }
+    let nodes: Vec<(u8, Vec<ResourceDump>)> = reply["nodes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|n| Some((n["node"].as_u64()? as u8, serde_json::from_value(n["resources"].clone()).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("{:<32} {:<6} {:<24} Waiting", "Resource", "Master", "Granted");
+    for (_, dumps) in &nodes {
+        for d in dumps.iter().filter(|d| d.mastered_here) {
+            let granted: Vec<String> = d.granted.iter().map(|h| format!("{}:{}", h.node, h.mode)).collect();
+            let waiting: Vec<String> = d
+                .converting
+                .iter()
+                .chain(&d.waiting)
+                .map(|w| format!("{}:{} {}ms", w.node, w.wanted, w.waited_ms))
+                .collect();
+            let master = d.master.map_or("-".to_string(), |m| m.to_string());
+            println!("{:<32} {:<6} {:<24} {}", d.name, master, granted.join(","), waiting.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `o2fs status`: what the node's daemon reports (cluster view, links, fencing).
+pub fn status(a: ShowArgs) -> Result<()> {
+    let reply = admin::request(&a.node.socket(), &json!({"cmd": "status"}), Duration::from_secs(10))?;
+    if a.json {
+        println!("{reply}");
+        return Ok(());
+    }
+    if let Some(c) = reply.get("cluster") {
+        let members: Vec<String> =
+            c["view"]["members"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        println!("node {} (number {})", c["node"].as_str().unwrap_or("?"), c["number"]);
+        match c["fenced"].as_str() {
+            Some(why) => println!("  FENCED: {why}"),
+            None => println!(
+                "  view epoch {} members [{}] reachable {}",
+                c["view"]["epoch"],
+                members.join(","),
+                c["reachable"]
+            ),
+        }
+    }
+    if let Some(m) = reply.get("mirror") {
+        print!("{}", o2fs::dev::mirror::admin::format_status(m));
+    }
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! The lock service of one node: drives the [`Dlm`] engine from the cluster runtime's events
+//! and serves this node's users through the lock cache ([`glue`](super::glue)).
+//!
+//! One mutex guards the engine and the cache, so re-taking a cached lock costs one uncontended
+//! mutex and no message. Waiting users hold a one-shot channel (async users await it, the
+//! filesystem's threads block on it). A downconvert callback, when the owner registered one,
+//! runs outside the mutex before the DLM is told to downconvert (the filesystem flushes there).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::glue::{Action, Cached};
+use super::{Dlm, Event, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName, ResourceDump};
+use crate::cluster::node::{ClusterEvent, ClusterHandle};
+
+/// Runs the filesystem's recovery of a dead node (replay its journal...), on a blocking thread.
+pub type RecoveryHook = Arc<dyn Fn(NodeId) + Send + Sync>;
+/// Called before the cached lock on a resource is downconverted to the given mode.
+pub type DownconvertHook = Arc<dyn Fn(&ResName, Mode) + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("this node is fenced: {0}")]
+    Fenced(String),
+    #[error("held elsewhere")]
+    HeldElsewhere,
+}
+
+/// Between lock services (inside the cluster runtime's messages).
+#[derive(Debug, Serialize, Deserialize)]
+enum SvcMsg {
+    Dlm(Msg),
+    DumpRequest(u64),
+    DumpReply(u64, Vec<ResourceDump>),
+}
+
+struct Inner {
+    dlm: Dlm,
+    cache: HashMap<ResName, Cached>,
+    by_id: HashMap<LockId, ResName>,
+    tickets: HashMap<u64, oneshot::Sender<Result<(), ServiceError>>>,
+    next_ticket: u64,
+    dumps: HashMap<u64, mpsc::UnboundedSender<(NodeId, Vec<ResourceDump>)>>,
+    fenced: Option<String>,
+    /// Downconverts waiting for the owner's callback to run outside the mutex.
+    downconverts: Vec<(ResName, LockId, Mode, Option<Lvb>)>,
+    members: BTreeSet<NodeId>,
+}
+
+pub struct LockService {
+    me: NodeId,
+    /// Itself, for the recovery threads it starts.
+    this: Weak<LockService>,
+    inner: Mutex<Inner>,
+    cluster: ClusterHandle,
+    started: Instant,
+    fenced: watch::Sender<Option<String>>,
+    recovery: RecoveryHook,
+    downconvert: Option<DownconvertHook>,
+}
+
+/// A held lock; dropping it releases the local hold (the DLM lock stays cached).
+pub struct LockGuard {
+    svc: Arc<LockService>,
+    res: ResName,
+    mode: Mode,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.svc.release(&self.res, self.mode);
+    }
+}
+
+impl LockGuard {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// A request waiting in the cache. Dropped before its outcome was taken (the user gave up: a
+/// try-lock timed out, a client went away), it withdraws the request — or, if the grant came
+/// in meanwhile, gives the hold back. Both under the service mutex, so no grant is lost.
+struct Pending {
+    svc: Arc<LockService>,
+    res: ResName,
+    mode: Mode,
+    ticket: u64,
+    /// Taken by a blocking wait (which then always finishes).
+    rx: Option<oneshot::Receiver<Result<(), ServiceError>>>,
+    done: bool,
+}
+
+impl Pending {
+    fn finish(
+        mut self,
+        outcome: Result<Result<(), ServiceError>, oneshot::error::RecvError>,
+    ) -> Result<LockGuard, ServiceError> {
+        self.done = true;
+        match outcome {
+            Ok(Ok(())) => Ok(self.svc.guard(&self.res, self.mode)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ServiceError::Fenced("the lock service stopped".into())),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let svc = &self.svc;
+        let mut inner = svc.inner.lock();
+        inner.tickets.remove(&self.ticket);
+        let granted = matches!(self.rx.as_mut().map(|rx| rx.try_recv()), Some(Ok(Ok(()))));
+        if let Some(c) = inner.cache.get_mut(&self.res) {
+            let actions = if granted {
+                c.release(self.mode);
+                Vec::new()
+            } else {
+                c.abandon(self.ticket)
+            };
+            svc.perform(&mut inner, &self.res, actions);
+        }
+        svc.step(&mut inner, &self.res);
+        drop(inner);
+        svc.run_downconverts();
+    }
+}
+
+impl LockService {
+    /// Starts the service on the current tokio runtime, consuming the cluster runtime's events.
+    pub fn start(
+        me: NodeId,
+        cluster: ClusterHandle,
+        mut events: mpsc::UnboundedReceiver<ClusterEvent>,
+        recovery: RecoveryHook,
+        downconvert: Option<DownconvertHook>,
+    ) -> Arc<LockService> {
+        let svc = Arc::new_cyclic(|this| LockService {
+            me,
+            this: this.clone(),
+            inner: Mutex::new(Inner {
+                dlm: Dlm::new(me),
+                cache: HashMap::new(),
+                by_id: HashMap::new(),
+                tickets: HashMap::new(),
+                next_ticket: 1,
+                dumps: HashMap::new(),
+                fenced: None,
+                downconverts: Vec::new(),
+                members: BTreeSet::new(),
+            }),
+            cluster,
+            started: Instant::now(),
+            fenced: watch::channel(None).0,
+            recovery,
+            downconvert,
+        });
+        let s = svc.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                s.cluster_event(ev);
+            }
+        });
+        svc
+    }
+
+    /// Watch this to learn that the node fenced (then every held lock is void).
+    pub fn fenced(&self) -> watch::Receiver<Option<String>> {
+        self.fenced.subscribe()
+    }
+
+    /// Takes `res` at `mode` (Pr or Ex for local users). With `try_for`, gives up with
+    /// [`ServiceError::HeldElsewhere`] if the lock is not granted within that time — long enough
+    /// for a peer that merely caches the lock to yield it, short enough to mean "in use".
+    pub async fn lock(
+        self: &Arc<Self>,
+        res: &ResName,
+        mode: Mode,
+        try_for: Option<Duration>,
+    ) -> Result<LockGuard, ServiceError> {
+        let Some(mut pending) = self.begin(res, mode)? else { return Ok(self.guard(res, mode)) };
+        let Some(rx) = pending.rx.as_mut() else { return Err(ServiceError::Fenced("the lock service stopped".into())) };
+        let outcome = match try_for {
+            None => rx.await,
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(ServiceError::HeldElsewhere),
+            },
+        };
+        pending.finish(outcome)
+    }
+
+    /// [`lock`](Self::lock) for synchronous callers (not on a tokio worker).
+    pub fn lock_blocking(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<LockGuard, ServiceError> {
+        let Some(mut pending) = self.begin(res, mode)? else { return Ok(self.guard(res, mode)) };
+        let outcome = match pending.rx.take() {
+            Some(rx) => rx.blocking_recv(),
+            None => return Err(ServiceError::Fenced("the lock service stopped".into())),
+        };
+        pending.finish(outcome)
+    }
+
+    fn guard(self: &Arc<Self>, res: &ResName, mode: Mode) -> LockGuard {
+        LockGuard { svc: self.clone(), res: res.clone(), mode }
+    }
+
+    /// Granted from the cache (`None`), or a pending request that hears the outcome.
+    fn begin(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<Option<Pending>, ServiceError> {
+        let mut inner = self.inner.lock();
+        if let Some(why) = &inner.fenced {
+            return Err(ServiceError::Fenced(why.clone()));
+        }
+        let ticket = inner.next_ticket;
+        inner.next_ticket += 1;
+        if inner.cache.entry(res.clone()).or_default().acquire(ticket, mode) {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        inner.tickets.insert(ticket, tx);
+        self.step(&mut inner, res);
+        drop(inner);
+        self.run_downconverts();
+        Ok(Some(Pending { svc: self.clone(), res: res.clone(), mode, ticket, rx: Some(rx), done: false }))
+    }
+
+    fn release(&self, res: &ResName, mode: Mode) {
+        let mut inner = self.inner.lock();
+        if let Some(c) = inner.cache.get_mut(res) {
+            c.release(mode);
+        }
+        self.step(&mut inner, res);
+        drop(inner);
+        self.run_downconverts();
+    }
+
+    /// Lets the cache of `res` act, then everything the engine produced.
+    fn step(&self, inner: &mut Inner, res: &ResName) {
+        let actions = inner.cache.get_mut(res).map(Cached::step).unwrap_or_default();
+        self.perform(inner, res, actions);
+        self.pump(inner);
+    }
+
+    fn perform(&self, inner: &mut Inner, res: &ResName, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Request { mode } => {
+                    let id = inner.dlm.lock(res, mode, LockFlags::default());
+                    inner.by_id.insert(id, res.clone());
+                    if let Some(c) = inner.cache.get_mut(res) {
+                        c.id = Some(id);
+                    }
+                }
+                Action::Convert { id, mode } => {
+                    if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), None) {
+                        warn!(res = res.as_str(), "converting to {mode}: {e}");
+                    }
+                }
+                Action::Downconvert { id, mode, lvb } => match self.downconvert {
+                    Some(_) => inner.downconverts.push((res.clone(), id, mode, lvb)),
+                    None => {
+                        if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), lvb) {
+                            warn!(res = res.as_str(), "downconverting to {mode}: {e}");
+                        }
+                    }
+                },
+                Action::Cancel { id } => {
+                    if let Err(e) = inner.dlm.cancel(id) {
+                        debug!(res = res.as_str(), "withdrawing a request: {e}");
+                    }
+                }
+                Action::Wake { ticket } => {
+                    if let Some(tx) = inner.tickets.remove(&ticket) {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs owners' downconvert callbacks outside the mutex, then tells the DLM.
+    fn run_downconverts(&self) {
+        let Some(hook) = &self.downconvert else { return };
+        loop {
+            let pending = std::mem::take(&mut self.inner.lock().downconverts);
+            if pending.is_empty() {
+                return;
+            }
+            for (res, id, mode, lvb) in pending {
+                hook(&res, mode);
+                let mut inner = self.inner.lock();
+                if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), lvb) {
+                    warn!(res = res.as_str(), "downconverting to {mode}: {e}");
+                }
+                self.pump(&mut inner);
+            }
+        }
+    }
+
+    /// Handles every engine output until there is none.
+    fn pump(&self, inner: &mut Inner) {
+        inner.dlm.set_time(self.started.elapsed().as_millis() as u64);
+        while let Some(ev) = inner.dlm.poll_event() {
+            let (id, event) = match ev {
+                Event::Send { to, msg } => {
+                    self.send(to, &SvcMsg::Dlm(msg));
+                    continue;
+                }
+                Event::RecoverNode { dead } => {
+                    self.recover(dead);
+                    continue;
+                }
+                Event::Granted { id, .. } | Event::Failed { id, .. } | Event::Blocking { id, .. } => (id, ev),
+                Event::Unlocked { id } => {
+                    inner.by_id.remove(&id);
+                    continue;
+                }
+            };
+            let Some(res) = inner.by_id.get(&id).cloned() else {
+                debug!(lock = id.0, "event for a lock no longer cached");
+                continue;
+            };
+            let Some(c) = inner.cache.get_mut(&res) else { continue };
+            let mut actions = match event {
+                Event::Granted { mode, lvb, .. } => {
+                    c.granted(mode, lvb);
+                    Vec::new()
+                }
+                Event::Failed { error, .. } => {
+                    debug!(res = res.as_str(), "request ended: {error}");
+                    c.failed();
+                    Vec::new()
+                }
+                Event::Blocking { wanted, .. } => {
+                    c.blocking(wanted);
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            actions.extend(c.step());
+            self.perform(inner, &res, actions);
+        }
+    }
+
+    fn send(&self, to: NodeId, msg: &SvcMsg) {
+        match bincode::serde::encode_to_vec(msg, bincode::config::standard()) {
+            Ok(bytes) => self.cluster.send(to, bytes),
+            Err(e) => warn!("encoding a lock message: {e}"),
+        }
+    }
+
+    /// The filesystem's recovery runs on its own thread; the DLM releases the dead node's locks
+    /// only once it returned.
+    fn recover(&self, dead: NodeId) {
+        info!(dead, "recovering node");
+        let hook = self.recovery.clone();
+        let svc = self.this.upgrade();
+        std::thread::spawn(move || {
+            hook(dead);
+            if let Some(svc) = svc {
+                let mut inner = svc.inner.lock();
+                if let Err(e) = inner.dlm.recovery_done(dead) {
+                    warn!(dead, "finishing recovery: {e}");
+                }
+                svc.pump(&mut inner);
+                drop(inner);
+                svc.run_downconverts();
+                info!(dead, "recovery done");
+            }
+        });
+    }
+
+    fn cluster_event(self: &Arc<Self>, ev: ClusterEvent) {
+        let mut inner = self.inner.lock();
+        if inner.fenced.is_some() {
+            return;
+        }
+        match ev {
+            ClusterEvent::View(view) => {
+                let members = view.nodes();
+                inner.dlm.set_view(view.epoch, &members);
+                inner.members = members;
+            }
+            ClusterEvent::Message { from, payload } => {
+                match bincode::serde::decode_from_slice::<SvcMsg, _>(&payload, bincode::config::standard()) {
+                    Ok((SvcMsg::Dlm(msg), _)) => inner.dlm.receive(from, msg),
+                    Ok((SvcMsg::DumpRequest(req), _)) => {
+                        let dump = inner.dlm.dump();
+                        self.send(from, &SvcMsg::DumpReply(req, dump));
+                    }
+                    Ok((SvcMsg::DumpReply(req, dump), _)) => {
+                        if let Some(tx) = inner.dumps.get(&req) {
+                            let _ = tx.send((from, dump));
+                        }
+                    }
+                    Err(e) => warn!(from, "undecodable lock message: {e}"),
+                }
+            }
+            ClusterEvent::Fenced(why) => {
+                inner.fenced = Some(why.clone());
+                for (_, tx) in inner.tickets.drain() {
+                    let _ = tx.send(Err(ServiceError::Fenced(why.clone())));
+                }
+                self.fenced.send_replace(Some(why));
+                return;
+            }
+        }
+        self.pump(&mut inner);
+        drop(inner);
+        self.run_downconverts();
+    }
+
+    /// Every member's view of the locks it masters or holds, gathered over the cluster.
+    pub async fn dump_cluster(&self, timeout: Duration) -> Vec<(NodeId, Vec<ResourceDump>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (req, members, mine) = {
+            let mut inner = self.inner.lock();
+            let req = inner.next_ticket;
+            inner.next_ticket += 1;
+            inner.dumps.insert(req, tx);
+            (req, inner.members.clone(), inner.dlm.dump())
+        };
+        let others: BTreeSet<NodeId> = members.into_iter().filter(|&n| n != self.me).collect();
+        for &n in &others {
+            self.send(n, &SvcMsg::DumpRequest(req));
+        }
+        let mut out = vec![(self.me, mine)];
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() <= others.len() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(reply)) => out.push(reply),
+                _ => break,
+            }
+        }
+        self.inner.lock().dumps.remove(&req);
+        out.sort_by_key(|(n, _)| *n);
+        out
+    }
+
+    /// This node's own lock cache, for status output: resource, granted mode, local holders.
+    pub fn cached(&self) -> Vec<(String, Option<Mode>, u32, bool)> {
+        let inner = self.inner.lock();
+        let mut v: Vec<_> =
+            inner.cache.iter().map(|(r, c)| (r.as_str().to_owned(), c.granted, c.readers, c.writer)).collect();
+        v.sort();
+        v
+    }
+}
