@@ -36,7 +36,7 @@ fn wait_established(m: &Mirror) {
 
 /// Bytes per second of 1 MiB writes covering `total` bytes in order, from `streams` threads
 /// taking every `streams`-th MiB (as a filesystem's writeback does), then one flush.
-fn seq_write(dev: &(dyn BlockDevice), total: u64, streams: u64) -> f64 {
+fn seq_write(dev: &dyn BlockDevice, total: u64, streams: u64) -> f64 {
     let buf = vec![0x5Au8; 1 << 20];
     let t = Instant::now();
     std::thread::scope(|s| {
