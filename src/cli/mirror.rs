@@ -85,6 +85,10 @@ fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Rea
             }
         }
     }));
+    // As DRBD's init script: the command returns once the peer is there, or wfc-timeout passed.
+    if !a.foreground {
+        mirror.wait_for_peer(&res);
+    }
     ready.done();
     let signal = signals.wait().context("waiting for a signal")?;
     tracing::info!(?signal, "mirror down");

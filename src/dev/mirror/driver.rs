@@ -236,6 +236,27 @@ impl Mirror {
         }
     }
 
+    /// Waits for the first handshake with the peer, as DRBD's `wfc-timeout` (or
+    /// `degr-wfc-timeout` when this node was running degraded before) asks: up to that many
+    /// seconds, forever for 0. Returns whether the peer was reached.
+    pub fn wait_for_peer(&self, res: &ResourceConfig) -> bool {
+        let status = |m: &Mirror| m.admin(&json!({"cmd": "status"}))["mirror"].clone();
+        let degraded = status(self)["generations"]["bitmap"].as_u64().is_some_and(|b| b != 0);
+        let secs = if degraded { res.degr_wfc_timeout } else { res.wfc_timeout };
+        tracing::info!(seconds = secs, degraded, "waiting for the peer (0: forever)");
+        let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs as u64));
+        loop {
+            if status(self)["connection"] == "Connected" {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::warn!(seconds = secs, "the peer did not connect in time; going on alone");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The tokio runtime the mirror's network runs on (the admin socket may share it).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         self.runtime.as_ref().expect("runtime lives until drop").handle()
