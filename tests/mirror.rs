@@ -457,3 +457,31 @@ fn network_namespaces_link_down_resyncs_only_what_changed() {
     pair.assert_images_equal();
     assert_eq!(pair.nodes[1].status()["last_resync"]["blocks"], changed.len() as u64, "seed {seed}");
 }
+
+/// During a resync the target stays usable: a block it has not received yet is read from the
+/// peer.
+#[test]
+fn sync_target_reads_unsynced_blocks_from_the_peer() {
+    init_log();
+    // 256 KiB/s: 256 blocks take four seconds; the last block is synced last.
+    let mut pair = Pair::new(["Ohg8Eec0ahth"; 2], "256K");
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    pair.nodes[1].kill();
+    for b in 0..256 {
+        pair.nodes[0].write_block(1000 + b, 0x3C);
+    }
+    pair.restart(1);
+    let beta = &pair.nodes[1];
+    beta.wait_for(|s| s["replication"] == "SyncTarget", "the resync to start");
+    let read = beta.call(json!({"cmd": "read", "offset": 1255 * BLOCK, "len": BLOCK}));
+    let status = beta.status();
+    assert_eq!(status["replication"], "SyncTarget", "the resync ended before the read: {status}");
+    assert!(read["hex"].as_str().unwrap().chars().collect::<Vec<_>>().chunks(2).all(|c| c == ['3', 'c']));
+    // A write on the target during the resync reaches both replicas too.
+    beta.write_block(1254, 0x4D);
+    pair.assert_images_equal();
+    let alpha = pair.nodes[0].call(json!({"cmd": "read", "offset": 1254 * BLOCK, "len": 1}));
+    assert_eq!(alpha["hex"], "4d");
+}
