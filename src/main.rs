@@ -47,6 +47,8 @@ enum Cmd {
     Invalidate(cli::cluster::NodeRef),
     /// After a split brain: throw this node's changes away and resync from the peer.
     DiscardMyData(cli::cluster::NodeRef),
+    /// Demote this node of the mirror (with allow-two-primaries off, the peer may then write).
+    Secondary(cli::cluster::NodeRef),
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +91,7 @@ const SUBCOMMANDS: &[&str] = &[
     "disconnect",
     "invalidate",
     "discard-my-data",
+    "secondary",
     "help",
 ];
 
@@ -136,6 +139,7 @@ fn main() {
         Cmd::Disconnect(n) => cli::mirror::command("disconnect", n),
         Cmd::Invalidate(n) => cli::mirror::command("invalidate", n),
         Cmd::DiscardMyData(n) => cli::mirror::command("discard-my-data", n),
+        Cmd::Secondary(n) => cli::mirror::command("secondary", n),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");

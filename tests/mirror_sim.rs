@@ -10,7 +10,8 @@
 //!   or a later or concurrent one; only writes thrown away by discard-my-data may be lost.
 //!
 //! `O2FS_SEED=N` replays one seed (with logs: `RUST_LOG=debug`, more history: `SIM_TAIL=N`); a
-//! failure prints its seed. `O2FS_SIM_SEEDS=N` runs N seeds instead of 2000.
+//! failure prints its seed. `O2FS_SIM_SEEDS=N` runs N seeds instead of 2000 (from
+//! `O2FS_SIM_FIRST`, default 0).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -124,11 +125,12 @@ struct Sim {
     victim: Option<usize>,
 }
 
-fn config(node: usize, protocol: Protocol, fencing: Fencing, rate: u64) -> EngineConfig {
+fn config(node: usize, protocol: Protocol, dual: bool, fencing: Fencing, rate: u64) -> EngineConfig {
     EngineConfig {
         node_id: node as u32,
         peer_id: 1 - node as u32,
         protocol,
+        two_primaries: dual,
         rate_bytes_per_sec: rate,
         fencing,
         al_extents: 3,
@@ -228,7 +230,7 @@ impl Sim {
         let loaded = MetaArea::open(n.meta_dev.clone(), n.meta_base, DATA).unwrap();
         let mut gen_rng = Rng::new(self.rng.next());
         let engine = Engine::open(
-            config(i, self.protocol, self.fencing, self.rate),
+            config(i, self.protocol, self.dual, self.fencing, self.rate),
             n.replica.clone(),
             loaded,
             Box::new(move || gen_rng.next() | 1 << 63),
@@ -476,6 +478,7 @@ impl Sim {
     /// Resolves a split brain the way an operator would: discard-my-data on one node. Its
     /// acknowledged writes that never reached the other node are thrown away, by design.
     fn resolve_split_brain(&mut self) {
+        self.demote_second_primary();
         // Either node may be the only one that saw both Hellos before the link went down.
         let refusal = |n: &Node| {
             let e = n.engine.as_ref()?;
@@ -497,6 +500,30 @@ impl Sim {
         let now = self.now;
         self.engine(victim).discard_my_data(now);
         self.engine(1 - victim).connect(now);
+    }
+
+    /// A handshake refused because both nodes are primary (single-primary mode, after a
+    /// failover): the operator demotes the one that is not the harness's primary, and connects.
+    fn demote_second_primary(&mut self) {
+        let both = |e: &Engine| e.last_refusal().is_some_and(|r| r.contains("allow-two-primaries is off"));
+        if self.dual || !self.alive(0) || !self.alive(1) {
+            return;
+        }
+        if !self
+            .nodes
+            .iter()
+            .any(|n| n.engine.as_ref().is_some_and(|e| both(e) && e.conn_state() == ConnState::StandAlone))
+        {
+            return;
+        }
+        let now = self.now;
+        let other = 1 - self.primary;
+        if self.engine(other).secondary(now).is_ok() {
+            self.note(format!("both primary: node {other} demoted"));
+            for i in 0..2 {
+                self.engine(i).connect(now);
+            }
+        }
     }
 
     /// Once the victim's resync starts, its acknowledged writes from before this connection that
@@ -569,11 +596,16 @@ impl Sim {
                 self.note(format!("node {i} verify: {started:?}"));
             }
             527..=546 if !self.dual && i != self.primary => {
-                // Single primary: the role moves once the old primary's writes are all
-                // acknowledged by the peer, or at once when it is gone (failover).
+                // Single primary: the old primary is demoted (refused while its writes are in
+                // flight), or the role moves at once when it is gone or cut off (failover).
                 let old = self.primary;
-                let settled = self.nodes[old].engine.as_ref().is_none_or(|e| e.in_flight() == 0 || !self.up);
-                if settled {
+                let now = self.now;
+                let up = self.up;
+                let moved = match self.nodes[old].engine.as_mut() {
+                    Some(e) if up => e.secondary(now).is_ok(),
+                    _ => true,
+                };
+                if moved {
                     self.primary = i;
                     self.note(format!("primary moves to node {i}"));
                 }
@@ -701,8 +733,12 @@ fn random_faults_never_lose_an_acknowledged_write() {
     init_log();
     let (first, count) = match std::env::var("O2FS_SEED") {
         Ok(_) => (o2fs::testutil::seed_from_env(0), 1),
-        // O2FS_SIM_SEEDS=N runs more seeds (a soak); 2000 by default.
-        Err(_) => (0, std::env::var("O2FS_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)),
+        // O2FS_SIM_SEEDS=N runs more seeds (a soak; from O2FS_SIM_FIRST); 2000 from 0 by default.
+        Err(_) => {
+            let env =
+                |name: &str, default: u64| std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+            (env("O2FS_SIM_FIRST", 0), env("O2FS_SIM_SEEDS", 2000))
+        }
     };
     let started = std::time::Instant::now();
     let (mut split_brains, mut writes) = (0, 0);
@@ -811,14 +847,14 @@ fn random_msg(rng: &mut Rng) -> Msg {
             [0, 1, BM_BLOCK as usize, 2 * BM_BLOCK as usize, rng.below(3 * BM_BLOCK) as usize][rng.below(5) as usize];
         rng.bytes(n)
     };
-    match rng.below(15) {
+    match rng.below(16) {
         0 => {
             // Mostly generations a fresh replica accepts (in sync, or the peer ahead of it), so
             // that the messages after the Hello meet every replication state.
             let gens = match rng.below(3) {
                 0 => GenIds::just_created(),
-                1 => GenIds { current: 1 << 63 | num(rng), bitmap: 4, history: [0; 4] },
-                _ => GenIds { current: num(rng), bitmap: num(rng), history: [num(rng), 4, 0, num(rng)] },
+                1 => GenIds { current: 1 << 63 | num(rng), bitmap: 4, history: [0; 8] },
+                _ => GenIds { current: num(rng), bitmap: num(rng), history: [num(rng), 4, 0, num(rng), 0, 0, 0, 0] },
             };
             Msg::Hello(Hello {
                 size: if rng.below(4) == 0 { num(rng) } else { DATA },
@@ -827,6 +863,7 @@ fn random_msg(rng: &mut Rng) -> Msg {
                 crashed_primary: rng.below(2) == 0,
                 discard_my_data: rng.below(2) == 0,
                 fresh_in_sync: rng.below(2) == 0,
+                primary: rng.below(2) == 0,
                 oos: (0..rng.below(4)).map(|_| (num(rng), num(rng))).collect(),
             })
         }
@@ -845,8 +882,9 @@ fn random_msg(rng: &mut Rng) -> Msg {
             start: num(rng),
             digests: (0..rng.below(70)).map(|_| [rng.below(2) as u8; 20]).collect(),
         },
+        15 => Msg::Role { primary: rng.below(2) == 0 },
         13 => Msg::VerifyReply { start: num(rng), mismatched: (0..rng.below(4)).map(|_| num(rng)).collect() },
-        _ => Msg::VerifyDone { found: num(rng) },
+        _ => Msg::VerifyDone { oos: (0..rng.below(3)).map(|_| (num(rng), num(rng))).collect() },
     }
 }
 

@@ -96,7 +96,7 @@ fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Rea
     Ok(())
 }
 
-/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`.
+/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `secondary`.
 pub fn command(cmd: &str, node: NodeRef) -> Result<()> {
     admin::request(&node.socket(), &json!({ "cmd": cmd }), Duration::from_secs(30))
         .with_context(|| format!("node {}", node.node))?;

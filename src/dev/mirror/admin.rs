@@ -16,6 +16,7 @@ pub fn handle(engine: &mut Engine, now: u64, request: &Value) -> Value {
             Err(e) => err(format!("encoding the status: {e}")),
         },
         Some("verify") => done(engine.start_verify(now)),
+        Some("secondary") => done(engine.secondary(now)),
         Some("connect") => {
             engine.connect(now);
             ok(json!({}))
@@ -46,13 +47,14 @@ fn size(bytes: u64) -> String {
 pub fn format_status(s: &Value) -> String {
     let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let mut out = format!(
-        "{} node:{} role:{} io:{}\n  disk:{}\n  peer connection:{} replication:{} peer-disk:{}\n",
+        "{} node:{} role:{} io:{}\n  disk:{}\n  peer connection:{} role:{} replication:{} peer-disk:{}\n",
         text(&s["resource"]),
         text(&s["node"]),
         text(&s["role"]),
         text(&s["io"]),
         text(&s["disk"]),
         text(&s["connection"]),
+        text(&s["peer_role"]),
         text(&s["replication"]),
         text(&s["peer_disk"]),
     );

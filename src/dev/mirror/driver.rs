@@ -128,6 +128,7 @@ impl Mirror {
             node_id,
             peer_id: 1 - node_id,
             protocol: res.protocol,
+            two_primaries: res.allow_two_primaries,
             rate_bytes_per_sec: res.rate_bytes_per_sec,
             fencing: opts.fencing,
             al_extents: 257,

@@ -2,7 +2,7 @@
 //!
 //! Each replica carries a *current* id naming the data generation it holds, a *bitmap* id naming
 //! the generation its out-of-sync bitmap is relative to (0 when the bitmap tracks nothing), and
-//! [`HISTORY`] *history* ids of older generations (DRBD keeps two; we keep four, so that a run of
+//! [`HISTORY`] *history* ids of older generations (DRBD keeps two; we keep eight, so that a run of
 //! interrupted resyncs and new generations does not push the common ancestor out). A node that changes its data while it cannot reach
 //! its peer starts a new generation: the old current id becomes the bitmap id (or goes to the
 //! history if a bitmap id is already set) and a fresh random id becomes current. Comparing the
@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 /// History ids kept.
-pub const HISTORY: usize = 4;
+pub const HISTORY: usize = 8;
 
 /// The current id of a replica that never held data (DRBD's `UUID_JUST_CREATED`).
 pub const JUST_CREATED: u64 = 4;
@@ -255,7 +255,7 @@ mod tests {
         let target = Side { consistent: false, ..side(base) };
         assert_eq!(both(&target, &crashed), (bm.1, bm.0));
 
-        let unrelated = side(GenIds { current: 99, bitmap: 98, history: [97, 0, 0, 0] });
+        let unrelated = side(GenIds { current: 99, bitmap: 98, history: [97, 0, 0, 0, 0, 0, 0, 0] });
         assert_eq!(decide(&side(ahead), &unrelated, true), Decision::Refuse(Refusal::Unrelated));
         let mut synced = base;
         synced.adopt(11);

@@ -9,8 +9,8 @@
 //!  16  data size u64 (bytes of replica the mirror exposes, a multiple of 4096)
 //!  24  bitmap block u32 (4096)  28  AL extent shift u32     32 flags u32 (CONSISTENT 1, PRIMARY 2,
 //!                                                   CRASHED_PRIMARY 4, FRESH_IN_SYNC 8)   36 reserved
-//!  40  current id u64           48  bitmap id u64          56 history[0..4] u64 × 4
-//!  88  bitmap bits u64           rest zero
+//!  40  current id u64           48  bitmap id u64          56 history[0..8] u64 × 8
+//! 120  bitmap bits u64           rest zero
 //! sectors 1..=8     activity-log ring: transaction `seq` lives in sector 1 + seq % 8
 //!   0  magic "ALTX"   4 crc32 (of the sector, this field 0)   8 seq u64   16 count u32 (<= 1000)
 //!  20  reserved u32   24 extent numbers u32 × count
@@ -170,7 +170,7 @@ pub fn encode_super(s: &Super) -> Vec<u8> {
     for (i, h) in s.gens.history.iter().enumerate() {
         put64(&mut b, 56 + 8 * i, *h);
     }
-    put64(&mut b, 88, Bitmap::bits_for(s.data_size));
+    put64(&mut b, 120, Bitmap::bits_for(s.data_size));
     let crc = sector_crc(&b, 12);
     put32(&mut b, 12, crc);
     b
@@ -220,7 +220,7 @@ pub fn decode_super(b: &[u8], offset: u64) -> Result<Super> {
     if s.flags & !flags::KNOWN != 0 {
         return bad(format!("unknown flags {:#x}", s.flags & !flags::KNOWN));
     }
-    let bits = le64(b, 88);
+    let bits = le64(b, 120);
     if bits != Bitmap::bits_for(s.data_size) {
         return bad(format!("bitmap of {bits} bits for {} bytes of data", s.data_size));
     }
@@ -371,7 +371,7 @@ mod tests {
             data_size: 64 << 20,
             al_extent_shift: 22,
             flags: flags::CONSISTENT,
-            gens: GenIds { current: 9, bitmap: 8, history: [7, 6, 5, 0] },
+            gens: GenIds { current: 9, bitmap: 8, history: [7, 6, 5, 0, 0, 0, 0, 0] },
         }
     }
 
@@ -405,7 +405,7 @@ mod tests {
         let mut rng = Rng::new(crate::testutil::seed_from_env(5));
         for _ in 0..2000 {
             let mut b = good.clone();
-            let at = rng.below(96) as usize;
+            let at = rng.below(128) as usize;
             b[at] ^= 1 + rng.below(255) as u8;
             match decode_super(&b, 4096) {
                 Err(MetaError::Super { offset: 4096, .. }) => {}

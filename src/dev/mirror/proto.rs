@@ -69,6 +69,11 @@ pub enum Msg {
     ResyncAck {
         block: u64,
     },
+    /// The sender became primary (true) or secondary; with `allow-two-primaries` off a node
+    /// writes only while its peer is secondary.
+    Role {
+        primary: bool,
+    },
     /// The target's bitmap is empty: it now holds the source's generation.
     ResyncDone,
     /// Online verify: digests of blocks `start..start + digests.len()` (DRBD P_OV_REQUEST, batched).
@@ -81,10 +86,10 @@ pub enum Msg {
         start: u64,
         mismatched: Vec<u64>,
     },
-    /// Verify finished with `found` out-of-sync blocks: the receiver becomes the sync target of
-    /// them, the sender the source.
+    /// Verify finished; `oos` is the sender's out-of-sync bitmap as runs. When not empty the
+    /// receiver merges it and becomes the sync target of those blocks, the sender the source.
     VerifyDone {
-        found: u64,
+        oos: Vec<(u64, u64)>,
     },
 }
 
@@ -97,6 +102,8 @@ pub struct Hello {
     pub crashed_primary: bool,
     pub discard_my_data: bool,
     pub fresh_in_sync: bool,
+    /// The sender is primary (it wrote since it started, and was not demoted).
+    pub primary: bool,
     /// The out-of-sync bitmap as runs `(first block, count)`.
     pub oos: Vec<(u64, u64)>,
 }

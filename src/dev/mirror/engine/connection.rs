@@ -19,6 +19,7 @@ impl Engine {
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
+            primary: self.primary(),
             oos: self.bitmap.runs(),
         };
         self.send(Msg::Hello(hello));
@@ -192,6 +193,23 @@ impl Engine {
         self.meta.flush().map_err(|e| IoFailure::Device(e.to_string()))
     }
 
+    /// Administrator: demote this node (`drbdadm secondary`); refused while its writes are in
+    /// flight.
+    pub fn secondary(&mut self, now: u64) -> Result<(), String> {
+        self.now = now;
+        if !self.in_flight.is_empty() || !self.waiting.is_empty() || !self.frozen.is_empty() {
+            return Err("writes are in flight; retry when they completed".into());
+        }
+        if self.primary() {
+            self.set_flag(flags::PRIMARY, false).map_err(|e| e.to_string())?;
+            if matches!(self.conn, ConnState::Handshake | ConnState::Connected) {
+                self.send(Msg::Role { primary: false });
+            }
+            tracing::info!("demoted to secondary");
+        }
+        Ok(())
+    }
+
     /// Administrator: start an online verify (the peer must be connected, no resync running).
     pub fn start_verify(&mut self, now: u64) -> Result<(), String> {
         self.now = now;
@@ -228,6 +246,13 @@ impl Engine {
             has_bits: !h.oos.is_empty(),
             fresh_in_sync: h.fresh_in_sync,
         };
+        if h.primary && self.primary() && !self.cfg.two_primaries {
+            return self.refuse(
+                "both nodes are primary and allow-two-primaries is off: demote one (`o2fs secondary`), then connect"
+                    .into(),
+            );
+        }
+        self.link.peer_primary = h.primary;
         let lower = self.cfg.node_id < self.cfg.peer_id;
         let decision = decide(&me, &peer, lower);
         tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");

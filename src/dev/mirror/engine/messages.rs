@@ -81,9 +81,17 @@ impl Engine {
                 }
             }
             Msg::ResyncDone => self.on_resync_done(),
+            Msg::Role { primary } => {
+                self.link.peer_primary = primary;
+                if primary && self.primary() && !self.cfg.two_primaries {
+                    let reason = "both nodes became primary and allow-two-primaries is off: demote one \
+                                  (`o2fs secondary`), then connect";
+                    self.refuse(reason.into());
+                }
+            }
             Msg::VerifyBatch { start, digests } => self.on_verify_batch(start, digests),
-            Msg::VerifyReply { start, mismatched } => self.on_verify_reply(start, mismatched),
-            Msg::VerifyDone { found } => self.on_verify_done(found),
+            Msg::VerifyReply { mismatched, .. } => self.on_verify_reply(mismatched),
+            Msg::VerifyDone { oos } => self.on_verify_done(oos),
         }
     }
 }
@@ -102,6 +110,7 @@ fn msg_name(msg: &Msg) -> &'static str {
         Msg::ResyncData { .. } => "ResyncData",
         Msg::ResyncAck { .. } => "ResyncAck",
         Msg::ResyncDone => "ResyncDone",
+        Msg::Role { .. } => "Role",
         Msg::VerifyBatch { .. } => "VerifyBatch",
         Msg::VerifyReply { .. } => "VerifyReply",
         Msg::VerifyDone { .. } => "VerifyDone",

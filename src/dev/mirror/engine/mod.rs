@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub node_id: u32,
     pub peer_id: u32,
     pub protocol: Protocol,
+    /// `allow-two-primaries`: both nodes may write at once. Off, a node writes only while its
+    /// peer is secondary, as DRBD.
+    pub two_primaries: bool,
     pub rate_bytes_per_sec: u64,
     pub fencing: Fencing,
     /// Capacity of the activity log, in extents.
@@ -80,6 +83,8 @@ pub enum IoFailure {
     NoUpToDateData,
     #[error("local replica: {0}")]
     Device(String),
+    #[error("the peer is primary and allow-two-primaries is off: demote it first (`o2fs secondary`)")]
+    PeerIsPrimary,
     #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
     PeerReadTooLarge { len: u64 },
 }
@@ -146,6 +151,7 @@ pub enum IoState {
 pub struct Status {
     pub node_id: u32,
     pub role: &'static str,
+    pub peer_role: &'static str,
     pub connection: ConnState,
     pub replication: Repl,
     pub disk: &'static str,
@@ -193,6 +199,8 @@ struct Link {
     /// Highest peer write seq applied.
     seen: u64,
     peer: Option<Hello>,
+    /// The peer said it is primary (Hello or Role).
+    peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
     flushes: HashMap<u64, u64>,
@@ -306,6 +314,10 @@ impl Engine {
         self.sup.data_size
     }
 
+    fn primary(&self) -> bool {
+        self.sup.flags & flags::PRIMARY != 0
+    }
+
     fn consistent(&self) -> bool {
         self.sup.flags & flags::CONSISTENT != 0
     }
@@ -369,7 +381,12 @@ impl Engine {
         };
         Status {
             node_id: self.cfg.node_id,
-            role: if self.sup.flags & flags::PRIMARY != 0 { "Primary" } else { "Secondary" },
+            role: if self.primary() { "Primary" } else { "Secondary" },
+            peer_role: match (self.conn, self.link.peer_primary) {
+                (ConnState::Connected, true) => "Primary",
+                (ConnState::Connected, false) => "Secondary",
+                _ => "Unknown",
+            },
             connection: self.conn,
             replication: self.repl,
             disk: if self.consistent() { "UpToDate" } else { "Inconsistent" },

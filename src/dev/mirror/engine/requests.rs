@@ -72,8 +72,18 @@ impl Engine {
             let hot = self.al.hot().to_vec();
             self.meta.write_al(&hot).map_err(|e| IoFailure::Device(e.to_string()))?;
         }
-        self.set_flag(flags::PRIMARY, true)?;
-        if self.established() || self.conn == ConnState::Handshake {
+        let linked = self.established() || self.conn == ConnState::Handshake;
+        if linked && !self.cfg.two_primaries && self.link.peer_primary {
+            return Err(IoFailure::PeerIsPrimary);
+        }
+        if !self.primary() {
+            // Promotion on first write; the peer hears of it before the data.
+            self.set_flag(flags::PRIMARY, true)?;
+            if linked {
+                self.send(Msg::Role { primary: true });
+            }
+        }
+        if linked {
             self.local_write(offset, &data)?;
             self.link.next_seq += 1;
             let seq = self.link.next_seq;

@@ -102,6 +102,12 @@ impl Engine {
         if start.checked_add(count).is_none_or(|end| end > self.bitmap.len()) {
             return self.protocol_error(format!("verify batch of {count} blocks at {start}"));
         }
+        if self.verify.is_some() && self.cfg.node_id > self.cfg.peer_id {
+            // Both nodes started a verify: the lower node's runs, ours yields (two would each
+            // end as sync source of the other).
+            tracing::warn!("the peer runs an online verify too; ours stops in favour of the lower node's");
+            self.verify = None;
+        }
         let ours = match verify::digests(&*self.data, start, count) {
             Ok(d) => d,
             Err(e) => return self.protocol_error(format!("verify: local read failed: {e}")),
@@ -120,7 +126,8 @@ impl Engine {
     pub(super) fn mark_blocks(&mut self, blocks: &[u64]) -> Result<(), IoFailure> {
         for &b in blocks {
             if b >= self.bitmap.len() {
-                return Err(IoFailure::OutOfRange { offset: b * BM_BLOCK, len: BM_BLOCK, size: self.sup.data_size });
+                let offset = b.saturating_mul(BM_BLOCK);
+                return Err(IoFailure::OutOfRange { offset, len: BM_BLOCK, size: self.sup.data_size });
             }
             tracing::warn!(block = b, "online verify: block differs between the replicas");
             self.bitmap.set_range(b, b + 1);
@@ -128,14 +135,12 @@ impl Engine {
         self.save_bitmap()
     }
 
-    pub(super) fn on_verify_reply(&mut self, start: u64, mismatched: Vec<u64>) {
-        if self.verify.is_none() {
-            return self.protocol_error(format!("verify reply for {start} without a verify running"));
-        }
+    pub(super) fn on_verify_reply(&mut self, mismatched: Vec<u64>) {
         if let Err(e) = self.mark_blocks(&mismatched) {
             return self.protocol_error(format!("verify reply: {e}"));
         }
-        let v = self.verify.as_mut().expect("checked above");
+        // A reply to a verify that yielded to the peer's: its findings are marked, nothing more.
+        let Some(v) = self.verify.as_mut() else { return };
         v.answered(mismatched.len() as u64);
         let status = v.status();
         if !status.finished {
@@ -144,8 +149,11 @@ impl Engine {
         self.verify = None;
         self.last_verify = Some(status);
         tracing::info!(out_of_sync = status.out_of_sync_blocks, "online verify finished");
-        self.send(Msg::VerifyDone { found: status.out_of_sync_blocks });
-        if status.out_of_sync_blocks > 0 && self.repl == Repl::Established {
+        // Everything marked, this walk's findings and those of a peer's walk that yielded to it.
+        let oos = self.bitmap.runs();
+        let repair = !oos.is_empty() && self.repl == Repl::Established;
+        self.send(Msg::VerifyDone { oos });
+        if repair {
             // The verifying node's data is taken as right (DRBD resyncs verify findings from
             // the node that ran it on the next connect; we do it at once).
             self.progress = Some(Progress::new(self.bitmap.count(), self.now));
@@ -153,9 +161,13 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_verify_done(&mut self, found: u64) {
-        if found == 0 || self.repl != Repl::Established {
+    pub(super) fn on_verify_done(&mut self, oos: Vec<(u64, u64)>) {
+        if oos.is_empty() || self.repl != Repl::Established {
             return;
+        }
+        self.bitmap.merge_runs(&oos);
+        if let Err(e) = self.save_bitmap() {
+            return self.protocol_error(format!("verify done: {e}"));
         }
         self.verify_target_pending = true;
         self.become_verify_target();
