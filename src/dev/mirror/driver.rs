@@ -433,36 +433,48 @@ fn engine_loop(mut engine: Engine, rx: mpsc::Receiver<Event>, wants: watch::Send
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+        // What the event produced goes out before the tick, which may flush the local replica
+        // meanwhile.
+        route(&mut engine, &mut conn, &mut waiters);
         engine.tick(now);
-        while let Some(out) = engine.poll() {
-            match out {
-                Output::Send(msg) => {
-                    if let Some((_, tx)) = &conn {
-                        let _ = tx.send(msg);
-                    }
+        route(&mut engine, &mut conn, &mut waiters);
+        wants.send_replace(engine.wants_connection());
+    }
+}
+
+/// Hands the engine's outputs to the connection and to the waiting callers.
+fn route(
+    engine: &mut Engine,
+    conn: &mut Option<(u64, tmpsc::UnboundedSender<Msg>)>,
+    waiters: &mut HashMap<u64, Waiter>,
+) {
+    while let Some(out) = engine.poll() {
+        match out {
+            Output::Send(msg) => {
+                if let Some((_, tx)) = conn.as_ref() {
+                    let _ = tx.send(msg);
                 }
-                Output::Drop { reason } => {
-                    tracing::info!(%reason, "closing the peer connection");
-                    conn = None;
+            }
+            Output::Drop { reason } => {
+                tracing::info!(%reason, "closing the peer connection");
+                *conn = None;
+            }
+            Output::WriteDone { id, result } => {
+                if let Some(Waiter::Write(w)) = waiters.remove(&id) {
+                    let _ = w.send(result);
                 }
-                Output::WriteDone { id, result } => {
-                    if let Some(Waiter::Write(w)) = waiters.remove(&id) {
-                        let _ = w.send(result);
-                    }
+            }
+            Output::ReadDone { id, result } => {
+                if let Some(Waiter::Read(w)) = waiters.remove(&id) {
+                    let _ = w.send(result);
                 }
-                Output::ReadDone { id, result } => {
-                    if let Some(Waiter::Read(w)) = waiters.remove(&id) {
-                        let _ = w.send(result);
-                    }
-                }
-                Output::FlushDone { id, result } => {
-                    if let Some(Waiter::Flush(w)) = waiters.remove(&id) {
-                        let _ = w.send(result);
-                    }
+            }
+            Output::FlushDone { id, result } => {
+                if let Some(Waiter::Flush(w)) = waiters.remove(&id) {
+                    let _ = w.send(result);
                 }
             }
         }
-        wants.send_replace(engine.wants_connection());
     }
 }
 

@@ -57,9 +57,11 @@ impl Engine {
             };
             self.out.push_back(Output::ReadDone { id, result });
         }
-        for (_, id) in link.flushes {
-            self.out.push_back(Output::FlushDone { id, result: Ok(()) });
+        // The peer's part of pending flushes is moot: what it lacks is marked out of sync.
+        for f in &mut self.flushes {
+            f.peer = None;
         }
+        self.complete_flushes();
         let reqs: Vec<Request> = std::mem::take(&mut self.in_flight).into_values().collect();
         let mut marked = Ok(());
         for r in &reqs {

@@ -45,9 +45,10 @@ impl Engine {
                 }
             }
             Msg::FlushAck { id } => {
-                if let Some(caller) = self.link.flushes.remove(&id) {
-                    self.out.push_back(Output::FlushDone { id: caller, result: Ok(()) });
+                for f in self.flushes.iter_mut().filter(|f| f.peer == Some(id)) {
+                    f.peer = None;
                 }
+                self.complete_flushes();
             }
             Msg::ReadRequest { id, offset, len } => {
                 if len > MAX_PEER_READ {

@@ -192,6 +192,16 @@ struct PendingWrite {
     data: Vec<u8>,
 }
 
+/// A flush waiting for the local replica's flush (done at the next tick, so that it overlaps
+/// the peer's) and, when it was sent, the peer's FlushAck.
+#[derive(Debug)]
+struct PendingFlush {
+    id: u64,
+    /// The id of the Flush sent to the peer, until its FlushAck (or the link's loss).
+    peer: Option<u64>,
+    local: Option<Result<(), IoFailure>>,
+}
+
 /// State that lives as long as one connection.
 #[derive(Debug, Default)]
 struct Link {
@@ -203,7 +213,6 @@ struct Link {
     peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
-    flushes: HashMap<u64, u64>,
 }
 
 pub struct Engine {
@@ -223,6 +232,7 @@ pub struct Engine {
     in_flight: BTreeMap<u64, Request>,
     waiting: VecDeque<PendingWrite>,
     frozen: Vec<Request>,
+    flushes: Vec<PendingFlush>,
     /// A new generation was started since the connection was lost.
     rotated: bool,
     discard_my_data: bool,
@@ -289,6 +299,7 @@ impl Engine {
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
             frozen: Vec::new(),
+            flushes: Vec::new(),
             rotated: false,
             discard_my_data: false,
             peer_seen: false,
@@ -363,10 +374,11 @@ impl Engine {
         self.last_refusal.as_deref()
     }
 
-    /// Nothing in flight or waiting: writes, resync, verify.
+    /// Nothing in flight or waiting: writes, flushes, resync, verify.
     pub fn quiet(&self) -> bool {
         self.in_flight.is_empty()
             && self.waiting.is_empty()
+            && self.flushes.is_empty()
             && self.frozen.is_empty()
             && self.repl != Repl::SyncSource
             && self.repl != Repl::SyncTarget
@@ -472,9 +484,12 @@ impl Engine {
         self.out.push_back(Output::Send(msg));
     }
 
-    /// The passage of time: resync and verify pacing, lazy bitmap writes.
+    /// The passage of time: local flushes, resync and verify pacing, lazy bitmap writes. The
+    /// driver calls it after sending what the last input produced, so that a local flush runs
+    /// while the peer's is under way.
     pub fn tick(&mut self, now: u64) {
         self.now = now;
+        self.flush_local();
         self.plan_resync();
         self.plan_verify();
         if now.saturating_sub(self.bitmap_saved_ms) >= 1000 {

@@ -127,20 +127,42 @@ impl Engine {
         }
     }
 
-    /// Makes completed writes durable on both replicas (the peer's when connected).
+    /// Makes completed writes durable on both replicas (the peer's when connected). The peer is
+    /// asked first; the local flush follows at the next [`Engine::tick`].
     pub fn flush(&mut self, now: u64, id: u64) {
         self.now = now;
+        let peer = self.established().then(|| {
+            self.link.next_id += 1;
+            self.send(Msg::Flush { id: self.link.next_id });
+            self.link.next_id
+        });
+        self.flushes.push(PendingFlush { id, peer, local: None });
+    }
+
+    /// Flushes the local replica (and meta-disk) once for every flush waiting for it.
+    pub(super) fn flush_local(&mut self) {
+        if self.flushes.iter().all(|f| f.local.is_some()) {
+            return;
+        }
         let local = self
             .save_bitmap()
             .and_then(|()| self.meta.flush().map_err(|e| IoFailure::Device(e.to_string())))
             .and_then(|()| self.data.flush().map_err(|e| IoFailure::Device(e.to_string())));
-        if local.is_ok() && self.established() {
-            self.link.next_id += 1;
-            let fid = self.link.next_id;
-            self.link.flushes.insert(fid, id);
-            self.send(Msg::Flush { id: fid });
-        } else {
-            self.out.push_back(Output::FlushDone { id, result: local });
+        for f in self.flushes.iter_mut().filter(|f| f.local.is_none()) {
+            f.local = Some(local.clone());
+        }
+        self.complete_flushes();
+    }
+
+    /// Completes the flushes that no longer wait for anything.
+    pub(super) fn complete_flushes(&mut self) {
+        let (done, waiting) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition::<Vec<_>, _>(|f| f.peer.is_none() && f.local.is_some());
+        self.flushes = waiting;
+        for f in done {
+            let result = f.local.unwrap_or(Ok(()));
+            self.out.push_back(Output::FlushDone { id: f.id, result });
         }
     }
 
