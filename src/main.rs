@@ -33,8 +33,22 @@ enum Cmd {
     Lock(cli::cluster::LockArgs),
     /// Dump the cluster's lock resources: master, holders, waiters.
     Locks(cli::cluster::ShowArgs),
-    /// A running node's state.
+    /// A running node's state (cluster and mirror sections; the mirror's as drbdadm status).
     Status(cli::cluster::ShowArgs),
+    /// The replicated device (DRBD-style mirror).
+    Mirror(cli::mirror::MirrorArgs),
+    /// Compare the mirror's replicas online (sha1 per block); differing blocks are resynced.
+    Verify(cli::cluster::NodeRef),
+    /// Connect the mirror to its peer again (after a refusal or disconnect).
+    Connect(cli::cluster::NodeRef),
+    /// Drop the mirror's peer connection and stay disconnected.
+    Disconnect(cli::cluster::NodeRef),
+    /// Declare the local replica invalid: it is fully resynced from the peer.
+    Invalidate(cli::cluster::NodeRef),
+    /// After a split brain: throw this node's changes away and resync from the peer.
+    DiscardMyData(cli::cluster::NodeRef),
+    /// Demote this node of the mirror (with allow-two-primaries off, the peer may then write).
+    Secondary(cli::cluster::NodeRef),
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,7 +89,22 @@ struct MountArgs {
 }
 
 /// Names that are subcommands even if a file of that name exists (mount-helper detection).
-const SUBCOMMANDS: &[&str] = &["mount", "mounted", "cluster", "lock", "locks", "status", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "mount",
+    "mounted",
+    "cluster",
+    "lock",
+    "locks",
+    "status",
+    "mirror",
+    "verify",
+    "connect",
+    "disconnect",
+    "invalidate",
+    "discard-my-data",
+    "secondary",
+    "help",
+];
 
 fn main() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
@@ -115,6 +144,13 @@ fn main() {
         },
         Cmd::Locks(a) => cli::cluster::locks(a),
         Cmd::Status(a) => cli::cluster::status(a),
+        Cmd::Mirror(a) => cli::mirror::run(a),
+        Cmd::Verify(n) => cli::mirror::command("verify", n),
+        Cmd::Connect(n) => cli::mirror::command("connect", n),
+        Cmd::Disconnect(n) => cli::mirror::command("disconnect", n),
+        Cmd::Invalidate(n) => cli::mirror::command("invalidate", n),
+        Cmd::DiscardMyData(n) => cli::mirror::command("discard-my-data", n),
+        Cmd::Secondary(n) => cli::mirror::command("secondary", n),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");

@@ -443,5 +443,8 @@ pub fn status(a: ShowArgs) -> Result<()> {
             ),
         }
     }
+    if let Some(m) = reply.get("mirror") {
+        print!("{}", o2fs::dev::mirror::admin::format_status(m));
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod fence;
 pub mod file;
+pub mod mem;
 pub mod mirror;
 
 pub use fence::FenceableDevice;

@@ -103,20 +103,17 @@ impl Cluster {
     /// Starts node i with `extra` arguments after the usual ones.
     pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         let name = format!("n{i}");
-        let mut cmd = match &self.netns[i] {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("o2fs"));
-                c
-            }
-            None => Command::new(bin("o2fs")),
+        let conf = self.conf.display().to_string();
+        let img = self.image.as_ref().map(|p| p.display().to_string());
+        let mut args = vec!["cluster", "up", "--node", &name, "-c", &conf];
+        args.extend(img.as_deref());
+        args.extend(TIMING);
+        args.extend(extra);
+        let wrapper: Vec<&str> = match &self.netns[i] {
+            Some(ns) => vec!["ip", "netns", "exec", ns],
+            None => vec![],
         };
-        cmd.args(["cluster", "up", "--node", &name, "-c"]).arg(&self.conf);
-        if let Some(img) = &self.image {
-            cmd.arg(img);
-        }
-        cmd.args(TIMING).args(extra);
-        self.nodes[i] = Some(Daemon::spawn(self.dir.path(), &name, cmd));
+        self.nodes[i] = Some(Daemon::start_via(self.dir.path(), &name, &wrapper, &args));
     }
 
     pub fn node(&self, i: usize) -> &Daemon {

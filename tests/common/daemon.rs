@@ -19,18 +19,25 @@ impl Daemon {
     /// Starts `o2fs ARGS… --socket DIR/NAME.sock -f` with stderr in DIR/NAME.log and waits
     /// until its admin socket answers `status`.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Daemon {
-        let mut cmd = Command::new(bin("o2fs"));
-        cmd.args(args);
-        Daemon::spawn(dir, name, cmd)
+        Self::start_via(dir, name, &[], args)
     }
 
-    /// The same for a prepared command line (say `ip netns exec NS o2fs …`, which execs o2fs
-    /// under the same PID).
-    pub fn spawn(dir: &Path, name: &str, mut cmd: Command) -> Daemon {
+    /// The same, run through `wrapper` (e.g. `ip netns exec NS`, which execs the program, so the
+    /// PID stays the daemon's).
+    pub fn start_via(dir: &Path, name: &str, wrapper: &[&str], args: &[&str]) -> Daemon {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("daemon log");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("o2fs"));
+                c
+            }
+            None => Command::new(bin("o2fs")),
+        };
         let child = cmd
+            .args(args)
             .arg("--socket")
             .arg(&socket)
             .arg("-f")

@@ -1,0 +1,323 @@
+//! The peer connection: up and down, freeze and fence, administrator commands, and the
+//! handshake that compares generations and starts a resync.
+
+use super::*;
+
+impl Engine {
+    /// The transport is up: send our Hello.
+    pub fn connected(&mut self, now: u64) {
+        self.now = now;
+        if self.conn != ConnState::Unconnected {
+            return;
+        }
+        self.conn = ConnState::Handshake;
+        self.link = Link::default();
+        let hello = Hello {
+            size: self.sup.data_size,
+            gens: self.sup.gens,
+            consistent: self.consistent(),
+            crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
+            discard_my_data: self.discard_my_data,
+            fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
+            primary: self.primary(),
+            oos: self.bitmap.runs(),
+        };
+        self.send(Msg::Hello(hello));
+    }
+
+    /// The transport is down (or was dropped). Idempotent.
+    pub fn disconnected(&mut self, now: u64, reason: &str) {
+        self.now = now;
+        self.lose_peer(reason, ConnState::Unconnected);
+    }
+
+    pub(super) fn lose_peer(&mut self, reason: &str, next: ConnState) {
+        if !matches!(self.conn, ConnState::Handshake | ConnState::Connected) {
+            if next == ConnState::StandAlone {
+                self.conn = next;
+            }
+            return;
+        }
+        tracing::warn!(reason, in_flight = self.in_flight.len(), "connection to the peer lost");
+        self.conn = next;
+        self.repl = Repl::Off;
+        self.rotated = false;
+        self.sync_target = None;
+        self.progress = None;
+        self.verify_target_pending = false;
+        if let Some(v) = self.verify.take() {
+            tracing::warn!(status = ?v.status(), "online verify aborted");
+        }
+        let link = std::mem::take(&mut self.link);
+        for (_, (id, offset, len)) in link.reads {
+            let result = if self.local_good(offset, len) {
+                self.local_read(offset, len)
+            } else {
+                Err(IoFailure::NoUpToDateData)
+            };
+            self.out.push_back(Output::ReadDone { id, result });
+        }
+        // The peer's part of pending flushes is moot: what it lacks is marked out of sync.
+        for f in &mut self.flushes {
+            f.peer = None;
+        }
+        self.complete_flushes();
+        let reqs: Vec<Request> = std::mem::take(&mut self.in_flight).into_values().collect();
+        let mut marked = Ok(());
+        for r in &reqs {
+            self.al.complete(r.extents);
+            let (first, end) = Bitmap::blocks_of(r.offset, r.len);
+            self.bitmap.set_range(first, end);
+        }
+        if !reqs.is_empty() {
+            marked = self.save_bitmap();
+        }
+        let (done, pending): (Vec<Request>, Vec<Request>) = reqs.into_iter().partition(|r| r.completed);
+        if !done.is_empty() && self.consistent() {
+            // Protocol A acknowledged writes the peer may not have.
+            marked = marked.and_then(|()| self.new_generation());
+        }
+        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running {
+            tracing::warn!(pending = pending.len(), "peer lost: I/O frozen until the cluster decides");
+            self.io = IoState::Frozen;
+            self.frozen.extend(pending);
+        } else {
+            self.complete_degraded(pending, marked);
+        }
+        self.start_waiting();
+    }
+
+    /// Completes writes the peer may lack: successful (after a new generation) if the local
+    /// replica is consistent.
+    pub(super) fn complete_degraded(&mut self, reqs: Vec<Request>, marked: Result<(), IoFailure>) {
+        if reqs.is_empty() {
+            return;
+        }
+        let result = marked.and_then(|()| {
+            if !self.consistent() {
+                return Err(IoFailure::NoUpToDateData);
+            }
+            self.new_generation()
+        });
+        for r in reqs {
+            let result = result.clone().map(|()| Written::Degraded);
+            self.out.push_back(Output::WriteDone { id: r.id, result });
+        }
+    }
+
+    /// The cluster decided this node survives: frozen writes complete, I/O goes on degraded.
+    /// Refused for a node that has not met its peer since it started: the peer may have gone on
+    /// alone meanwhile (DRBD lets only an UpToDate node resume alone).
+    pub fn resume_io(&mut self, now: u64) -> Result<(), String> {
+        self.now = now;
+        if self.io != IoState::Frozen {
+            return Ok(());
+        }
+        if !self.peer_seen {
+            return Err("this node has not reached its peer since it started; its data may be outdated".into());
+        }
+        tracing::info!(pending = self.frozen.len(), "I/O resumed after the peer was lost");
+        self.io = IoState::Running;
+        let frozen = std::mem::take(&mut self.frozen);
+        self.complete_degraded(frozen, Ok(()));
+        self.start_waiting();
+        Ok(())
+    }
+
+    /// The cluster decided this node loses: every waiting write fails, and no I/O is done until
+    /// restart. The blocks of frozen writes stay marked out of sync.
+    pub fn fence(&mut self, now: u64) {
+        self.now = now;
+        tracing::error!(pending = self.frozen.len() + self.waiting.len(), "fenced: failing all I/O");
+        self.io = IoState::Fenced;
+        let ids: Vec<u64> = self.frozen.drain(..).map(|r| r.id).chain(self.waiting.drain(..).map(|w| w.id)).collect();
+        for id in ids {
+            self.out.push_back(Output::WriteDone { id, result: Err(IoFailure::Fenced) });
+        }
+        if self.conn != ConnState::StandAlone {
+            self.drop_link("fenced");
+        }
+    }
+
+    pub(super) fn drop_link(&mut self, reason: &str) {
+        self.out.push_back(Output::Drop { reason: reason.to_string() });
+        self.lose_peer(reason, ConnState::StandAlone);
+    }
+
+    /// A peer that broke the protocol: log, drop, and try again later.
+    pub(super) fn protocol_error(&mut self, detail: String) {
+        tracing::error!(%detail, "peer protocol error");
+        self.out.push_back(Output::Drop { reason: detail.clone() });
+        self.lose_peer(&detail, ConnState::Unconnected);
+    }
+
+    /// Administrator: stop connecting (`drbdadm disconnect`).
+    pub fn disconnect(&mut self, now: u64) {
+        self.now = now;
+        self.drop_link("disconnected by the administrator");
+    }
+
+    /// Administrator: connect again after a refusal or `disconnect`.
+    pub fn connect(&mut self, now: u64) {
+        self.now = now;
+        if self.conn == ConnState::StandAlone {
+            self.conn = ConnState::Unconnected;
+        }
+    }
+
+    /// Administrator: on the next handshake, throw this node's changes away if the nodes split
+    /// (`drbdadm connect --discard-my-data`).
+    pub fn discard_my_data(&mut self, now: u64) {
+        tracing::warn!("discard-my-data: this node's changes since the split will be overwritten");
+        self.discard_my_data = true;
+        self.connect(now);
+    }
+
+    /// Administrator: declare the local replica invalid; it becomes the sync target of every
+    /// block on the next handshake (`drbdadm invalidate`).
+    pub fn invalidate(&mut self, now: u64) -> Result<(), IoFailure> {
+        self.now = now;
+        tracing::warn!("invalidate: the whole local replica will be resynced from the peer");
+        self.bitmap.set_all();
+        self.save_bitmap()?;
+        self.set_flag(flags::CONSISTENT, false)?;
+        if self.established() {
+            self.out.push_back(Output::Drop { reason: "invalidate".into() });
+            self.lose_peer("invalidate", ConnState::Unconnected);
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: the bitmap and "not primary" reach the meta-disk.
+    pub fn down(&mut self) -> Result<(), IoFailure> {
+        self.save_bitmap()?;
+        self.set_flag(flags::PRIMARY, false)?;
+        self.meta.flush().map_err(|e| IoFailure::Device(e.to_string()))
+    }
+
+    /// Administrator: demote this node (`drbdadm secondary`); refused while its writes are in
+    /// flight.
+    pub fn secondary(&mut self, now: u64) -> Result<(), String> {
+        self.now = now;
+        if !self.in_flight.is_empty() || !self.waiting.is_empty() || !self.frozen.is_empty() {
+            return Err("writes are in flight; retry when they completed".into());
+        }
+        if self.primary() {
+            self.set_flag(flags::PRIMARY, false).map_err(|e| e.to_string())?;
+            if matches!(self.conn, ConnState::Handshake | ConnState::Connected) {
+                self.send(Msg::Role { primary: false });
+            }
+            tracing::info!("demoted to secondary");
+        }
+        Ok(())
+    }
+
+    /// Administrator: start an online verify (the peer must be connected, no resync running).
+    pub fn start_verify(&mut self, now: u64) -> Result<(), String> {
+        self.now = now;
+        if !self.established() || self.repl != Repl::Established {
+            return Err(format!("verify needs an established connection (now {:?}/{:?})", self.conn, self.repl));
+        }
+        if self.verify.is_some() {
+            return Err("a verify is already running".into());
+        }
+        tracing::info!(blocks = self.bitmap.len(), "online verify started");
+        self.verify = Some(Verify::new(self.bitmap.len(), self.cfg.verify_batch, self.cfg.rate_bytes_per_sec, now));
+        self.plan_verify();
+        Ok(())
+    }
+
+    pub(super) fn on_hello(&mut self, h: Hello) {
+        if h.size != self.sup.data_size {
+            let reason = format!("the peer's replica exposes {} bytes, ours {}", h.size, self.sup.data_size);
+            return self.refuse(reason);
+        }
+        let me = Side {
+            gens: self.sup.gens,
+            consistent: self.consistent(),
+            crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
+            discard_my_data: self.discard_my_data,
+            has_bits: !self.bitmap.is_empty(),
+            fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
+        };
+        let peer = Side {
+            gens: h.gens,
+            consistent: h.consistent,
+            crashed_primary: h.crashed_primary,
+            discard_my_data: h.discard_my_data,
+            has_bits: !h.oos.is_empty(),
+            fresh_in_sync: h.fresh_in_sync,
+        };
+        if h.primary && self.primary() && !self.cfg.two_primaries {
+            return self.refuse(
+                "both nodes are primary and allow-two-primaries is off: demote one (`o2fs secondary`), then connect"
+                    .into(),
+            );
+        }
+        self.link.peer_primary = h.primary;
+        let lower = self.cfg.node_id < self.cfg.peer_id;
+        let decision = decide(&me, &peer, lower);
+        tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");
+        let result = match decision {
+            Decision::Refuse(r) => return self.refuse(r.to_string()),
+            Decision::InSync => {
+                if self.sup.gens.current == crate::dev::mirror::generation::JUST_CREATED {
+                    self.sup.flags |= flags::FRESH_IN_SYNC;
+                }
+                self.sup.gens.in_sync();
+                self.sup.flags &= !flags::CRASHED_PRIMARY;
+                self.repl = Repl::Established;
+                self.save_super()
+            }
+            Decision::Resync { source, full } => self.start_resync(source, full, &h),
+        };
+        self.discard_my_data = false;
+        self.peer_seen = true;
+        self.last_refusal = None;
+        self.conn = ConnState::Connected;
+        self.link.peer = Some(h);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "meta-disk write at handshake");
+            return self.protocol_error(format!("local meta-disk failed: {e}"));
+        }
+        if self.io == IoState::Frozen && self.frozen.is_empty() {
+            tracing::info!("peer connected: frozen I/O resumes");
+            self.io = IoState::Running;
+            self.start_waiting();
+        }
+        self.plan_resync();
+    }
+
+    pub(super) fn refuse(&mut self, reason: String) {
+        tracing::error!(%reason, "connection refused");
+        self.last_refusal = Some(reason.clone());
+        self.drop_link(&reason);
+    }
+
+    pub(super) fn start_resync(&mut self, source: bool, full: bool, h: &Hello) -> Result<(), IoFailure> {
+        if h.gens.current == self.sup.gens.current {
+            // Both hold this generation (a repair resync): the bitmap id has served.
+            self.sup.gens.in_sync();
+        }
+        if full {
+            self.bitmap.set_all();
+        } else {
+            self.bitmap.merge_runs(&h.oos);
+        }
+        self.save_bitmap()?;
+        let total = self.bitmap.count();
+        tracing::info!(source, full, blocks = total, "resync starts");
+        self.progress = Some(Progress::new(total, self.now));
+        if source {
+            self.repl = Repl::SyncSource;
+            Ok(())
+        } else {
+            self.repl = Repl::SyncTarget;
+            self.sup.gens.start_sync_target(&h.gens, full);
+            self.save_super()?;
+            let t = SyncTarget::new(h.gens.current, self.cfg.rate_bytes_per_sec, self.cfg.resync_depth, self.now);
+            self.sync_target = Some(t);
+            self.set_flag(flags::CONSISTENT, false)
+        }
+    }
+}

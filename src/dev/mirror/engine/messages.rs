@@ -1,0 +1,119 @@
+//! Dispatch of the peer's messages.
+
+use super::*;
+
+impl Engine {
+    /// A message from the peer.
+    pub fn receive(&mut self, now: u64, msg: Msg) {
+        self.now = now;
+        match (self.conn, msg) {
+            (ConnState::Handshake, Msg::Hello(h)) => self.on_hello(h),
+            (ConnState::Handshake, msg) => {
+                self.protocol_error(format!("unexpected {} during {:?}", msg_name(&msg), self.conn))
+            }
+            (ConnState::Connected, msg) => self.on_message(msg),
+            // A message of a connection already given up.
+            (ConnState::StandAlone | ConnState::Unconnected, _) => {}
+        }
+    }
+
+    pub(super) fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Hello(_) => self.protocol_error("a second Hello".into()),
+            Msg::Write { seq, seen, offset, data } => self.on_peer_write(seq, seen, offset, data),
+            Msg::RecvAck { seq } => {
+                if self.cfg.protocol == Protocol::B && self.consistent() {
+                    self.complete_request(seq);
+                }
+            }
+            Msg::WriteAck { seq } => match self.in_flight.remove(&seq) {
+                Some(r) => {
+                    self.al.complete(r.extents);
+                    if !r.completed {
+                        self.out.push_back(Output::WriteDone { id: r.id, result: Ok(Written::Replicated) });
+                    }
+                    self.become_verify_target();
+                    self.start_waiting();
+                }
+                None => self.protocol_error(format!("write ack for unknown request {seq}")),
+            },
+            Msg::Flush { id } => {
+                let ok = self.data.flush();
+                match ok {
+                    Ok(()) => self.send(Msg::FlushAck { id }),
+                    Err(e) => self.protocol_error(format!("local flush for the peer failed: {e}")),
+                }
+            }
+            Msg::FlushAck { id } => {
+                for f in self.flushes.iter_mut().filter(|f| f.peer == Some(id)) {
+                    f.peer = None;
+                }
+                self.complete_flushes();
+            }
+            Msg::ReadRequest { id, offset, len } => {
+                if len > MAX_PEER_READ {
+                    return self.protocol_error(format!("read request of {len} bytes"));
+                }
+                let data = match self.check_range(offset, len) {
+                    Ok(()) if self.local_good(offset, len) => self.local_read(offset, len).ok(),
+                    Ok(()) => None,
+                    Err(e) => return self.protocol_error(format!("read request: {e}")),
+                };
+                self.send(Msg::ReadReply { id, data });
+            }
+            Msg::ReadReply { id, data } => {
+                let Some((caller, _, len)) = self.link.reads.remove(&id) else {
+                    return self.protocol_error(format!("read reply for unknown request {id}"));
+                };
+                let result = match data {
+                    Some(d) if d.len() as u64 == len => Ok(d),
+                    Some(d) => return self.protocol_error(format!("read reply of {} bytes for {len}", d.len())),
+                    None => Err(IoFailure::NoUpToDateData),
+                };
+                self.out.push_back(Output::ReadDone { id: caller, result });
+            }
+            Msg::ResyncRequest { block } => self.on_resync_request(block),
+            Msg::ResyncData { block, data } => self.on_resync_data(block, data),
+            Msg::ResyncAck { block } => {
+                if self.bitmap.clear(block) {
+                    if let Some(p) = &mut self.progress {
+                        p.done_blocks += 1;
+                    }
+                }
+            }
+            Msg::ResyncDone => self.on_resync_done(),
+            Msg::Role { primary } => {
+                self.link.peer_primary = primary;
+                if primary && self.primary() && !self.cfg.two_primaries {
+                    let reason = "both nodes became primary and allow-two-primaries is off: demote one \
+                                  (`o2fs secondary`), then connect";
+                    self.refuse(reason.into());
+                }
+            }
+            Msg::VerifyBatch { start, digests } => self.on_verify_batch(start, digests),
+            Msg::VerifyReply { mismatched, .. } => self.on_verify_reply(mismatched),
+            Msg::VerifyDone { oos } => self.on_verify_done(oos),
+        }
+    }
+}
+
+fn msg_name(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Hello(_) => "Hello",
+        Msg::Write { .. } => "Write",
+        Msg::RecvAck { .. } => "RecvAck",
+        Msg::WriteAck { .. } => "WriteAck",
+        Msg::Flush { .. } => "Flush",
+        Msg::FlushAck { .. } => "FlushAck",
+        Msg::ReadRequest { .. } => "ReadRequest",
+        Msg::ReadReply { .. } => "ReadReply",
+        Msg::ResyncRequest { .. } => "ResyncRequest",
+        Msg::ResyncData { .. } => "ResyncData",
+        Msg::ResyncAck { .. } => "ResyncAck",
+        Msg::ResyncDone => "ResyncDone",
+        Msg::Role { .. } => "Role",
+        Msg::VerifyBatch { .. } => "VerifyBatch",
+        Msg::VerifyReply { .. } => "VerifyReply",
+        Msg::VerifyDone { .. } => "VerifyDone",
+    }
+}

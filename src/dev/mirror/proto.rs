@@ -1,0 +1,187 @@
+//! Messages between the two nodes of a resource (serde; the net layer frames and authenticates
+//! them). One connection carries them in order, and the engine relies on that order (as DRBD
+//! relies on its data socket's): a reply sent after a write is read after it.
+
+use serde::{Deserialize, Serialize};
+
+use super::generation::GenIds;
+
+/// Largest read one node asks of the other (a sync target's read of blocks it lacks); it must
+/// fit a frame with room to spare.
+pub const MAX_PEER_READ: u64 = 16 << 20;
+
+/// SHA-1 digest of one block (verify-alg sha1).
+pub type Digest = [u8; 20];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// First message on every connection, both ways: who we are and what we hold.
+    Hello(Hello),
+    /// An application write (DRBD P_DATA). `seq` numbers this side's writes on this connection;
+    /// `seen` is the highest `seq` of the receiver's writes the sender had applied when it issued
+    /// this one, so the receiver can tell a concurrent write from a later one.
+    Write {
+        seq: u64,
+        seen: u64,
+        offset: u64,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// Protocol B: the write arrived (DRBD P_RECV_ACK).
+    RecvAck {
+        seq: u64,
+    },
+    /// The write is on the receiver's replica (DRBD P_WRITE_ACK); every protocol sends it, it ends
+    /// the writer's tracking of the request.
+    WriteAck {
+        seq: u64,
+    },
+    /// Make every write received so far durable (DRBD P_BARRIER / flush), answered by `FlushAck`.
+    Flush {
+        id: u64,
+    },
+    FlushAck {
+        id: u64,
+    },
+    /// A read of blocks the sender's replica lacks (it is a sync target).
+    ReadRequest {
+        id: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// `None` when the receiver cannot serve it either.
+    ReadReply {
+        id: u64,
+        #[serde(with = "bytes::option")]
+        data: Option<Vec<u8>>,
+    },
+    /// Sync target asks for one block (DRBD P_RS_DATA_REQUEST).
+    ResyncRequest {
+        block: u64,
+    },
+    /// Sync source's copy of a block (DRBD P_RS_DATA_REPLY).
+    ResyncData {
+        block: u64,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// The target wrote the block; both clear its bit.
+    ResyncAck {
+        block: u64,
+    },
+    /// The sender became primary (true) or secondary; with `allow-two-primaries` off a node
+    /// writes only while its peer is secondary.
+    Role {
+        primary: bool,
+    },
+    /// The target's bitmap is empty: it now holds the source's generation.
+    ResyncDone,
+    /// Online verify: digests of blocks `start..start + digests.len()` (DRBD P_OV_REQUEST, batched).
+    VerifyBatch {
+        start: u64,
+        digests: Vec<Digest>,
+    },
+    /// The blocks of the batch whose digests differ; both sides mark them out of sync.
+    VerifyReply {
+        start: u64,
+        mismatched: Vec<u64>,
+    },
+    /// Verify finished; `oos` is the sender's out-of-sync bitmap as runs. When not empty the
+    /// receiver merges it and becomes the sync target of those blocks, the sender the source.
+    VerifyDone {
+        oos: Vec<(u64, u64)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Bytes of replica exposed; both must agree.
+    pub size: u64,
+    pub gens: GenIds,
+    pub consistent: bool,
+    pub crashed_primary: bool,
+    pub discard_my_data: bool,
+    pub fresh_in_sync: bool,
+    /// The sender is primary (it wrote since it started, and was not demoted).
+    pub primary: bool,
+    /// The out-of-sync bitmap as runs `(first block, count)`.
+    pub oos: Vec<(u64, u64)>,
+}
+
+/// Block data as one byte string: bincode then writes the length and copies the bytes, instead
+/// of encoding a sequence one element at a time (what serde does for a `Vec<u8>`).
+mod bytes {
+    use serde::de::{self, Deserializer, SeqAccess};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> de::Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+
+    /// The same for an optional byte string.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        #[derive(Serialize, Deserialize)]
+        struct Wrap(#[serde(with = "super")] Vec<u8>);
+
+        pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            v.as_ref().map(|b| Wrap(b.clone())).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_bincode() {
+        let cfg = bincode::config::standard();
+        for msg in [
+            Msg::Write { seq: 1, seen: 0, offset: 4096, data: vec![7; 5000] },
+            Msg::ReadReply { id: 3, data: Some(vec![1, 2, 3]) },
+            Msg::ReadReply { id: 4, data: None },
+            Msg::ResyncData { block: 9, data: vec![] },
+        ] {
+            let bytes = bincode::serde::encode_to_vec(&msg, cfg).unwrap();
+            let (back, n): (Msg, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+            assert_eq!((back, n), (msg, bytes.len()));
+        }
+    }
+}
