@@ -7,7 +7,6 @@ mod common;
 use common::{bin, run, Mount};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 /// 100 ms beats, a 1 s link grace, dead after 10 missed disk beats.
 const TIMING: &[&str] = &[
@@ -143,7 +142,5 @@ fn survivor_recovers_a_killed_node() {
     assert_eq!(read(&d1b.join("after")), b"survivor");
     m1.unmount().unwrap();
     m0.unmount().unwrap();
-    let _ = d1;
     common::assert_fsck_ocfs2_clean(&s.image);
-    let _ = Duration::ZERO;
 }

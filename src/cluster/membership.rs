@@ -358,11 +358,17 @@ impl Membership {
         }
     }
 
-    /// Nodes that count for quorum: configured ones not shown dead by the disk heartbeat.
+    /// Nodes that count for quorum. Without a disk heartbeat: every configured node (a plain
+    /// majority). With one: those it does not show dead — and, once in a view, only its members:
+    /// a node that starts beating has no vote until it joined (its first beats must not make a
+    /// running member fence), which is safe because a node forming a cluster waits for every
+    /// node the disk shows alive (see `lead`).
     fn counted(&self) -> BTreeSet<NodeId> {
-        self.configured
-            .iter()
-            .copied()
+        let base: BTreeSet<NodeId> = match &self.view {
+            Some(v) if self.disk_since.is_some() => v.nodes(),
+            _ => self.configured.clone(),
+        };
+        base.into_iter()
             .filter(|&n| n == self.me || self.disk_since.is_none() || self.disk_fate(n, 0) != Fate::Dead)
             .collect()
     }
@@ -457,6 +463,12 @@ impl Membership {
             }
         }
         let chosen: BTreeSet<NodeId> = chosen.into_iter().collect();
+        // Forming a cluster: with a disk heartbeat, a node that is not known dead may already
+        // run a cluster of its own (it saw us dead before we started); leaving it out would
+        // make two. Wait until it is reachable — or its sector shows it dead.
+        if self.view.is_none() && self.disk_since.is_some() && self.counted().iter().any(|n| !chosen.contains(n)) {
+            return;
+        }
         if !self.quorate(&chosen) {
             return;
         }
@@ -543,16 +555,21 @@ mod tests {
         }
 
         fn start(&mut self, i: NodeId) {
-            let configured = (0..self.views.len() as NodeId).collect();
-            let inc = 1000 + self.now + i as u64;
-            self.nodes[i as usize] = Some(Membership::new(i, inc, configured, T, self.now, self.disk));
-            self.fenced.remove(&i);
-            self.beats[i as usize] = 1;
+            self.start_isolated(i);
             for j in 0..self.nodes.len() as NodeId {
                 if j != i && self.nodes[j as usize].is_some() {
                     self.connect(i, j);
                 }
             }
+        }
+
+        /// Starts node i with no links yet.
+        fn start_isolated(&mut self, i: NodeId) {
+            let configured = (0..self.views.len() as NodeId).collect();
+            let inc = 1000 + self.now + i as u64;
+            self.nodes[i as usize] = Some(Membership::new(i, inc, configured, T, self.now, self.disk));
+            self.fenced.remove(&i);
+            self.beats[i as usize] = 1;
         }
 
         fn incarnation(&self, i: NodeId) -> u64 {
@@ -740,6 +757,22 @@ mod tests {
         net.run(3000);
         let (last, nodes) = net.last_view(1).unwrap();
         assert!(last >= view.epoch && nodes == set(&[1, 2]), "applied once node 0 is dead");
+        assert!(net.fenced.is_empty());
+    }
+
+    #[test]
+    fn a_starting_node_joins_the_cluster_a_live_disk_shows() {
+        // n1 started alone (n0's sector empty: dead), then n0 starts and sees n1 beating: it
+        // must not form a cluster of its own before it reaches n1.
+        let mut net = Net::started(2, true, &[1]);
+        net.run(300);
+        assert_eq!(net.last_view(1).unwrap().1, set(&[1]));
+        net.start_isolated(0);
+        net.run(500);
+        assert_eq!(net.last_view(0), None, "n0 waits for the live n1");
+        net.connect(0, 1);
+        net.run(500);
+        assert_eq!(net.last_view(0).map(|v| v.1), Some(set(&[0, 1])), "views {:?} fenced {:?}", net.views, net.fenced);
         assert!(net.fenced.is_empty());
     }
 

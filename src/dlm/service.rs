@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -19,6 +19,12 @@ use tracing::{debug, info, warn};
 use super::glue::{Action, Cached};
 use super::{Dlm, Event, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName, ResourceDump};
 use crate::cluster::node::{ClusterEvent, ClusterHandle};
+
+thread_local! {
+    /// Set on the thread running a recovery hook: its lock requests go past the wait for
+    /// recovery (it is the recovery).
+    static IN_RECOVERY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Runs the filesystem's recovery of a dead node (replay its journal...), on a blocking thread.
 pub type RecoveryHook = Arc<dyn Fn(NodeId) + Send + Sync>;
@@ -52,6 +58,8 @@ struct Inner {
     /// Downconverts waiting for the owner's callback to run outside the mutex.
     downconverts: Vec<(ResName, LockId, Mode, Option<Lvb>)>,
     members: BTreeSet<NodeId>,
+    /// Recoveries of dead nodes running on this node.
+    recovering: u32,
 }
 
 pub struct LockService {
@@ -59,6 +67,8 @@ pub struct LockService {
     /// Itself, for the recovery threads it starts.
     this: Weak<LockService>,
     inner: Mutex<Inner>,
+    /// Signalled when a recovery on this node ends.
+    recovered: Condvar,
     cluster: ClusterHandle,
     started: Instant,
     fenced: watch::Sender<Option<String>>,
@@ -160,7 +170,9 @@ impl LockService {
                 fenced: None,
                 downconverts: Vec::new(),
                 members: BTreeSet::new(),
+                recovering: 0,
             }),
+            recovered: Condvar::new(),
             cluster,
             started: Instant::now(),
             fenced: watch::channel(None).0,
@@ -209,13 +221,39 @@ impl LockService {
     }
 
     /// [`lock`](Self::lock) for synchronous callers (not on a tokio worker).
+    ///
+    /// While this node recovers a dead one, its other users wait: the DLM lets the recovery
+    /// node's requests past the dead node's locks (its recovery needs them), so without this a
+    /// user here could see the volume before the dead node's journal is replayed (as OCFS2 makes
+    /// lock takers wait for recovery).
     pub fn lock_blocking(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<LockGuard, ServiceError> {
-        let Some(mut pending) = self.begin(res, mode)? else { return Ok(self.guard(res, mode)) };
-        let outcome = match pending.rx.take() {
-            Some(rx) => rx.blocking_recv(),
-            None => return Err(ServiceError::Fenced("the lock service stopped".into())),
-        };
-        pending.finish(outcome)
+        loop {
+            self.wait_for_recovery();
+            let guard = match self.begin(res, mode)? {
+                None => self.guard(res, mode),
+                Some(mut pending) => {
+                    let outcome = match pending.rx.take() {
+                        Some(rx) => rx.blocking_recv(),
+                        None => return Err(ServiceError::Fenced("the lock service stopped".into())),
+                    };
+                    pending.finish(outcome)?
+                }
+            };
+            if IN_RECOVERY.get() || self.inner.lock().recovering == 0 {
+                return Ok(guard);
+            }
+        }
+    }
+
+    /// Blocks while this node recovers a dead node, unless called by that recovery.
+    fn wait_for_recovery(&self) {
+        if IN_RECOVERY.get() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        while inner.recovering > 0 {
+            self.recovered.wait(&mut inner);
+        }
     }
 
     fn guard(self: &Arc<Self>, res: &ResName, mode: Mode) -> LockGuard {
@@ -328,7 +366,7 @@ impl LockService {
                     continue;
                 }
                 Event::RecoverNode { dead } => {
-                    self.recover(dead);
+                    self.recover(inner, dead);
                     continue;
                 }
                 Event::Granted { id, .. } | Event::Failed { id, .. } | Event::Blocking { id, .. } => (id, ev),
@@ -375,14 +413,18 @@ impl LockService {
 
     /// The filesystem's recovery runs on its own thread; the DLM releases the dead node's locks
     /// only once it returned.
-    fn recover(&self, dead: NodeId) {
+    fn recover(&self, inner: &mut Inner, dead: NodeId) {
         info!(dead, "recovering node");
+        inner.recovering += 1;
         let hook = self.recovery.clone();
         let svc = self.this.upgrade();
         std::thread::spawn(move || {
+            IN_RECOVERY.set(true);
             hook(dead);
             if let Some(svc) = svc {
                 let mut inner = svc.inner.lock();
+                inner.recovering -= 1;
+                svc.recovered.notify_all();
                 if let Err(e) = inner.dlm.recovery_done(dead) {
                     warn!(dead, "finishing recovery: {e}");
                 }

@@ -199,23 +199,24 @@ impl SlotMapLoc {
         }
     }
 
+    /// The slot map as the device has it (it is never journaled: see `write`).
     fn read(&self, core: &mut Core) -> Result<SlotMap> {
-        let mut data = Vec::new();
-        for b in 0..self.blocks {
-            data.extend(core.cache.read(self.blkno + b)?);
-        }
+        let mut data = vec![0u8; self.blocks as usize * core.bs()];
+        core.cache.dev().read_at(&mut data, self.blkno * core.bs() as u64)?;
         Ok(SlotMap::decode(&data, self.slots, self.extended))
     }
 
+    /// Writes the slot map in place at once, outside the journal, as OCFS2 does: a node
+    /// recovering a dead one must find the dead node's slot in it before replaying any journal.
     fn write(&self, core: &mut Core, map: &SlotMap) -> Result<()> {
         let bs = core.bs();
-        let mut data = Vec::new();
-        for b in 0..self.blocks {
-            data.extend(core.cache.read(self.blkno + b)?);
-        }
+        let mut data = vec![0u8; self.blocks as usize * bs];
+        core.cache.dev().read_at(&mut data, self.blkno * bs as u64)?;
         map.encode(&mut data, self.extended);
-        for (i, chunk) in data.chunks(bs).enumerate() {
-            core.cache.write(self.blkno + i as u64, chunk.to_vec())?;
+        core.cache.dev().write_at(&data, self.blkno * bs as u64)?;
+        core.cache.dev().flush()?;
+        for b in 0..self.blocks {
+            core.cache.forget(self.blkno + b);
         }
         Ok(())
     }
