@@ -31,12 +31,17 @@ struct Shared {
 impl Shared {
     /// A 512 MiB volume with 4 slots and a two-node cluster.conf on `net`.1/.2.
     fn new(net: &str) -> Shared {
+        Shared::with_nodes(net, 2)
+    }
+
+    /// The same with `nodes` nodes on `net`.1, `net`.2, …
+    fn with_nodes(net: &str, nodes: usize) -> Shared {
         let dir = tempfile::tempdir().unwrap();
         let mut b = [0u8; 2];
         getrandom::getrandom(&mut b).unwrap();
         let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = 2\n\tname = m{port}\n\n");
-        for i in 0..2 {
+        let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = m{port}\n\n");
+        for i in 0..nodes {
             conf += &format!(
                 "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = m{port}\n\n",
                 i + 1
@@ -142,5 +147,51 @@ fn survivor_recovers_a_killed_node() {
     assert_eq!(read(&d1b.join("after")), b"survivor");
     m1.unmount().unwrap();
     m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}
+
+#[test]
+fn three_nodes_and_a_shared_append_only_log() {
+    let s = Shared::with_nodes("127.0.5", 3);
+    let mounts: Vec<(Mount, PathBuf)> = (0..3).map(|i| s.mount(i)).collect();
+    let log = mounts[0].1.join("shared.log");
+    std::fs::write(&log, b"").unwrap();
+    const RECORDS: usize = 100;
+    // Every node appends fixed-size records with O_APPEND at the same time: none may be lost or
+    // torn (o2fs appends at the volume's end of file under the cluster lock).
+    std::thread::scope(|sc| {
+        for (i, (_, dir)) in mounts.iter().enumerate() {
+            let path = dir.join("shared.log");
+            sc.spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+                for r in 0..RECORDS {
+                    f.write_all(format!("node{i} record {r:04}\n").as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    for (_, dir) in &mounts {
+        let text = String::from_utf8(read(&dir.join("shared.log"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3 * RECORDS, "records lost or torn");
+        for i in 0..3 {
+            let mine: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&format!("node{i} "))).collect();
+            assert_eq!(mine.len(), RECORDS);
+            assert!(mine.iter().enumerate().all(|(r, l)| **l == format!("node{i} record {r:04}")), "order kept per node");
+        }
+    }
+    // Names created on each node are seen on the others.
+    for (i, (_, dir)) in mounts.iter().enumerate() {
+        for f in 0..50 {
+            std::fs::write(dir.join(format!("n{i}-{f}")), b"x").unwrap();
+        }
+    }
+    for (_, dir) in &mounts {
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1 + 1 + 3 * 50, "lost+found, the log, 150 files");
+    }
+    for (mut m, _) in mounts.into_iter().rev() {
+        m.unmount().unwrap();
+    }
     common::assert_fsck_ocfs2_clean(&s.image);
 }

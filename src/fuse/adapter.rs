@@ -31,6 +31,7 @@ const FALLOC_FL_PUNCH_HOLE: i32 = 2;
 const SEEK_DATA: i32 = 3;
 const SEEK_HOLE: i32 = 4;
 const O_DIRECT: i32 = 0o40000;
+const O_APPEND: i32 = 0o2000;
 
 struct State {
     mounted: Option<Mounted>,
@@ -498,16 +499,20 @@ impl Filesystem for O2Fuse {
         offset: u64,
         data: &[u8],
         _wf: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let blk = self.blk(ino);
+        // O_APPEND: the end of the file as the volume has it now, under the lock, rather than
+        // the size the kernel knew (on a cluster mount another node may have appended since).
+        let append = flags.0 & O_APPEND != 0;
         match self.with(true, |m, _| {
             let mut inode = m.core.read_inode(blk)?;
             if inode.mode & S_IFMT != S_IFREG {
                 return Err(FsError::Invalid("write to a non-regular file"));
             }
+            let offset = if append { inode.size } else { offset };
             m.core.file_write(&mut inode, offset, data, Time::now())?;
             m.core.write_inode(&inode)
         }) {

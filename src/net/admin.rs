@@ -206,9 +206,6 @@ impl AdminClient {
             Err(AdminError::Remote(msg.to_owned()))
         }
     }
-}
-
-impl AdminClient {
     /// Waits for an unsolicited line from the daemon (e.g. "your lock is lost"); `None` when
     /// the connection closed.
     pub fn next_message(&mut self) -> Result<Option<Value>, AdminError> {
