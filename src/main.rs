@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Mount a volume (single node).
+    /// Mount a volume: alone, as a node of a cluster on a shared image, or on the mirror (-r).
     Mount(MountArgs),
     /// List the nodes heartbeating on a volume (as mounted.ocfs2 -f does).
     Mounted(MountedArgs),
@@ -79,13 +79,82 @@ struct MountArgs {
     socket: Option<PathBuf>,
     #[command(flatten)]
     join: cli::cluster::JoinArgs,
+    /// DRBD-format resource file: mount on this node's replica of the mirror (its `disk`),
+    /// replicated to the peer; no IMAGE then.
+    #[arg(short = 'r', requires_all = ["cluster_conf", "node"])]
+    resource: Option<PathBuf>,
     /// Mount options (comma-separated; may be repeated).
     #[arg(short = 'o')]
     options: Vec<String>,
-    /// Image file or block device.
-    image: PathBuf,
-    /// Mount point.
-    dir: PathBuf,
+    /// The image file or block device (omitted with -r), then the mount point.
+    #[arg(value_name = "[IMAGE] DIR", num_args = 1..=2, required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// What a mount serves: an image (file or block device), or this node's replica of a mirror.
+enum Source {
+    Image(PathBuf),
+    Mirror { file: PathBuf, res: o2fs::dev::mirror::config::ResourceConfig },
+}
+
+impl Source {
+    /// How the mount is named (its FUSE fsname, and in messages).
+    fn name(&self) -> String {
+        match self {
+            Source::Image(p) => p.display().to_string(),
+            Source::Mirror { file, res } => format!("{}:{}", file.display(), res.name),
+        }
+    }
+}
+
+impl MountArgs {
+    /// The source and the mount point: IMAGE DIR, or DIR alone with -r.
+    fn target(&self) -> Result<(Source, PathBuf)> {
+        match (&self.resource, self.paths.as_slice()) {
+            (None, [image, dir]) => Ok((Source::Image(image.clone()), dir.clone())),
+            (None, _) => bail!("o2fs mount needs IMAGE DIR (or -r RESOURCE_FILE DIR for a node of a mirror)"),
+            (Some(file), [dir]) => {
+                let node = self.node.as_deref().context("-r needs --node NAME")?;
+                let conf = self.cluster_conf.as_deref().context("-r needs -c CLUSTER_CONF")?;
+                let res = mirror_resource(file, node, conf)?;
+                Ok((Source::Mirror { file: file.clone(), res }, dir.clone()))
+            }
+            (Some(file), _) => {
+                bail!("with -r {} the volume is the mirror's: give only the mount point DIR", file.display())
+            }
+        }
+    }
+}
+
+/// The resource of `file` that has a host named `node`; every host of it must be a node of the
+/// cluster (the same names in both files).
+fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<o2fs::dev::mirror::config::ResourceConfig> {
+    let cluster = o2fs::cluster::config::load(conf).context("reading the cluster configuration")?;
+    let resources = o2fs::dev::mirror::config::load(file)?;
+    let hosts = |r: &o2fs::dev::mirror::config::ResourceConfig| {
+        r.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let Some(res) = resources.iter().find(|r| r.host(node).is_some()) else {
+        let named: Vec<String> = resources.iter().map(|r| format!("{} ({})", r.name, hosts(r))).collect();
+        bail!(
+            "{}: no resource has a host named {node} (its hosts: {}); the resource's `on` names must be the \
+             node names of {}",
+            file.display(),
+            named.join("; "),
+            conf.display()
+        );
+    };
+    if let Some(h) = res.hosts.iter().find(|h| cluster.node_by_name(&h.name).is_none()) {
+        bail!(
+            "{}: host {} of resource {} is not a node of {}; the resource's `on` names must be the node names \
+             of the cluster",
+            file.display(),
+            h.name,
+            res.name,
+            conf.display()
+        );
+    }
+    Ok(res.clone())
 }
 
 /// Names that are subcommands even if a file of that name exists (mount-helper detection).
@@ -206,24 +275,28 @@ fn cmd_mount(a: MountArgs) -> Result<()> {
     for o in &a.options {
         opts.parse_into(o).map_err(anyhow::Error::msg)?;
     }
-    if !a.dir.is_dir() {
-        bail!("mount point {} is not a directory", a.dir.display());
+    // Refuse bad arguments and configuration before forking, so the error reaches the terminal.
+    let (source, dir) = a.target()?;
+    if !dir.is_dir() {
+        bail!("mount point {} is not a directory", dir.display());
     }
-    cli::daemon::run(a.foreground, |ready| serve(&a, &opts, ready))
+    cli::daemon::run(a.foreground, |ready| serve(&a, source, &dir, &opts, ready))
 }
 
 /// Mounts and serves until unmounted; `ready` is told once the mount is up.
-fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> Result<()> {
+fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut ready: cli::daemon::Ready) -> Result<()> {
     // Before any thread starts, so that every thread inherits the blocked signals.
-    spawn_signal_unmounter(a.dir.clone());
-    let dev = FileDevice::open(&a.image, !opts.read_only).with_context(|| format!("opening {}", a.image.display()))?;
-    if let Some(conf) = &a.cluster_conf {
-        return serve_cluster(a, conf, opts, dev, ready);
-    }
+    spawn_signal_unmounter(dir.to_path_buf());
+    let image = match (&a.cluster_conf, &source) {
+        (Some(conf), _) => return serve_cluster(a, conf, source, dir, opts, ready),
+        (None, Source::Image(image)) => image,
+        (None, Source::Mirror { .. }) => bail!("a mount on the mirror is a cluster mount: it needs -c CLUSTER_CONF"),
+    };
+    let dev = FileDevice::open(image, !opts.read_only).with_context(|| format!("opening {}", image.display()))?;
     // A single-node mount owns the image: a second o2fs on this machine must not mount it too.
-    let _image_lock = lock_image(&dev, &a.image)?;
+    let _image_lock = lock_image(&dev, image)?;
     let dev: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(dev);
-    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", a.image.display()))?;
+    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", image.display()))?;
     // A clustered volume: nobody may be heartbeating on it, and while mounted we heartbeat as
     // node 0 so other tools (fsck, mkfs, mounted.ocfs2, another mount) see it in use.
     let heartbeat = if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) || opts.read_only {
@@ -233,7 +306,7 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
         let region = Region::new(dev.clone(), start, len);
         let live = region.live_nodes(DEFAULT_INTERVAL).context("reading the heartbeat area")?;
         if !live.is_empty() {
-            bail!("node(s) {live:?} are heartbeating on {}: it is mounted elsewhere (a cluster mount is needed to share it)", a.image.display());
+            bail!("node(s) {live:?} are heartbeating on {}: it is mounted elsewhere (a cluster mount is needed to share it)", image.display());
         }
         Some(Heartbeat::start(region, 0, DEFAULT_INTERVAL, DEFAULT_DEAD_BEATS).context("starting the disk heartbeat")?)
     };
@@ -245,10 +318,10 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         ..Default::default()
     };
-    let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", a.image.display()))?;
+    let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
-    let session = fuser::Session::new(fs, &a.dir, &fuse_config(a, opts))
-        .with_context(|| format!("mounting on {}", a.dir.display()))?;
+    let session = fuser::Session::new(fs, dir, &fuse_config(&source.name(), opts))
+        .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session.run().context("serving FUSE requests");
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
@@ -260,11 +333,17 @@ fn serve(a: &MountArgs, opts: &MountOptions, mut ready: cli::daemon::Ready) -> R
 /// mount under the volume's metadata lock taken exclusive, recovering the slots of nodes that
 /// are not alive; serve until unmounted or fenced (then every request fails with EIO and
 /// nothing more is written).
+///
+/// On the mirror (`-r`), this node's mirror starts first and the mount waits for the peer as
+/// `o2fs mirror up` does (wfc-timeout); everything, the disk heartbeat included, then goes
+/// through it, and the admin socket answers the mirror's requests too. The mirror stops after
+/// the FUSE session ended (the clean unmount has flushed by then).
 fn serve_cluster(
     a: &MountArgs,
     conf: &Path,
+    source: Source,
+    dir: &Path,
     opts: &MountOptions,
-    file: FileDevice,
     mut ready: cli::daemon::Ready,
 ) -> Result<()> {
     use o2fs::fs::lock::{ClusterLocks, LockMode, LockResource};
@@ -272,12 +351,23 @@ fn serve_cluster(
     if opts.read_only {
         bail!("read-only cluster mounts are not supported yet");
     }
-    let raw: Arc<dyn o2fs::dev::BlockDevice> = Arc::new(file);
+    let name = source.name();
+    let (raw, mirror): (Arc<dyn o2fs::dev::BlockDevice>, _) = match &source {
+        Source::Image(image) => {
+            let file = FileDevice::open(image, true).with_context(|| format!("opening {}", image.display()))?;
+            (Arc::new(file), None)
+        }
+        Source::Mirror { res, .. } => {
+            let mirror = cli::mirror::start(res, node, &a.join.timing)?;
+            mirror.wait_for_peer(res);
+            (Arc::new(mirror.device()), Some(mirror))
+        }
+    };
     let fence = Arc::new(o2fs::dev::FenceableDevice::new(raw.clone()));
     let dev: Arc<dyn o2fs::dev::BlockDevice> = fence.clone();
-    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {}", a.image.display()))?;
+    let vol = o2fs::fs::Volume::open(dev.clone()).with_context(|| format!("reading {name}"))?;
     if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) {
-        bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", a.image.display());
+        bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
@@ -308,26 +398,28 @@ fn serve_cluster(
         Ok(m) => m,
         Err(e) => {
             locks.release(LockResource::Super, LockMode::Ex);
-            return Err(e).with_context(|| format!("mounting {}", a.image.display()));
+            return Err(e).with_context(|| format!("mounting {name}"));
         }
     };
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
     locks.release(LockResource::Super, LockMode::Ex);
-    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)))?;
-    let session = fuser::Session::new(fs, &a.dir, &fuse_config(a, opts))
-        .with_context(|| format!("mounting on {}", a.dir.display()))?;
+    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), mirror.clone())?;
+    let session = fuser::Session::new(fs, dir, &fuse_config(&name, opts))
+        .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session.run().context("serving FUSE requests");
     // After the clean unmount: leave the cluster (a clean stop clears our heartbeat sector).
     stack.rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    // Then the mirror: its clean stop saves the bitmap and marks this node not primary.
+    drop(mirror);
     served
 }
 
 /// The FUSE session's options for a mount.
-fn fuse_config(a: &MountArgs, opts: &MountOptions) -> fuser::Config {
+fn fuse_config(fsname: &str, opts: &MountOptions) -> fuser::Config {
     let mut config = fuser::Config::default();
     config.mount_options =
-        vec![fuser::MountOption::FSName(a.image.display().to_string()), fuser::MountOption::Subtype("o2fs".into())];
+        vec![fuser::MountOption::FSName(fsname.to_string()), fuser::MountOption::Subtype("o2fs".into())];
     if opts.default_permissions {
         config.mount_options.push(fuser::MountOption::DefaultPermissions);
     }

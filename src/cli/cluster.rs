@@ -6,6 +6,7 @@ use o2fs::cluster::config::{self, ClusterConfig};
 use o2fs::cluster::disk_heartbeat::Region;
 use o2fs::cluster::membership::Timing;
 use o2fs::cluster::node::{self, ClusterHandle, NodeSettings};
+use o2fs::dev::mirror::driver::Mirror;
 use o2fs::dev::FileDevice;
 use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError};
 use o2fs::dlm::{Mode, ResName, ResourceDump};
@@ -201,10 +202,12 @@ impl Stack {
     }
 
     /// Answers admin requests on `socket` from now on.
-    pub fn serve_admin(&self, socket: &Path) -> Result<()> {
+    /// Answers admin requests on `socket`: the cluster's, and the mirror's when this node runs
+    /// on one (its status section joins the cluster's; its commands pass through).
+    pub fn serve_admin(&self, socket: &Path, mirror: Option<Arc<Mirror>>) -> Result<()> {
         let listener = self.rt.block_on(AdminListener::bind(socket))?;
         let (svc, handle) = (self.svc.clone(), self.handle.clone());
-        self.rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), conn)));
+        self.rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), mirror.clone(), conn)));
         Ok(())
     }
 
@@ -257,7 +260,7 @@ fn up(a: UpArgs) -> Result<()> {
         };
         let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
         let stack = Stack::start(&a.conf, &a.node.node, &a.join, disk, recovery, None)?;
-        stack.serve_admin(&socket)?;
+        stack.serve_admin(&socket, None)?;
         ready.done();
         stack.rt.block_on(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -275,21 +278,29 @@ fn up(a: UpArgs) -> Result<()> {
 
 /// Answers one admin client: `status`, `locks`, and `lock` (held until the client closes the
 /// connection or sends `unlock`; if this node fences meanwhile the client is told at once).
-async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mut conn: AdminConn) {
+async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mirror: Option<Arc<Mirror>>, mut conn: AdminConn) {
     while let Ok(Some(req)) = conn.recv().await {
-        let reply = match req["cmd"].as_str() {
-            Some("status") => admin::ok(json!({ "cluster": cluster.status(), "cached_locks": svc.cached().len() })),
-            Some("locks") => {
+        let reply = match (req["cmd"].as_str(), &mirror) {
+            (Some("status"), _) => {
+                let mut reply = admin::ok(json!({ "cluster": cluster.status(), "cached_locks": svc.cached().len() }));
+                if let Some(m) = &mirror {
+                    let section = super::mirror::answer(m, req.clone()).await["mirror"].take();
+                    reply["mirror"] = section;
+                }
+                reply
+            }
+            (Some("locks"), _) => {
                 let dumps = svc.dump_cluster(Duration::from_secs(5)).await;
                 admin::ok(
                     json!({ "nodes": dumps.iter().map(|(n, d)| json!({"node": n, "resources": d})).collect::<Vec<_>>() }),
                 )
             }
-            Some("lock") => {
+            (Some("lock"), _) => {
                 hold_lock(&svc, &mut conn, &req).await;
                 return;
             }
-            other => admin::err(format!("unknown command {other:?}")),
+            (_, Some(m)) => super::mirror::answer(m, req).await,
+            (other, None) => admin::err(format!("unknown command {other:?}")),
         };
         if conn.send(&reply).await.is_err() {
             return;

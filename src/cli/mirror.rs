@@ -3,16 +3,17 @@
 //! section of any node's status). Command lines only: the mirror is `o2fs::dev::mirror::driver`.
 
 use anyhow::{bail, Context, Result};
+use o2fs::dev::mirror::config::ResourceConfig;
 use o2fs::dev::mirror::driver::{Mirror, MirrorOptions};
 use o2fs::dev::mirror::engine::Fencing;
 use o2fs::net::admin::{self, AdminListener};
 use o2fs::net::NetConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cluster::NodeRef;
+use super::cluster::{NodeRef, TimingArgs};
 use super::daemon::{self, Ready};
 
 #[derive(clap::Args, Debug)]
@@ -56,7 +57,7 @@ pub fn run(a: MirrorArgs) -> Result<()> {
 }
 
 /// Runs the mirror and its admin socket until SIGTERM or SIGINT, then shuts down cleanly.
-fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Ready) -> Result<()> {
+fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     // Blocked before any thread starts, so that every thread inherits the mask and only the
     // wait below takes them.
@@ -64,9 +65,7 @@ fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Rea
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-    let net = NetConfig { keepalive_ms: a.keepalive_ms, idle_timeout_ms: a.idle_timeout_ms, ..NetConfig::default() };
-    let opts = MirrorOptions { node: a.node.node.clone(), net, fencing: Fencing::DontCare };
-    let mirror = Arc::new(Mirror::start(&res, opts).with_context(|| format!("starting resource {}", res.name))?);
+    let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms)?;
     let path = a.node.socket();
     let listener = mirror.runtime().block_on(AdminListener::bind(&path))?;
     let m = mirror.clone();
@@ -74,11 +73,7 @@ fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Rea
         let m = m.clone();
         async move {
             while let Ok(Some(request)) = conn.recv().await {
-                let m = m.clone();
-                // The mirror's admin calls wait for the engine thread: not on a tokio worker.
-                let reply = tokio::task::spawn_blocking(move || m.admin(&request))
-                    .await
-                    .unwrap_or_else(|e| admin::err(format!("admin request failed: {e}")));
+                let reply = answer(&m, request).await;
                 if conn.send(&reply).await.is_err() {
                     break;
                 }
@@ -94,6 +89,26 @@ fn up(a: &UpArgs, res: o2fs::dev::mirror::config::ResourceConfig, mut ready: Rea
     tracing::info!(?signal, "mirror down");
     drop(mirror);
     Ok(())
+}
+
+/// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the mirror).
+pub fn start(res: &ResourceConfig, node: &str, timing: &TimingArgs) -> Result<Arc<Mirror>> {
+    start_with(res, node, timing.keepalive_ms, timing.idle_timeout_ms)
+}
+
+fn start_with(res: &ResourceConfig, node: &str, keepalive_ms: u64, idle_timeout_ms: u64) -> Result<Arc<Mirror>> {
+    let net = NetConfig { keepalive_ms, idle_timeout_ms, ..NetConfig::default() };
+    let opts = MirrorOptions { node: node.to_string(), net, fencing: Fencing::DontCare };
+    Ok(Arc::new(Mirror::start(res, opts).with_context(|| format!("starting resource {}", res.name))?))
+}
+
+/// Answers one admin request to the mirror. Its calls wait for the engine thread, so they run
+/// on tokio's blocking pool, not on a worker.
+pub async fn answer(mirror: &Arc<Mirror>, request: Value) -> Value {
+    let m = mirror.clone();
+    tokio::task::spawn_blocking(move || m.admin(&request))
+        .await
+        .unwrap_or_else(|e| admin::err(format!("admin request failed: {e}")))
 }
 
 /// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `secondary`.

@@ -153,8 +153,11 @@ impl MetaCache {
 
     /// Undoes every change of the current operation (it failed part-way), so a half-done
     /// operation never reaches the journal.
-    pub fn abort_op(&mut self) {
-        for (blkno, before) in std::mem::take(&mut self.undo) {
+    /// Returns whether the operation had changed anything.
+    pub fn abort_op(&mut self) -> bool {
+        let undo = std::mem::take(&mut self.undo);
+        let changed = !undo.is_empty();
+        for (blkno, before) in undo {
             self.clean.pop(&blkno);
             match before {
                 Some(b) => {
@@ -165,6 +168,7 @@ impl MetaCache {
                 }
             }
         }
+        changed
     }
 
     pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {

@@ -129,8 +129,11 @@ impl Core {
     /// Undoes a failed operation's metadata changes; directory indexes are rebuilt on next use
     /// since they may describe blocks that were just rolled back.
     pub fn abort_op(&mut self) {
-        self.cache.abort_op();
-        self.dirs.clear();
+        // A failed lookup changed nothing: keep the indexes (rebuilding a big directory's costs
+        // a scan of all its blocks).
+        if self.cache.abort_op() {
+            self.dirs.clear();
+        }
     }
 
     /// Ends an operation: releases every lock it took.

@@ -176,8 +176,12 @@ impl O2Fuse {
         });
         // A failed operation leaves nothing behind: its metadata changes are undone (the
         // clusters it allocated are back in the bitmap with them).
-        if r.is_err() {
+        if let Err(e) = &r {
             m.core.abort_op();
+            // A change refused half-way may have reached the in-memory indexes already.
+            if matches!(e, FsError::NeedExclusive) {
+                m.core.drop_caches();
+            }
         }
         let r = r.and_then(|v| {
             if m.core.checkpoint_wanted || m.core.cache.checkpoint_due() {

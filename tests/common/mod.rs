@@ -197,7 +197,20 @@ impl Mount {
 
     /// `o2fs mount -f ARGS… IMAGE DIR` (e.g. a cluster mount's `--node`, `-c`…).
     pub fn start(image: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
+        Self::launch(image, Some(image), dir, args)
+    }
+
+    /// `o2fs mount -f ARGS… -r RESOURCE DIR`: a node on the mirror (ARGS has its `--node`, `-c`…).
+    pub fn start_on_mirror(resource: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
+        let mut all = args.to_vec();
+        all.extend(["-r".to_string(), resource.display().to_string()]);
+        Self::launch(resource, None, dir, &all)
+    }
+
+    /// Runs `o2fs mount -f ARGS… [IMAGE] DIR` and waits for the mount; `source` names it.
+    fn launch(source: &Path, image_arg: Option<&Path>, dir: &Path, args: &[String]) -> Result<Mount, String> {
         use std::time::{Duration, Instant};
+        let image = source;
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_path = std::env::temp_dir().join(format!("o2fs-mount-{}-{n}.log", std::process::id()));
@@ -205,7 +218,7 @@ impl Mount {
             std::fs::File::create(&stderr_path).map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
         let mut cmd = Command::new(bin("o2fs"));
         cmd.arg("mount").arg("-f").args(args);
-        cmd.arg(image).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        cmd.args(image_arg).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
         let mut m = Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path };
         let start = Instant::now();
