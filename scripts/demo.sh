@@ -3,7 +3,9 @@
 # fsck.ocfs2, mount it on two nodes at once (two daemons on 127.0.0.1 and 127.0.0.2 sharing the
 # image, as on a SAN), write on each node and read on the other, show `o2fs status` and
 # `o2fs mounted`, unmount both, and check again with both fscks.
-# (Each node on its own mirrored replica, `-r RESOURCE_FILE`, is the next step: docs/ROADMAP.md.)
+# (Each node on its own mirrored replica, `-r RESOURCE_FILE`, works too — tests/cluster_mount.rs —
+# but the last node to unmount leaves its final writes on its own replica; until that is fixed
+# this demo uses the shared image. See docs/ROADMAP.md.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
