@@ -8,19 +8,19 @@ use common::{bin, run, Mount};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// 100 ms beats, a 1 s link grace, dead after 10 missed disk beats.
-const TIMING: &[&str] = &[
-    "--keepalive-ms",
-    "100",
-    "--idle-timeout-ms",
-    "1000",
-    "--reconnect-ms",
-    "100",
-    "--hb-interval-ms",
-    "100",
-    "--hb-dead-beats",
-    "10",
-];
+use common::cluster::TIMING;
+
+/// A cluster mount's arguments for node `i` of a test directory holding `cluster.conf`'s
+/// `secret` and the nodes' admin sockets `n<i>.sock` (TIMING: the tests' small timings).
+fn node_args(dir: &Path, conf: &Path, i: usize) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--node".into(), format!("n{i}"), "-c".into(), conf.display().to_string()];
+    args.push("--secret-file".into());
+    args.push(dir.join("secret").display().to_string());
+    args.push("--socket".into());
+    args.push(dir.join(format!("n{i}.sock")).display().to_string());
+    args.extend(TIMING.iter().map(|s| s.to_string()));
+    args
+}
 
 struct Shared {
     dir: tempfile::TempDir,
@@ -60,13 +60,7 @@ impl Shared {
     fn mount(&self, i: usize) -> (Mount, PathBuf) {
         let mnt = self.dir.path().join(format!("mnt{i}"));
         std::fs::create_dir_all(&mnt).unwrap();
-        let mut args: Vec<String> = vec!["--node".into(), format!("n{i}"), "-c".into()];
-        args.push(self.conf.display().to_string());
-        args.push("--secret-file".into());
-        args.push(self.dir.path().join("secret").display().to_string());
-        args.push("--socket".into());
-        args.push(self.dir.path().join(format!("n{i}.sock")).display().to_string());
-        args.extend(TIMING.iter().map(|s| s.to_string()));
+        let args = node_args(self.dir.path(), &self.conf, i);
         let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
@@ -273,13 +267,7 @@ impl OnMirror {
     fn mount(&self, i: usize) -> (Mount, PathBuf) {
         let mnt = self.dir.path().join(format!("mnt{i}"));
         std::fs::create_dir_all(&mnt).unwrap();
-        let mut args: Vec<String> = vec!["--node".into(), format!("n{i}"), "-c".into()];
-        args.push(self.conf.display().to_string());
-        args.push("--secret-file".into());
-        args.push(self.dir.path().join("secret").display().to_string());
-        args.push("--socket".into());
-        args.push(self.socket(i).display().to_string());
-        args.extend(TIMING.iter().map(|s| s.to_string()));
+        let args = node_args(self.dir.path(), &self.conf, i);
         let m = Mount::start_on_mirror(&self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
