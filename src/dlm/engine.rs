@@ -253,7 +253,3 @@ fn check_lvb(lvb: Option<&Lvb>) -> Result<(), DlmError> {
         _ => Ok(()),
     }
 }
-
-#[cfg(test)]
-#[path = "engine_tests.rs"]
-mod tests;

@@ -27,6 +27,8 @@ mod rebuild;
 mod recovery;
 mod resource;
 pub mod service;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

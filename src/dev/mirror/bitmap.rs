@@ -163,7 +163,7 @@ impl Bitmap {
             if w >= self.words.len() {
                 break;
             }
-            let mut v = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8)"));
+            let mut v = crate::format::bytes::le64(chunk, 0);
             if w == self.words.len() - 1 && !self.bits.is_multiple_of(64) {
                 v &= (1u64 << (self.bits % 64)) - 1;
             }

@@ -77,6 +77,8 @@ pub struct Mirror {
     node: String,
     engine: Option<std::thread::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// A handle on `runtime`, which lives until drop.
+    handle: tokio::runtime::Handle,
 }
 
 /// Opens `host`'s replica and meta-disk, creating fresh metadata in an all-zero meta area (a new
@@ -183,6 +185,7 @@ impl Mirror {
             resource: res.name.clone(),
             node: opts.node,
             engine: Some(engine),
+            handle: runtime.handle().clone(),
             runtime: Some(runtime),
         })
     }
@@ -260,7 +263,7 @@ impl Mirror {
 
     /// The tokio runtime the mirror's network runs on (the admin socket may share it).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.runtime.as_ref().expect("runtime lives until drop").handle()
+        &self.handle
     }
 }
 

@@ -28,6 +28,7 @@
 //! sector is skipped (the ring keeps the previous transaction). A bitmap page that fails its
 //! checksum is read as all ones, with a warning: resyncing too much is safe, too little is not.
 
+use crate::format::bytes::{le32, le64, put_le32, put_le64};
 use std::sync::Arc;
 
 use super::bitmap::{Bitmap, PAGE_BITS, PAGE_BYTES};
@@ -135,19 +136,6 @@ pub struct MetaArea {
     unflushed: std::cell::Cell<bool>,
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
 /// CRC-32 of a sector whose checksum field at `crc_at` counts as zero.
 fn sector_crc(b: &[u8], crc_at: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -160,19 +148,19 @@ fn sector_crc(b: &[u8], crc_at: usize) -> u32 {
 pub fn encode_super(s: &Super) -> Vec<u8> {
     let mut b = vec![0u8; SECTOR as usize];
     b[..8].copy_from_slice(MAGIC);
-    put32(&mut b, 8, VERSION);
-    put64(&mut b, 16, s.data_size);
-    put32(&mut b, 24, super::bitmap::BM_BLOCK as u32);
-    put32(&mut b, 28, s.al_extent_shift);
-    put32(&mut b, 32, s.flags);
-    put64(&mut b, 40, s.gens.current);
-    put64(&mut b, 48, s.gens.bitmap);
+    put_le32(&mut b, 8, VERSION);
+    put_le64(&mut b, 16, s.data_size);
+    put_le32(&mut b, 24, super::bitmap::BM_BLOCK as u32);
+    put_le32(&mut b, 28, s.al_extent_shift);
+    put_le32(&mut b, 32, s.flags);
+    put_le64(&mut b, 40, s.gens.current);
+    put_le64(&mut b, 48, s.gens.bitmap);
     for (i, h) in s.gens.history.iter().enumerate() {
-        put64(&mut b, 56 + 8 * i, *h);
+        put_le64(&mut b, 56 + 8 * i, *h);
     }
-    put64(&mut b, 120, Bitmap::bits_for(s.data_size));
+    put_le64(&mut b, 120, Bitmap::bits_for(s.data_size));
     let crc = sector_crc(&b, 12);
-    put32(&mut b, 12, crc);
+    put_le32(&mut b, 12, crc);
     b
 }
 
@@ -229,15 +217,15 @@ pub fn decode_super(b: &[u8], offset: u64) -> Result<Super> {
 
 fn encode_al(seq: u64, extents: &[u32]) -> Vec<u8> {
     let mut b = vec![0u8; SECTOR as usize];
-    put32(&mut b, 0, AL_MAGIC);
-    put64(&mut b, 8, seq);
+    put_le32(&mut b, 0, AL_MAGIC);
+    put_le64(&mut b, 8, seq);
     let n = extents.len().min(super::activity_log::MAX_EXTENTS);
-    put32(&mut b, 16, n as u32);
+    put_le32(&mut b, 16, n as u32);
     for (i, e) in extents.iter().take(n).enumerate() {
-        put32(&mut b, 24 + 4 * i, *e);
+        put_le32(&mut b, 24 + 4 * i, *e);
     }
     let crc = sector_crc(&b, 4);
-    put32(&mut b, 4, crc);
+    put_le32(&mut b, 4, crc);
     b
 }
 
@@ -332,10 +320,10 @@ impl MetaArea {
 
     fn write_page(&self, bitmap: &Bitmap, page: usize) -> Result<()> {
         let mut b = vec![0u8; SECTOR as usize];
-        put32(&mut b, 4, page as u32);
+        put_le32(&mut b, 4, page as u32);
         b[8..8 + PAGE_BYTES].copy_from_slice(&bitmap.page_bytes(page));
         let crc = sector_crc(&b, 0);
-        put32(&mut b, 0, crc);
+        put_le32(&mut b, 0, crc);
         self.write(1 + AL_SLOTS + page as u64, &b)
     }
 

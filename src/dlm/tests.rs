@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::super::{Dlm, Event, LockError, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName};
+use super::{Dlm, Event, LockError, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName};
 
 struct Net {
     nodes: Vec<Dlm>,
@@ -138,7 +138,7 @@ fn bad_calls_are_errors_and_bad_messages_are_dropped() {
             wanted: None,
             noqueue: false,
             unlocking: false,
-            lvb: super::super::msg::VersionedLvb { version: 9, lvb: Lvb(vec![1; 100]) },
+            lvb: super::msg::VersionedLvb { version: 9, lvb: Lvb(vec![1; 100]) },
         },
         Msg::RebuildDone { epoch: 1, deaths: vec![] },
     ];
@@ -159,7 +159,7 @@ fn a_dead_nodes_ex_blocks_until_recovered_except_for_the_recovery_node() {
     let mut net = Net::new(3);
     // Find a resource node 2 does not master, and let node 2 hold it at EX.
     let members: BTreeSet<NodeId> = (0..3).collect();
-    let name = (0..).map(|i| ResName::ocfs2('M', i, 0)).find(|n| super::super::master_of(n, &members) == Some(1));
+    let name = (0..).map(|i| ResName::ocfs2('M', i, 0)).find(|n| super::master_of(n, &members) == Some(1));
     let name = name.unwrap();
     net.lock(2, &name, Mode::Ex, false);
     let survivors: BTreeSet<NodeId> = [0, 1].into();
