@@ -10,14 +10,33 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+#[derive(Default)]
+struct Names {
+    names: HashMap<LockResource, ResName>,
+    resources: HashMap<ResName, LockResource>,
+}
+
+impl Names {
+    fn of(&mut self, res: LockResource) -> ResName {
+        if let Some(n) = self.names.get(&res) {
+            return n.clone();
+        }
+        let n = DlmLocks::name(res);
+        self.names.insert(res, n.clone());
+        self.resources.insert(n.clone(), res);
+        n
+    }
+}
+
 /// Created before the lock service (whose hooks call into it), then bound to it.
 #[derive(Default)]
 pub struct DlmLocks {
     svc: OnceLock<Arc<LockService>>,
     /// Guards of the locks held, per resource and mode (released one per `release`).
     held: Mutex<HashMap<(LockResource, LockMode), Vec<LockGuard>>>,
-    /// Resource names back to the core's resources, for downconvert callbacks.
-    names: Mutex<HashMap<ResName, LockResource>>,
+    /// The DLM name of each resource used so far, and back (for downconvert callbacks):
+    /// every request looks its name up instead of formatting it anew.
+    names: Mutex<Names>,
     downconvert: OnceLock<DownconvertFn>,
     recovery: OnceLock<RecoveryFn>,
 }
@@ -35,7 +54,7 @@ impl DlmLocks {
     pub fn downconvert_hook(self: &Arc<Self>) -> DownconvertHook {
         let this = self.clone();
         Arc::new(move |name: &ResName, mode: Mode| {
-            let res = this.names.lock().get(name).copied();
+            let res = this.names.lock().resources.get(name).copied();
             if let (Some(res), Some(f)) = (res, this.downconvert.get()) {
                 f(res, if mode == Mode::Nl { LockMode::Nl } else { LockMode::Pr });
             }
@@ -72,8 +91,7 @@ impl DlmLocks {
             LockMode::Pr => Mode::Pr,
             LockMode::Ex => Mode::Ex,
         };
-        let name = Self::name(res);
-        self.names.lock().insert(name.clone(), res);
+        let name = self.names.lock().of(res);
         match svc.lock_blocking(&name, dlm_mode) {
             Ok(g) => {
                 self.held.lock().entry((res, mode)).or_default().push(g);
