@@ -40,7 +40,18 @@ pub struct NodeSettings {
     /// Cluster secret; `None` runs unauthenticated (`--insecure`).
     pub secret: Option<Vec<u8>>,
     /// Disk heartbeat region of the volume, if the node heartbeats on one.
-    pub disk: Option<Region>,
+    pub disk: Option<DiskHeartbeat>,
+}
+
+/// Where a node beats on disk, and whether the beats may judge liveness.
+#[derive(Clone)]
+pub struct DiskHeartbeat {
+    pub region: Region,
+    /// Every node sees the same blocks (a shared image): a sector that stops changing means a
+    /// dead node, one that goes on changing means a cut link. On the mirror each node reads its
+    /// own replica, where a peer's beats stop with the link: they are written (for `o2fs
+    /// mounted`) but judge nothing, and quorum falls back to the configured nodes.
+    pub shared: bool,
 }
 
 /// What the runtime tells the layer above, in order.
@@ -129,7 +140,14 @@ pub async fn start(
     let incarnation = u64::from_le_bytes(inc) | 1;
     let configured = cfg.nodes.iter().map(|n| n.number).collect();
     let started = Instant::now();
-    let membership = Membership::new(mine.number, incarnation, configured, settings.timing, 0, settings.disk.is_some());
+    let membership = Membership::new(
+        mine.number,
+        incarnation,
+        configured,
+        settings.timing,
+        0,
+        settings.disk.as_ref().is_some_and(|d| d.shared),
+    );
     let (core_tx, core_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(ClusterStatus { node: me.to_owned(), number: mine.number, ..Default::default() }));
@@ -143,14 +161,16 @@ pub async fn start(
         next_conn: Mutex::new(0),
     });
     let heartbeat = match &settings.disk {
-        Some(region) => {
+        Some(DiskHeartbeat { region, shared }) => {
             let hb = Heartbeat::start(
                 region.clone(),
                 mine.number,
                 Duration::from_millis(settings.timing.disk_interval_ms),
                 (settings.timing.disk_dead_ms / settings.timing.disk_interval_ms.max(1)) as u32,
             )?;
-            spawn_disk_sampler(region.clone(), settings.timing.disk_interval_ms, core_tx.clone());
+            if *shared {
+                spawn_disk_sampler(region.clone(), settings.timing.disk_interval_ms, core_tx.clone());
+            }
             Some(hb)
         }
         None => None,

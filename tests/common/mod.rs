@@ -249,14 +249,31 @@ impl Mount {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The daemon has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
     /// Unmounts and waits for the daemon; Err (with its stderr) unless it exits 0 in time.
     pub fn unmount(&mut self) -> Result<(), String> {
-        use std::time::Duration;
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let last = self.detach();
+        self.wait_exit(&last)
+    }
+
+    /// Unmounts several nodes, then waits for all their daemons (a node on the mirror stays up
+    /// until its peer stops writing, so one-by-one unmounts would wait on each other).
+    pub fn unmount_all(mounts: &mut [&mut Mount]) -> Result<(), String> {
+        let last: Vec<String> = mounts.iter_mut().map(|m| m.detach()).collect();
+        mounts.iter_mut().zip(last).map(|(m, l)| m.wait_exit(&l)).collect()
+    }
+
+    /// `fusermount3 -u`, retried while busy, without waiting for the daemon; returns the last
+    /// complaint of fusermount3.
+    pub fn detach(&mut self) -> String {
         // A just-closed file may still be released by the kernel: retry a busy mount briefly.
         let mut last = String::new();
         for _ in 0..50 {
@@ -268,8 +285,15 @@ impl Mount {
                 break;
             }
             last = text(&out);
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        last
+    }
+
+    /// Waits for the daemon after a detach; Err (with its stderr) unless it exits 0 in time.
+    fn wait_exit(&mut self, last: &str) -> Result<(), String> {
+        use std::time::Duration;
+        let Some(mut child) = self.child.take() else { return Ok(()) };
         match wait_bounded(&mut child, Duration::from_secs(30)) {
             Some(st) if st.success() => Ok(()),
             Some(st) => Err(format!("o2fs daemon exited with {st} (fusermount3: {last}):\n{}", self.stderr())),

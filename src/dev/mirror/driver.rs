@@ -60,7 +60,14 @@ enum Event {
     Down { conn: u64, reason: String },
     Peer { conn: u64, msg: Msg },
     Admin { request: Value, reply: mpsc::Sender<Value> },
+    Cluster(Verdict),
     Shutdown,
+}
+
+/// What the cluster decided, for a mirror run under `Fencing::Freeze`.
+enum Verdict {
+    PeerMember(bool),
+    Fence,
 }
 
 enum Waiter {
@@ -261,6 +268,45 @@ impl Mirror {
         }
     }
 
+    /// The cluster's membership verdict on the peer (see `Engine::peer_in_cluster`).
+    pub fn peer_in_cluster(&self, member: bool) {
+        let _ = self.events.send(Event::Cluster(Verdict::PeerMember(member)));
+    }
+
+    /// This node fenced: fail every waiting write and do no more I/O.
+    pub fn fence(&self) {
+        let _ = self.events.send(Event::Cluster(Verdict::Fence));
+    }
+
+    /// Demotes this node and keeps its replica connected for as long as the peer is primary
+    /// and connected, or a resync runs: the peer's later writes still reach this replica (as a
+    /// DRBD resource outlives the unmount). Returns when this node can stop without leaving
+    /// its replica behind.
+    pub fn linger_while_peer_primary(&self) {
+        let status = |m: &Mirror| m.admin(&json!({"cmd": "status"}))["mirror"].clone();
+        // Writes still completing (a flush racing the unmount) make the demotion wait a little.
+        for _ in 0..100 {
+            let reply = self.admin(&json!({"cmd": "secondary"}));
+            if reply["ok"] == true || status(self)["io"] == "Fenced" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut told = false;
+        loop {
+            let s = status(self);
+            let connected = s["connection"] == "Connected";
+            if !connected || s["io"] == "Fenced" || (s["peer_role"] != "Primary" && s["quiet"] == true) {
+                return;
+            }
+            if !told {
+                tracing::info!("unmounted; the replica stays connected until the peer stops writing");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The tokio runtime the mirror's network runs on (the admin socket may share it).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.handle
@@ -428,6 +474,12 @@ fn engine_loop(mut engine: Engine, rx: mpsc::Receiver<Event>, wants: watch::Send
             Ok(Event::Admin { request, reply }) => {
                 let _ = reply.send(super::admin::handle(&mut engine, now, &request));
             }
+            Ok(Event::Cluster(Verdict::PeerMember(member))) => {
+                if let Err(e) = engine.peer_in_cluster(now, member) {
+                    tracing::error!(error = %e, "the peer left the cluster but this node cannot go on alone");
+                }
+            }
+            Ok(Event::Cluster(Verdict::Fence)) => engine.fence(now),
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Err(e) = engine.down() {
                     tracing::error!(error = %e, "clean shutdown of the mirror");

@@ -77,7 +77,7 @@ impl Engine {
             // Protocol A acknowledged writes the peer may not have.
             marked = marked.and_then(|()| self.new_generation());
         }
-        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running {
+        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running && !self.peer_excluded {
             tracing::warn!(pending = pending.len(), "peer lost: I/O frozen until the cluster decides");
             self.io = IoState::Frozen;
             self.frozen.extend(pending);
@@ -122,6 +122,19 @@ impl Engine {
         self.complete_degraded(frozen, Ok(()));
         self.start_waiting();
         Ok(())
+    }
+
+    /// The cluster's verdict on the peer: still a member, or out (dead or fenced). Out, a frozen
+    /// node resumes alone and a later loss of the link no longer freezes; the verdict holds
+    /// until the cluster readmits the peer. It may come before the mirror itself notices the
+    /// lost link, so it cannot be a one-shot resume.
+    pub fn peer_in_cluster(&mut self, now: u64, member: bool) -> Result<(), String> {
+        self.now = now;
+        self.peer_excluded = !member;
+        if member {
+            return Ok(());
+        }
+        self.resume_io(now)
     }
 
     /// The cluster decided this node loses: every waiting write fails, and no I/O is done until

@@ -238,6 +238,9 @@ pub struct Engine {
     discard_my_data: bool,
     /// A handshake succeeded since the node started.
     peer_seen: bool,
+    /// The cluster has taken the peer out of its membership (it died or fenced): losing the
+    /// link to it is then no reason to freeze.
+    peer_excluded: bool,
     /// Verify found blocks to repair, and this node becomes their sync target once no
     /// protocol-A-acknowledged write of its own is in flight (a sync target loses those if the
     /// link fails).
@@ -303,6 +306,7 @@ impl Engine {
             rotated: false,
             discard_my_data: false,
             peer_seen: false,
+            peer_excluded: false,
             verify_target_pending: false,
             sync_target: None,
             progress: None,
