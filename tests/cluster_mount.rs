@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cluster::TIMING;
+use common::netns::VethPair;
 
 /// A cluster mount's arguments for node `i` of a test directory holding `cluster.conf`'s
 /// `secret` and the nodes' admin sockets `n<i>.sock` (TIMING: the tests' small timings).
@@ -200,12 +201,24 @@ struct OnMirror {
     dir: tempfile::TempDir,
     conf: PathBuf,
     res: PathBuf,
+    /// Per node, what its daemons run through (its network namespace), if anything.
+    wrap: [Vec<String>; 2],
 }
 
 impl OnMirror {
     const SIZE: u64 = 256 << 20;
 
     fn new() -> OnMirror {
+        OnMirror::on("127.0.11", [vec![], vec![]])
+    }
+
+    /// Node i in namespace i of `pair`, at its address there.
+    fn in_namespaces(pair: &VethPair) -> OnMirror {
+        OnMirror::on(&pair.net, [pair.enter(0), pair.enter(1)])
+    }
+
+    /// Nodes n0, n1 at `net`.1, `net`.2; n0's replica freshly made, n1's to be fully synced.
+    fn on(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
         let dir = tempfile::tempdir().unwrap();
         let mut b = [0u8; 2];
         getrandom::getrandom(&mut b).unwrap();
@@ -214,11 +227,11 @@ impl OnMirror {
         let mut hosts = String::new();
         for i in 0..2 {
             conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = 127.0.11.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = r{port}\n\n",
+                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = r{port}\n\n",
                 i + 1
             );
             hosts += &format!(
-                "\ton n{i} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/n{i}.img;\n\t\taddress 127.0.11.{}:{};\n\
+                "\ton n{i} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/n{i}.img;\n\t\taddress {net}.{}:{};\n\
                  \t\tmeta-disk {d}/n{i}.meta[0];\n\t}}\n",
                 i + 1,
                 port + 1,
@@ -235,7 +248,7 @@ impl OnMirror {
         );
         let res_path = dir.path().join("r0.res");
         std::fs::write(&res_path, res).unwrap();
-        let s = OnMirror { dir, conf: conf_path, res: res_path };
+        let s = OnMirror { dir, conf: conf_path, res: res_path, wrap };
         for i in 0..2 {
             common::sparse_image(s.dir.path(), &format!("n{i}.img"), Self::SIZE);
         }
@@ -261,15 +274,24 @@ impl OnMirror {
         let res = self.res.display().to_string();
         let node = format!("n{i}");
         let args = ["mirror", "up", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", &node, "-r", &res];
-        common::daemon::Daemon::start(self.dir.path(), &format!("mirror-n{i}"), &args)
+        common::daemon::Daemon::start_via(self.dir.path(), &format!("mirror-n{i}"), &self.wrap[i], &args)
     }
 
     fn mount(&self, i: usize) -> (Mount, PathBuf) {
         let mnt = self.dir.path().join(format!("mnt{i}"));
         std::fs::create_dir_all(&mnt).unwrap();
         let args = node_args(self.dir.path(), &self.conf, i);
-        let m = Mount::start_on_mirror(&self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
+        let m = Mount::start_on_mirror(&self.wrap[i], &self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
+    }
+
+    /// Mounts both nodes at once (the first waits for its peer: wfc-timeout).
+    fn mount_both(&self) -> [(Mount, PathBuf); 2] {
+        std::thread::scope(|sc| {
+            let a = sc.spawn(|| self.mount(0));
+            let b = sc.spawn(|| self.mount(1));
+            [a.join().unwrap(), b.join().unwrap()]
+        })
     }
 
     fn status(&self, i: usize) -> serde_json::Value {
@@ -309,13 +331,7 @@ impl OnMirror {
 #[test]
 fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     let s = OnMirror::new();
-    // The first node waits for its peer (wfc-timeout): both start at once.
-    let (mut m0, d0, mut m1, d1) = std::thread::scope(|sc| {
-        let a = sc.spawn(|| s.mount(0));
-        let b = sc.spawn(|| s.mount(1));
-        let (a, b) = (a.join().unwrap(), b.join().unwrap());
-        (a.0, a.1, b.0, b.1)
-    });
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
     std::fs::write(d0.join("a"), b"from n0").unwrap();
     assert_eq!(read(&d1.join("a")), b"from n0");
     std::fs::create_dir(d1.join("dir")).unwrap();
@@ -346,6 +362,68 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(m1.running(), "n1's daemon left while its peer was still mounted:\n{}", m1.stderr());
     std::fs::write(d0.join("after"), b"written after n1's unmount").unwrap();
+    Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
+    for i in 0..2 {
+        common::assert_fsck_ocfs2_clean(&s.replica(i));
+    }
+    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+}
+
+/// A write that is durable on return (fsync), or the error it met.
+fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(p)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[test]
+fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again() {
+    let pair = VethPair::new("10.197");
+    // Declared after the pair, so dropped first: the daemons die before their namespaces go.
+    let s = OnMirror::in_namespaces(&pair);
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
+    write_synced(&d0.join("a"), b"n0 before the split").unwrap();
+    write_synced(&d1.join("b"), b"n1 before the split").unwrap();
+    assert_eq!(read(&d1.join("a")), b"n0 before the split");
+    assert_eq!(read(&d0.join("b")), b"n1 before the split");
+
+    pair.down(1);
+    // n0, the lower node, goes on: its write waits (frozen mirror) until the cluster has
+    // excluded n1, then completes on n0's replica alone.
+    write_synced(&d0.join("during"), b"n0 alone").unwrap();
+    assert_eq!(read(&d0.join("during")), b"n0 alone");
+    // n1 fences: its requests fail with EIO from then on, and it writes nothing more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        match write_synced(&d1.join("late"), b"n1 cut off") {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(std::time::Instant::now() < deadline, "n1 never fenced:\n{}", m1.stderr());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "n1 after the split: {err}\n{}", m1.stderr());
+    let fenced = s.sha1(1);
+    for name in ["late2", "b"] {
+        assert!(write_synced(&d1.join(name), b"more").is_err(), "n1 wrote {name} after it fenced");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(s.sha1(1), fenced, "n1's replica changed after it fenced");
+
+    // The fenced node restarts once the link is back: its replica is resynced from n0 and it
+    // mounts again, seeing what n0 wrote alone.
+    m1.kill();
+    pair.up(1);
+    let (mut m1, d1) = s.mount(1);
+    assert_eq!(read(&d1.join("during")), b"n0 alone");
+    assert_eq!(read(&d1.join("b")), b"n1 before the split");
+    write_synced(&d1.join("after"), b"n1 back").unwrap();
+    assert_eq!(read(&d0.join("after")), b"n1 back");
+    for i in 0..2 {
+        s.wait_in_sync(i, || s.status(i));
+    }
     Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
     for i in 0..2 {
         common::assert_fsck_ocfs2_clean(&s.replica(i));

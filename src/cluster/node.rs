@@ -448,14 +448,16 @@ impl Core {
                     }
                 }
                 MemberEvent::Fence { reason } => {
-                    // Stop beating on disk at once (not a clean stop: the sector is left as is, so
-                    // the survivors see it go silent) and drop every link.
+                    // The layers above hear it first: they stop their I/O, which also releases a
+                    // beat stuck in a device frozen by the lost link (the mirror fails it).
+                    self.peers.clear();
+                    let _ = self.events.send(ClusterEvent::Fenced(reason));
+                    // Then stop beating on disk (not a clean stop: the sector is left as is, so
+                    // the survivors see it go silent).
                     if let Some(hb) = self.heartbeat.as_mut() {
                         // Joins the beating thread (it sleeps at most 50 ms between checks).
                         tokio::task::block_in_place(|| hb.halt());
                     }
-                    self.peers.clear();
-                    let _ = self.events.send(ClusterEvent::Fenced(reason));
                 }
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -26,6 +27,19 @@ pub fn bin(name: &str) -> PathBuf {
         let _ = std::os::unix::fs::symlink(&built, &p);
     }
     p
+}
+
+/// `o2fs`, run through `wrapper` when it is not empty (`ip netns exec NS`, `nsenter …`: programs
+/// that exec it, so the child's PID stays the daemon's).
+pub fn o2fs_via<S: AsRef<std::ffi::OsStr>>(wrapper: &[S]) -> Command {
+    match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(bin("o2fs"));
+            c
+        }
+        None => Command::new(bin("o2fs")),
+    }
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -197,18 +211,26 @@ impl Mount {
 
     /// `o2fs mount -f ARGS… IMAGE DIR` (e.g. a cluster mount's `--node`, `-c`…).
     pub fn start(image: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
-        Self::launch(image, Some(image), dir, args)
+        Self::launch(&[], image, Some(image), dir, args)
     }
 
-    /// `o2fs mount -f ARGS… -r RESOURCE DIR`: a node on the mirror (ARGS has its `--node`, `-c`…).
-    pub fn start_on_mirror(resource: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
+    /// `o2fs mount -f ARGS… -r RESOURCE DIR`: a node on the mirror (ARGS has its `--node`, `-c`…),
+    /// run through `wrapper` (e.g. `nsenter --net=…`; empty: none).
+    pub fn start_on_mirror(wrapper: &[String], resource: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
         let mut all = args.to_vec();
         all.extend(["-r".to_string(), resource.display().to_string()]);
-        Self::launch(resource, None, dir, &all)
+        Self::launch(wrapper, resource, None, dir, &all)
     }
 
-    /// Runs `o2fs mount -f ARGS… [IMAGE] DIR` and waits for the mount; `source` names it.
-    fn launch(source: &Path, image_arg: Option<&Path>, dir: &Path, args: &[String]) -> Result<Mount, String> {
+    /// Runs `[WRAPPER…] o2fs mount -f ARGS… [IMAGE] DIR` and waits for the mount; `source` names
+    /// it. The wrapper must exec the daemon, so that the PID is the daemon's.
+    fn launch(
+        wrapper: &[String],
+        source: &Path,
+        image_arg: Option<&Path>,
+        dir: &Path,
+        args: &[String],
+    ) -> Result<Mount, String> {
         use std::time::{Duration, Instant};
         let image = source;
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -216,7 +238,7 @@ impl Mount {
         let stderr_path = std::env::temp_dir().join(format!("o2fs-mount-{}-{n}.log", std::process::id()));
         let log =
             std::fs::File::create(&stderr_path).map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
-        let mut cmd = Command::new(bin("o2fs"));
+        let mut cmd = o2fs_via(wrapper);
         cmd.arg("mount").arg("-f").args(args);
         cmd.args(image_arg).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
