@@ -430,3 +430,39 @@ fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again()
     }
     assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
 }
+
+#[test]
+fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_returns() {
+    let s = OnMirror::on("127.0.12", [vec![], vec![]]);
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
+    write_synced(&d1.join("durable"), &vec![5u8; 100_000]).unwrap();
+    // n0 keeps writing while n1 dies: its writes freeze until the cluster has excluded n1,
+    // then go on, on n0's replica alone.
+    let writer = std::thread::spawn({
+        let d0 = d0.clone();
+        move || {
+            for i in 0..100 {
+                write_synced(&d0.join(format!("g{i}")), &[i as u8; 3000]).unwrap();
+            }
+        }
+    });
+    for i in 0..30 {
+        std::fs::write(d1.join(format!("f{i}")), vec![i as u8; 5000]).unwrap();
+    }
+    m1.kill();
+    writer.join().unwrap();
+    assert_eq!(read(&d0.join("durable")), vec![5u8; 100_000], "n1's fsynced data survives");
+    // n1 restarts: its replica catches up with what n0 wrote alone, and it mounts again.
+    let (mut m1, d1) = s.mount(1);
+    for i in 0..100 {
+        assert_eq!(read(&d1.join(format!("g{i}"))), vec![i as u8; 3000]);
+    }
+    for i in 0..2 {
+        s.wait_in_sync(i, || s.status(i));
+    }
+    Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
+    for i in 0..2 {
+        common::assert_fsck_ocfs2_clean(&s.replica(i));
+    }
+    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+}
