@@ -285,6 +285,16 @@ impl OnMirror {
         (m, mnt)
     }
 
+    /// Unmounts both nodes, judges both replicas with fsck.ocfs2 and requires them
+    /// byte-identical.
+    fn unmount_and_compare(&self, m0: &mut Mount, m1: &mut Mount) {
+        Mount::unmount_all(&mut [m0, m1]).unwrap();
+        for i in 0..2 {
+            common::assert_fsck_ocfs2_clean(&self.replica(i));
+        }
+        assert_eq!(self.sha1(0), self.sha1(1), "the two replicas differ");
+    }
+
     /// Mounts both nodes at once (the first waits for its peer: wfc-timeout).
     fn mount_both(&self) -> [(Mount, PathBuf); 2] {
         std::thread::scope(|sc| {
@@ -303,11 +313,17 @@ impl OnMirror {
         reply.unwrap_or_else(|e| panic!("status of n{i}: {e}"))
     }
 
+    fn wait_both_in_sync(&self) {
+        for i in 0..2 {
+            self.wait_in_sync(i);
+        }
+    }
+
     /// Waits (60 s at most) until node `i`'s mirror is connected, in sync and quiet.
-    fn wait_in_sync(&self, i: usize, status: impl Fn() -> serde_json::Value) {
+    fn wait_in_sync(&self, i: usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let s = status();
+            let s = self.status(i);
             let m = &s["mirror"];
             if m["replication"] == "Established"
                 && m["quiet"] == true
@@ -341,7 +357,7 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     assert_eq!(read(&d1.join("a")), b"n0 again, longer");
     // One admin socket answers for the cluster and for the mirror.
     for i in 0..2 {
-        s.wait_in_sync(i, || s.status(i));
+        s.wait_in_sync(i);
         let st = s.status(i);
         assert_eq!(st["cluster"]["node"], format!("n{i}"), "{st}");
         assert_eq!(st["mirror"]["node"], format!("n{i}"), "{st}");
@@ -362,11 +378,7 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(m1.running(), "n1's daemon left while its peer was still mounted:\n{}", m1.stderr());
     std::fs::write(d0.join("after"), b"written after n1's unmount").unwrap();
-    Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
-    for i in 0..2 {
-        common::assert_fsck_ocfs2_clean(&s.replica(i));
-    }
-    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+    s.unmount_and_compare(&mut m0, &mut m1);
 }
 
 /// A write that is durable on return (fsync), or the error it met.
@@ -421,14 +433,8 @@ fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again()
     assert_eq!(read(&d1.join("b")), b"n1 before the split");
     write_synced(&d1.join("after"), b"n1 back").unwrap();
     assert_eq!(read(&d0.join("after")), b"n1 back");
-    for i in 0..2 {
-        s.wait_in_sync(i, || s.status(i));
-    }
-    Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
-    for i in 0..2 {
-        common::assert_fsck_ocfs2_clean(&s.replica(i));
-    }
-    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+    s.wait_both_in_sync();
+    s.unmount_and_compare(&mut m0, &mut m1);
 }
 
 #[test]
@@ -457,12 +463,6 @@ fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_
     for i in 0..100 {
         assert_eq!(read(&d1.join(format!("g{i}"))), vec![i as u8; 3000]);
     }
-    for i in 0..2 {
-        s.wait_in_sync(i, || s.status(i));
-    }
-    Mount::unmount_all(&mut [&mut m0, &mut m1]).unwrap();
-    for i in 0..2 {
-        common::assert_fsck_ocfs2_clean(&s.replica(i));
-    }
-    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+    s.wait_both_in_sync();
+    s.unmount_and_compare(&mut m0, &mut m1);
 }
