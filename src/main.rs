@@ -384,6 +384,7 @@ fn serve_cluster(
     if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) {
         bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
+    check_cluster_names(vol.sb(), &name, conf)?;
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
     let heartbeat = cli::cluster::disk_heartbeat(raw, mirror.is_none())?;
@@ -446,6 +447,25 @@ fn serve_cluster(
 }
 
 /// The FUSE session's options for a mount.
+/// A volume made for a named cluster (mkfs `--cluster-stack=o2cb --cluster-name=NAME`, stored in
+/// the superblock's cluster info) is mounted only by that cluster, as o2cb refuses a volume whose
+/// cluster name is not the running cluster's.
+fn check_cluster_names(sb: &o2fs::format::superblock::SuperBlock, volume: &str, conf: &Path) -> Result<()> {
+    let (stack, cluster) = (sb.cluster_stack_str(), sb.cluster_name_str());
+    if !stack.is_empty() && stack != "o2cb" {
+        bail!("{volume} was made for the {stack:?} cluster stack; o2fs speaks o2cb");
+    }
+    let cfg = o2fs::cluster::config::load(conf).context("reading the cluster configuration")?;
+    if !cluster.is_empty() && cluster != cfg.name {
+        bail!(
+            "{volume} belongs to cluster {cluster:?} (its superblock says so), but {} describes cluster {:?}",
+            conf.display(),
+            cfg.name
+        );
+    }
+    Ok(())
+}
+
 fn fuse_config(fsname: &str, opts: &MountOptions) -> fuser::Config {
     let mut config = fuser::Config::default();
     config.mount_options =

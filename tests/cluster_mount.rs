@@ -4,72 +4,11 @@
 
 mod common;
 
-use common::{bin, run, Mount};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use common::cluster::TIMING;
+use common::mounts::{read, write_synced, OnMirror, Shared};
 use common::netns::VethPair;
-
-/// A cluster mount's arguments for node `i` of a test directory holding `cluster.conf`'s
-/// `secret` and the nodes' admin sockets `n<i>.sock` (TIMING: the tests' small timings).
-fn node_args(dir: &Path, conf: &Path, i: usize) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--node".into(), format!("n{i}"), "-c".into(), conf.display().to_string()];
-    args.push("--secret-file".into());
-    args.push(dir.join("secret").display().to_string());
-    args.push("--socket".into());
-    args.push(dir.join(format!("n{i}.sock")).display().to_string());
-    args.extend(TIMING.iter().map(|s| s.to_string()));
-    args
-}
-
-struct Shared {
-    dir: tempfile::TempDir,
-    image: PathBuf,
-    conf: PathBuf,
-}
-
-impl Shared {
-    /// A 512 MiB volume with 4 slots and a two-node cluster.conf on `net`.1/.2.
-    fn new(net: &str) -> Shared {
-        Shared::with_nodes(net, 2)
-    }
-
-    /// The same with `nodes` nodes on `net`.1, `net`.2, …
-    fn with_nodes(net: &str, nodes: usize) -> Shared {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = m{port}\n\n");
-        for i in 0..nodes {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = m{port}\n\n",
-                i + 1
-            );
-        }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
-        let image = dir.path().join("vol.img");
-        std::fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "4", "-F"]).arg(&image));
-        assert!(out.status.success(), "mkfs.o2fs: {}", common::text(&out));
-        Shared { dir, image, conf: conf_path }
-    }
-
-    fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let args = node_args(self.dir.path(), &self.conf, i);
-        let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
-        (m, mnt)
-    }
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-}
+use common::{bin, run, Mount};
+use std::path::PathBuf;
+use std::process::Command;
 
 #[test]
 fn two_nodes_see_each_others_changes_at_once() {
@@ -194,156 +133,6 @@ fn three_nodes_and_a_shared_append_only_log() {
     common::assert_fsck_ocfs2_clean(&s.image);
 }
 
-/// Two nodes on the mirror: each mounts its own replica (`o2fs mount -r`), on 127.0.11.1 and
-/// 127.0.11.2. mkfs runs on n0's replica; n1's fresh replica is invalidated so the first
-/// handshake resyncs all of it from n0.
-struct OnMirror {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    res: PathBuf,
-    /// Per node, what its daemons run through (its network namespace), if anything.
-    wrap: [Vec<String>; 2],
-}
-
-impl OnMirror {
-    const SIZE: u64 = 256 << 20;
-
-    fn new() -> OnMirror {
-        OnMirror::on("127.0.11", [vec![], vec![]])
-    }
-
-    /// Node i in namespace i of `pair`, at its address there.
-    fn in_namespaces(pair: &VethPair) -> OnMirror {
-        OnMirror::on(&pair.net, [pair.enter(0), pair.enter(1)])
-    }
-
-    /// Nodes n0, n1 at `net`.1, `net`.2; n0's replica freshly made, n1's to be fully synced.
-    fn on(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = 2\n\tname = r{port}\n\n");
-        let mut hosts = String::new();
-        for i in 0..2 {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = r{port}\n\n",
-                i + 1
-            );
-            hosts += &format!(
-                "\ton n{i} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/n{i}.img;\n\t\taddress {net}.{}:{};\n\
-                 \t\tmeta-disk {d}/n{i}.meta[0];\n\t}}\n",
-                i + 1,
-                port + 1,
-                d = dir.path().display()
-            );
-        }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
-        let res = format!(
-            "resource r0 {{\n\tprotocol C;\n\tsyncer {{ verify-alg sha1; rate 1G; }}\n\
-             \tstartup {{ wfc-timeout 60; degr-wfc-timeout 60; become-primary-on both; }}\n\
-             \tnet {{ cram-hmac-alg sha1; shared-secret \"m1rr0r\"; allow-two-primaries; }}\n{hosts}}}\n"
-        );
-        let res_path = dir.path().join("r0.res");
-        std::fs::write(&res_path, res).unwrap();
-        let s = OnMirror { dir, conf: conf_path, res: res_path, wrap };
-        for i in 0..2 {
-            common::sparse_image(s.dir.path(), &format!("n{i}.img"), Self::SIZE);
-        }
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-F"]).arg(s.replica(0)));
-        assert!(out.status.success(), "mkfs.o2fs: {}", common::text(&out));
-        // n1's replica holds nothing yet: invalidated, it is the target of a full resync.
-        let d = s.mirror_up(1);
-        let reply = d.request(r#"{"cmd":"invalidate"}"#).unwrap();
-        assert_eq!(reply["ok"], true, "invalidate: {reply}\n{}", d.log());
-        s
-    }
-
-    fn replica(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}.img"))
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}.sock"))
-    }
-
-    /// `o2fs mirror up` for node `i` alone (no filesystem).
-    fn mirror_up(&self, i: usize) -> common::daemon::Daemon {
-        let res = self.res.display().to_string();
-        let node = format!("n{i}");
-        let args = ["mirror", "up", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", &node, "-r", &res];
-        common::daemon::Daemon::start_via(self.dir.path(), &format!("mirror-n{i}"), &self.wrap[i], &args)
-    }
-
-    fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let args = node_args(self.dir.path(), &self.conf, i);
-        let m = Mount::start_on_mirror(&self.wrap[i], &self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
-        (m, mnt)
-    }
-
-    /// Unmounts both nodes, judges both replicas with fsck.ocfs2 and requires them
-    /// byte-identical.
-    fn unmount_and_compare(&self, m0: &mut Mount, m1: &mut Mount) {
-        Mount::unmount_all(&mut [m0, m1]).unwrap();
-        for i in 0..2 {
-            common::assert_fsck_ocfs2_clean(&self.replica(i));
-        }
-        assert_eq!(self.sha1(0), self.sha1(1), "the two replicas differ");
-    }
-
-    /// Mounts both nodes at once (the first waits for its peer: wfc-timeout).
-    fn mount_both(&self) -> [(Mount, PathBuf); 2] {
-        std::thread::scope(|sc| {
-            let a = sc.spawn(|| self.mount(0));
-            let b = sc.spawn(|| self.mount(1));
-            [a.join().unwrap(), b.join().unwrap()]
-        })
-    }
-
-    fn status(&self, i: usize) -> serde_json::Value {
-        let reply = o2fs::net::admin::request(
-            &self.socket(i),
-            &serde_json::json!({"cmd": "status"}),
-            std::time::Duration::from_secs(20),
-        );
-        reply.unwrap_or_else(|e| panic!("status of n{i}: {e}"))
-    }
-
-    fn wait_both_in_sync(&self) {
-        for i in 0..2 {
-            self.wait_in_sync(i);
-        }
-    }
-
-    /// Waits (60 s at most) until node `i`'s mirror is connected, in sync and quiet.
-    fn wait_in_sync(&self, i: usize) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let s = self.status(i);
-            let m = &s["mirror"];
-            if m["replication"] == "Established"
-                && m["quiet"] == true
-                && m["disk"] == "UpToDate"
-                && m["peer_disk"] == "UpToDate"
-            {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "n{i}: the mirror never settled: {s}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn sha1(&self, i: usize) -> String {
-        use sha1::{Digest, Sha1};
-        let digest = Sha1::digest(read(&self.replica(i)));
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
 #[test]
 fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     let s = OnMirror::new();
@@ -379,14 +168,6 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     assert!(m1.running(), "n1's daemon left while its peer was still mounted:\n{}", m1.stderr());
     std::fs::write(d0.join("after"), b"written after n1's unmount").unwrap();
     s.unmount_and_compare(&mut m0, &mut m1);
-}
-
-/// A write that is durable on return (fsync), or the error it met.
-fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(p)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[test]

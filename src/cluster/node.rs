@@ -82,6 +82,10 @@ pub enum NodeError {
     UnknownNode(String),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    /// The node's address is taken: on this machine, by the node itself (o2cb's rule: one
+    /// daemon per node name).
+    #[error("node {node:?} is already running here (its address {addr} is in use)")]
+    AlreadyRunning { node: String, addr: SocketAddr },
     #[error("disk heartbeat: {0}")]
     Disk(#[from] crate::dev::DevError),
 }
@@ -134,7 +138,10 @@ pub async fn start(
 ) -> Result<(ClusterHandle, mpsc::UnboundedReceiver<ClusterEvent>), NodeError> {
     let mine = cfg.node_by_name(me).ok_or_else(|| NodeError::UnknownNode(me.to_owned()))?.clone();
     let addr = SocketAddr::new(IpAddr::V4(mine.address), mine.port);
-    let listener = TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => NodeError::AlreadyRunning { node: me.to_owned(), addr },
+        _ => NodeError::Listen { addr, source },
+    })?;
     let mut inc = [0u8; 8];
     let _ = getrandom::getrandom(&mut inc);
     let incarnation = u64::from_le_bytes(inc) | 1;

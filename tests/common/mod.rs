@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod mounts;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,25 @@ pub fn bin(name: &str) -> PathBuf {
         let _ = std::os::unix::fs::symlink(&built, &p);
     }
     p
+}
+
+/// Runs `cmd` (a program that must refuse its input at once, within 30 s), with its stderr in
+/// `log`; fails the test unless it exits unsuccessfully. Returns its stderr.
+pub fn must_fail(cmd: &mut Command, log: &Path) -> String {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let status = wait_bounded(&mut child, std::time::Duration::from_secs(30));
+    let err = std::fs::read_to_string(log).unwrap_or_default();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(status.is_some_and(|st| !st.success()), "{cmd:?} was not refused ({status:?}):\n{err}");
+    err
 }
 
 /// `o2fs`, run through `wrapper` when it is not empty (`ip netns exec NS`, `nsenter …`: programs
