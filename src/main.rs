@@ -366,7 +366,10 @@ fn serve_cluster(
         }
         Source::Mirror { res, peer, .. } => {
             let mirror = cli::mirror::start(res, node, &a.join.timing)?;
-            if !mirror.wait_for_peer(res) {
+            let reached = mirror.wait_for_peer(res).map_err(|why| {
+                anyhow::anyhow!("resource {}: the handshake with the peer was refused: {why}", res.name)
+            })?;
+            if !reached {
                 // Under fencing a node that never met its peer may hold outdated data: it does
                 // not go on alone (DRBD would have outdated it through the fence-peer handler).
                 bail!(

@@ -1,10 +1,11 @@
 //! Bad input to a cluster mount: a second daemon claiming a running node's name, a node that
-//! is not in cluster.conf, a volume made for another cluster. Each is refused with a message
-//! that names the problem, and nothing is written to the volume.
+//! is not in cluster.conf, a volume made for another cluster, a mirror whose peer holds another
+//! volume. Each is refused with a message that names the problem, and nothing is written to the
+//! volume.
 
 mod common;
 
-use common::mounts::{node_args, read, Shared};
+use common::mounts::{node_args, read, OnMirror, Shared};
 use common::{bin, text};
 use std::path::Path;
 use std::process::Command;
@@ -63,4 +64,34 @@ fn a_volume_of_another_cluster_is_refused_without_a_write() {
     let err = mount_must_fail(&s, &node_args(s.dir.path(), &s.conf, 0), &s.dir.path().join("mnt"));
     assert!(err.contains("belongs to cluster \"elsewhere\""), "{err}");
     assert_eq!(sha1(&s.image), before, "a refused mount wrote to the volume");
+}
+
+#[test]
+fn a_mirror_whose_peer_holds_another_volume_is_refused_without_a_write() {
+    // mkfs on each node's disk makes two volumes; both replicas are "just created" for the
+    // mirror, which must not take them for equal.
+    let s = OnMirror::unsynced("127.0.13", [vec![], vec![]]);
+    s.mkfs(0);
+    s.mkfs(1);
+    let before = [sha1(&s.replica(0)), sha1(&s.replica(1))];
+    let errs: Vec<String> = std::thread::scope(|sc| {
+        let runs: Vec<_> = (0..2)
+            .map(|i| {
+                let s = &s;
+                sc.spawn(move || {
+                    let mnt = s.dir.path().join(format!("mnt{i}"));
+                    std::fs::create_dir_all(&mnt).unwrap();
+                    let mut cmd = Command::new(bin("o2fs"));
+                    cmd.arg("mount").arg("-f").args(node_args(s.dir.path(), &s.conf, i));
+                    cmd.arg("-r").arg(&s.res).arg(&mnt);
+                    common::must_fail(&mut cmd, &s.dir.path().join(format!("n{i}.err")))
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for err in &errs {
+        assert!(err.contains("hold different data"), "{err}");
+    }
+    assert_eq!([sha1(&s.replica(0)), sha1(&s.replica(1))], before, "a refused mount wrote to a replica");
 }

@@ -865,6 +865,7 @@ fn random_msg(rng: &mut Rng) -> Msg {
                 fresh_in_sync: rng.below(2) == 0,
                 primary: rng.below(2) == 0,
                 oos: (0..rng.below(4)).map(|_| (num(rng), num(rng))).collect(),
+                head: (rng.below(2) == 0).then(|| [rng.below(256) as u8; 20]),
             })
         }
         1 => Msg::Write { seq: num(rng), seen: num(rng), offset: num(rng), data: data(rng) },

@@ -83,7 +83,9 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     }));
     // As DRBD's init script: the command returns once the peer is there, or wfc-timeout passed.
     if !a.foreground {
-        mirror.wait_for_peer(&res);
+        if let Err(why) = mirror.wait_for_peer(&res) {
+            tracing::error!("the peer was refused: {why}");
+        }
     }
     ready.done();
     let signal = signals.wait().context("waiting for a signal")?;

@@ -92,6 +92,17 @@ impl OnMirror {
 
     /// Nodes n0, n1 at `net`.1, `net`.2; n0's replica freshly made, n1's to be fully synced.
     pub fn on(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
+        let s = OnMirror::unsynced(net, wrap);
+        s.mkfs(0);
+        // n1's replica holds nothing yet: invalidated, it is the target of a full resync.
+        let d = s.mirror_up(1);
+        let reply = d.request(r#"{"cmd":"invalidate"}"#).unwrap();
+        assert_eq!(reply["ok"], true, "invalidate: {reply}\n{}", d.log());
+        s
+    }
+
+    /// The configuration and two empty replicas, neither made nor invalidated.
+    pub fn unsynced(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
         let dir = tempfile::tempdir().unwrap();
         let mut b = [0u8; 2];
         getrandom::getrandom(&mut b).unwrap();
@@ -125,13 +136,13 @@ impl OnMirror {
         for i in 0..2 {
             super::sparse_image(s.dir.path(), &format!("n{i}.img"), Self::SIZE);
         }
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-F"]).arg(s.replica(0)));
-        assert!(out.status.success(), "mkfs.o2fs: {}", super::text(&out));
-        // n1's replica holds nothing yet: invalidated, it is the target of a full resync.
-        let d = s.mirror_up(1);
-        let reply = d.request(r#"{"cmd":"invalidate"}"#).unwrap();
-        assert_eq!(reply["ok"], true, "invalidate: {reply}\n{}", d.log());
         s
+    }
+
+    /// mkfs.o2fs on node i's replica file (behind the mirror's back).
+    pub fn mkfs(&self, i: usize) {
+        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-F"]).arg(self.replica(i)));
+        assert!(out.status.success(), "mkfs.o2fs: {}", super::text(&out));
     }
 
     pub fn replica(&self, i: usize) -> PathBuf {

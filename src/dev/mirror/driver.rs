@@ -249,20 +249,25 @@ impl Mirror {
 
     /// Waits for the first handshake with the peer, as DRBD's `wfc-timeout` (or
     /// `degr-wfc-timeout` when this node was running degraded before) asks: up to that many
-    /// seconds, forever for 0. Returns whether the peer was reached.
-    pub fn wait_for_peer(&self, res: &ResourceConfig) -> bool {
+    /// seconds, forever for 0. Returns whether the peer was reached; a handshake refused by
+    /// either side (split brain, unrelated data) ends the wait with the reason.
+    pub fn wait_for_peer(&self, res: &ResourceConfig) -> Result<bool, String> {
         let status = |m: &Mirror| m.admin(&json!({"cmd": "status"}))["mirror"].clone();
         let degraded = status(self)["generations"]["bitmap"].as_u64().is_some_and(|b| b != 0);
         let secs = if degraded { res.degr_wfc_timeout } else { res.wfc_timeout };
         tracing::info!(seconds = secs, degraded, "waiting for the peer (0: forever)");
         let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs as u64));
         loop {
-            if status(self)["connection"] == "Connected" {
-                return true;
+            let s = status(self);
+            if s["connection"] == "Connected" {
+                return Ok(true);
+            }
+            if let Some(why) = s["last_refusal"].as_str() {
+                return Err(why.to_string());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 tracing::warn!(seconds = secs, "the peer did not connect in time; going on alone");
-                return false;
+                return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

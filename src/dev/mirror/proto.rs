@@ -106,7 +106,13 @@ pub struct Hello {
     pub primary: bool,
     /// The out-of-sync bitmap as runs `(first block, count)`.
     pub oos: Vec<(u64, u64)>,
+    /// sha1 of the replica's first [`HEAD_BYTES`] (where a volume keeps its superblock), if it
+    /// could be read: two replicas that are both "just created" must agree on it.
+    pub head: Option<[u8; 20]>,
 }
+
+/// How much of the start of a replica [`Hello::head`] covers.
+pub const HEAD_BYTES: u64 = 64 << 10;
 
 /// Block data as one byte string: bincode then writes the length and copies the bytes, instead
 /// of encoding a sequence one element at a time (what serde does for a `Vec<u8>`).

@@ -2,6 +2,8 @@
 //! handshake that compares generations and starts a resync.
 
 use super::*;
+use crate::dev::mirror::generation::JUST_CREATED;
+use crate::dev::mirror::proto::HEAD_BYTES;
 
 impl Engine {
     /// The transport is up: send our Hello.
@@ -21,8 +23,16 @@ impl Engine {
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
             primary: self.primary(),
             oos: self.bitmap.runs(),
+            head: self.head_digest(),
         };
+        self.link.head_sent = hello.head;
         self.send(Msg::Hello(hello));
+    }
+
+    fn head_digest(&self) -> Option<[u8; 20]> {
+        use sha1::{Digest, Sha1};
+        let head = self.local_read(0, HEAD_BYTES.min(self.sup.data_size)).ok()?;
+        Some(Sha1::digest(head).into())
     }
 
     /// The transport is down (or was dropped). Idempotent.
@@ -273,8 +283,20 @@ impl Engine {
         tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");
         let result = match decision {
             Decision::Refuse(r) => return self.refuse(r.to_string()),
+            // Both replicas "just created" are in sync only if they hold the same data: mkfs run
+            // on each node's disk makes two volumes, and nothing would ever resync them.
+            Decision::InSync
+                if self.sup.gens.current == JUST_CREATED
+                    && h.head.zip(self.link.head_sent).is_some_and(|(theirs, ours)| ours != theirs) =>
+            {
+                return self.refuse(
+                    "both replicas are new but hold different data at their start (two different volumes?): \
+                     invalidate the one to be overwritten (`o2fs invalidate`)"
+                        .into(),
+                );
+            }
             Decision::InSync => {
-                if self.sup.gens.current == crate::dev::mirror::generation::JUST_CREATED {
+                if self.sup.gens.current == JUST_CREATED {
                     self.sup.flags |= flags::FRESH_IN_SYNC;
                 }
                 self.sup.gens.in_sync();

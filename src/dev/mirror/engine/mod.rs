@@ -213,6 +213,8 @@ struct Link {
     peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
+    /// [`Hello::head`] as this node sent it: later local writes do not count.
+    head_sent: Option<[u8; 20]>,
 }
 
 pub struct Engine {
