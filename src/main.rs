@@ -439,8 +439,8 @@ fn serve_cluster(
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session.run().context("serving FUSE requests");
-    // After the clean unmount: leave the cluster (a clean stop clears our heartbeat sector).
-    stack.rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    // After the clean unmount: leave the cluster.
+    stack.leave();
     // Then the mirror, once the peer no longer writes through it (a peer still mounted goes on
     // replicating here); its clean stop saves the bitmap.
     if let Some((m, _)) = mirror {

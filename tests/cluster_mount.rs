@@ -161,12 +161,15 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(s.status(0)["mirror"]["verify"]["out_of_sync_blocks"], 0, "{}", s.status(0));
-    // n1 unmounts first: its replica stays connected while n0 still writes (n0's unmount
-    // writes the slot map and its journal), so both replicas end equal without a resync.
-    m1.detach();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(m1.running(), "n1's daemon left while its peer was still mounted:\n{}", m1.stderr());
-    std::fs::write(d0.join("after"), b"written after n1's unmount").unwrap();
+    // n0, the lower node, unmounts first. It leaves the cluster cleanly, so n1 goes on (a lost
+    // lower node would make it fence: no disk heartbeat decides on the mirror). n0's replica
+    // stays connected while n1 still writes (n1's unmount writes the slot map and its
+    // journal), so both replicas end equal without a resync.
+    m0.detach();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(m0.running(), "n0's daemon left while its peer was still mounted:\n{}", m0.stderr());
+    write_synced(&d1.join("after"), b"written after n0's unmount").unwrap();
+    assert_eq!(read(&d1.join("a")), b"n0 again, longer");
     s.unmount_and_compare(&mut m0, &mut m1);
 }
 

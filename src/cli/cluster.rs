@@ -235,6 +235,13 @@ impl Stack {
         self.handle.status().view.map(|v| v.members.keys().map(|&n| n as u32).collect()).unwrap_or_default()
     }
 
+    /// Leaves the cluster cleanly and stops this node (a clean stop also clears its heartbeat
+    /// sector): the others go on at once, without counting it for quorum.
+    pub fn leave(self) {
+        self.rt.block_on(self.handle.leave(Duration::from_secs(2)));
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+    }
+
     /// Runs `f` with the members of every view this node gets, from now on.
     pub fn on_membership(&self, f: impl Fn(&std::collections::BTreeSet<u8>) + Send + 'static) {
         let mut members = self.svc.members();
@@ -289,8 +296,7 @@ fn up(a: UpArgs) -> Result<()> {
             }
             Ok::<(), anyhow::Error>(())
         })?;
-        // Dropping the runtime stops the node; a clean stop clears our heartbeat sector.
-        stack.rt.shutdown_timeout(Duration::from_secs(2));
+        stack.leave();
         Ok(())
     })
 }

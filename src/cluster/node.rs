@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::config::ClusterConfig;
@@ -105,11 +106,29 @@ enum Wire {
 }
 
 enum CoreIn {
-    Up { peer: NodeId, incarnation: u64, conn: u64, tx: mpsc::UnboundedSender<Wire> },
-    Down { peer: NodeId, conn: u64 },
-    Recv { peer: NodeId, conn: u64, wire: Wire },
-    Send { to: NodeId, payload: Vec<u8> },
+    Up {
+        peer: NodeId,
+        incarnation: u64,
+        conn: u64,
+        tx: mpsc::UnboundedSender<Wire>,
+        writer: JoinHandle<()>,
+    },
+    Down {
+        peer: NodeId,
+        conn: u64,
+    },
+    Recv {
+        peer: NodeId,
+        conn: u64,
+        wire: Wire,
+    },
+    Send {
+        to: NodeId,
+        payload: Vec<u8>,
+    },
     Disk(Vec<Option<Vec<u8>>>),
+    /// Leave cleanly; answered once the peers' links have taken the news and closed.
+    Leave(oneshot::Sender<()>),
 }
 
 /// The upper layer's handle: send messages, read status.
@@ -127,6 +146,15 @@ impl ClusterHandle {
 
     pub fn status(&self) -> ClusterStatus {
         self.status.lock().clone()
+    }
+
+    /// Leaves the cluster cleanly (the others count this node dead at once, and no longer for
+    /// quorum); returns once the peers were told, or after `limit`.
+    pub async fn leave(&self, limit: Duration) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(CoreIn::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
     }
 }
 
@@ -247,8 +275,8 @@ impl Ctx {
         };
         let conn_id = self.conn_id();
         let (q_tx, q_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(tx, q_rx));
-        let _ = self.core.send(CoreIn::Up { peer: number, incarnation, conn: conn_id, tx: q_tx });
+        let writer = tokio::spawn(write_loop(tx, q_rx));
+        let _ = self.core.send(CoreIn::Up { peer: number, incarnation, conn: conn_id, tx: q_tx, writer });
         read_loop(rx, number, conn_id, self.core.clone()).await;
     }
 }
@@ -341,6 +369,8 @@ fn spawn_disk_sampler(region: Region, interval_ms: u64, core: mpsc::UnboundedSen
 struct Peer {
     conn: u64,
     tx: mpsc::UnboundedSender<Wire>,
+    /// Ends once `tx` is dropped and what it queued is sent.
+    writer: JoinHandle<()>,
 }
 
 struct Core {
@@ -373,6 +403,20 @@ impl Core {
         }
     }
 
+    /// Tells every peer this node leaves and closes the links once that is sent; `done` is
+    /// answered then.
+    fn leave(&mut self, done: oneshot::Sender<()>) {
+        self.membership.leave();
+        self.drain();
+        let writers: Vec<JoinHandle<()>> = self.peers.drain().map(|(_, p)| p.writer).collect();
+        tokio::spawn(async move {
+            for w in writers {
+                let _ = w.await;
+            }
+            let _ = done.send(());
+        });
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -385,7 +429,7 @@ impl Core {
         let now = self.now();
         self.membership.tick(now);
         match m {
-            CoreIn::Up { peer, incarnation, conn, tx } => {
+            CoreIn::Up { peer, incarnation, conn, tx, writer } => {
                 info!(peer, "cluster link up");
                 // Messages held from an earlier connection (perhaps an earlier run of the peer,
                 // whose epochs a restarted node may reuse) are dropped: a reconnect always
@@ -393,7 +437,7 @@ impl Core {
                 for msgs in self.held.values_mut() {
                     msgs.retain(|(from, _)| *from != peer);
                 }
-                self.peers.insert(peer, Peer { conn, tx });
+                self.peers.insert(peer, Peer { conn, tx, writer });
                 self.membership.link_up(peer, incarnation);
             }
             CoreIn::Down { peer, conn } => {
@@ -419,6 +463,7 @@ impl Core {
                     }
                 }
             }
+            CoreIn::Leave(done) => self.leave(done),
             CoreIn::Disk(sample) => {
                 for (node, sector) in sample.into_iter().enumerate() {
                     if let Ok(node) = NodeId::try_from(node) {
