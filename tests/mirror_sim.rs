@@ -14,6 +14,7 @@
 //! `O2FS_SIM_FIRST`, default 0).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use o2fs::dev::mem::MemDevice;
@@ -35,6 +36,8 @@ const AL_SHIFT: u32 = 14;
 struct Replica {
     mem: MemDevice,
     reached: Mutex<HashSet<u64>>,
+    /// Writes fail (a failing disk).
+    failing: AtomicBool,
 }
 
 impl BlockDevice for Replica {
@@ -45,6 +48,10 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
+        if self.failing.load(Ordering::Relaxed) {
+            let source = std::io::Error::other("injected write failure");
+            return Err(DevError::Io { op: "write", offset, len: buf.len() as u64, source });
+        }
         if offset < DATA && offset.is_multiple_of(BM_BLOCK) {
             let mut reached = self.reached.lock();
             for block in buf.chunks(BM_BLOCK as usize) {
@@ -157,6 +164,7 @@ impl Sim {
                 let replica = Arc::new(Replica {
                     mem: MemDevice::new(if internal { DATA + meta_len } else { DATA }),
                     reached: Mutex::new(HashSet::new()),
+                    failing: AtomicBool::new(false),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -833,6 +841,28 @@ fn split_brain_is_refused_on_both_sides_until_discard_my_data() {
     assert_eq!(sim.nodes[victim].replica.mem.contents()[..DATA as usize], survivor[..DATA as usize]);
 }
 
+/// A write is sent to the peer before it is written locally; when the local write then fails,
+/// the write fails, its blocks are out of sync (the peer may hold the new data), the peer's
+/// ack of it is no protocol error, and the next resync makes the replicas equal.
+#[test]
+fn a_failed_local_write_fails_and_its_blocks_resync() {
+    init_log();
+    let mut sim = connected_pair(4 << 20);
+    sim.nodes[0].replica.failing.store(true, Ordering::Relaxed);
+    write_blocks(&mut sim, 0, &[6]);
+    sim.nodes[0].replica.failing.store(false, Ordering::Relaxed);
+    assert!(!sim.writes.last().unwrap().ok, "the write failed");
+    for _ in 0..100 {
+        sim.step(1);
+    }
+    assert!(sim.nodes[1].replica.reached.lock().contains(&(sim.writes.len() as u64 - 1)), "the peer wrote it");
+    let e = sim.nodes[0].engine.as_ref().unwrap();
+    assert_eq!((e.conn_state(), e.in_flight(), e.out_of_sync_blocks()), (ConnState::Connected, 0, 1));
+    sim.cut("test reconnection");
+    sim.heal();
+    sim.check_converged();
+}
+
 fn random_msg(rng: &mut Rng) -> Msg {
     use o2fs::dev::mirror::generation::GenIds;
     use o2fs::dev::mirror::proto::Hello;
@@ -867,7 +897,7 @@ fn random_msg(rng: &mut Rng) -> Msg {
                 oos: (0..rng.below(4)).map(|_| (num(rng), num(rng))).collect(),
             })
         }
-        1 => Msg::Write { seq: num(rng), seen: num(rng), offset: num(rng), data: data(rng) },
+        1 => Msg::Write { seq: num(rng), seen: num(rng), offset: num(rng), data: Arc::new(data(rng)) },
         2 => Msg::RecvAck { seq: num(rng) },
         3 => Msg::WriteAck { seq: num(rng) },
         4 => Msg::Flush { id: num(rng) },
