@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ pub struct MirrorOptions {
 }
 
 enum Event {
-    Up { conn: u64, peer: String, tx: tmpsc::UnboundedSender<Msg> },
+    Up { conn: u64, peer: String, wire: Wire },
     Down { conn: u64, reason: String },
     Peer { conn: u64, msg: Msg },
     Admin { request: Value, reply: mpsc::Sender<Value> },
@@ -84,13 +85,29 @@ struct Core {
     stopped: bool,
 }
 
-/// The writer task of the engine's connection: the engine's messages go there as it makes them.
-type Outbox = Arc<Mutex<Option<tmpsc::UnboundedSender<Msg>>>>;
+/// The connection the engine uses; its messages go there as it makes them.
+type Outbox = Arc<Mutex<Option<Wire>>>;
 
+/// The sending side of a connection: a message goes out from the engine's side at once when
+/// the socket takes it without waiting (no thread to wake), else through the connection's
+/// sending task — and so do the messages after it while any waits there (`queued`), to keep
+/// their order.
+struct Wire {
+    sender: net::ConnSender,
+    task: tmpsc::UnboundedSender<Msg>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Called only under the [`Core`] lock, which orders the messages.
 fn send_to(outbox: &Outbox, msg: Msg) {
-    if let Some(tx) = outbox.lock().as_ref() {
-        let _ = tx.send(msg);
+    let outbox = outbox.lock();
+    let Some(wire) = outbox.as_ref() else { return };
+    // A failed try is left to the task, which reports the connection down.
+    if wire.queued.load(Ordering::Acquire) == 0 && matches!(wire.sender.try_send(&msg), Ok(true)) {
+        return;
     }
+    wire.queued.fetch_add(1, Ordering::AcqRel);
+    let _ = wire.task.send(msg);
 }
 
 /// One node's running mirror. Dropping it shuts the engine down cleanly.
@@ -390,14 +407,18 @@ impl Link {
         let id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let peer = conn.peer_name().to_string();
         let (sender, mut receiver) = conn.into_split();
-        let (tx, mut rx) = tmpsc::unbounded_channel::<Msg>();
-        if self.events.send(Event::Up { conn: id, peer, tx }).is_err() {
+        let (task, mut rx) = tmpsc::unbounded_channel::<Msg>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let wire = Wire { sender: sender.clone(), task, queued: queued.clone() };
+        if self.events.send(Event::Up { conn: id, peer, wire }).is_err() {
             return;
         }
         let events = self.events.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                if let Err(e) = sender.send(&msg).await {
+                let sent = sender.send(&msg).await;
+                queued.fetch_sub(1, Ordering::AcqRel);
+                if let Err(e) = sent {
                     let _ = events.send(Event::Down { conn: id, reason: e.to_string() });
                     break;
                 }
@@ -430,11 +451,11 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
         let now = core.now();
         let Core { engine, conn, outbox, .. } = &mut *core;
         match event {
-            Ok(Event::Up { conn: id, peer, tx }) => {
+            Ok(Event::Up { conn: id, peer, wire }) => {
                 if conn.is_none() && engine.wants_connection() {
                     tracing::info!(peer, conn = id, "connected to the peer");
                     *conn = Some(id);
-                    *outbox.lock() = Some(tx);
+                    *outbox.lock() = Some(wire);
                     engine.connected(now);
                 } else {
                     tracing::info!(peer, conn = id, state = ?engine.conn_state(), "extra or unwanted connection closed");
