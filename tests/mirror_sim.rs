@@ -14,7 +14,7 @@
 //! `O2FS_SIM_FIRST`, default 0).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use o2fs::dev::mem::MemDevice;
@@ -38,6 +38,8 @@ struct Replica {
     reached: Mutex<HashSet<u64>>,
     /// Writes fail (a failing disk).
     failing: AtomicBool,
+    /// Writes and flushes that reached it.
+    io: AtomicU64,
 }
 
 impl BlockDevice for Replica {
@@ -48,6 +50,7 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
+        self.io.fetch_add(1, Ordering::Relaxed);
         if self.failing.load(Ordering::Relaxed) {
             let source = std::io::Error::other("injected write failure");
             return Err(DevError::Io { op: "write", offset, len: buf.len() as u64, source });
@@ -61,6 +64,7 @@ impl BlockDevice for Replica {
         self.mem.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), DevError> {
+        self.io.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -165,6 +169,7 @@ impl Sim {
                     mem: MemDevice::new(if internal { DATA + meta_len } else { DATA }),
                     reached: Mutex::new(HashSet::new()),
                     failing: AtomicBool::new(false),
+                    io: AtomicU64::new(0),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -340,6 +345,22 @@ impl Sim {
             10 + self.rng.below(40)
         } else {
             1 + self.rng.below(5)
+        }
+    }
+
+    /// Delivers a message to node `i` as the driver does: an acknowledgement first through
+    /// `receive_ack` (which the driver's network task calls), and that must touch no disk.
+    fn deliver(&mut self, i: usize, msg: Msg) {
+        let now = self.now;
+        let replica = self.nodes[i].replica.clone();
+        let Some(e) = self.nodes[i].engine.as_mut() else { return };
+        let io = replica.io.load(Ordering::Relaxed);
+        match e.receive_ack(now, msg) {
+            Ok(()) if replica.io.load(Ordering::Relaxed) != io => {
+                self.fail(format!("node {i}: receive_ack wrote or flushed the replica"))
+            }
+            Ok(()) => {}
+            Err(msg) => e.receive(now, msg),
         }
     }
 
@@ -561,9 +582,7 @@ impl Sim {
         for i in 0..2 {
             while self.up && self.links[i].front().is_some_and(|(at, _)| *at <= now) {
                 let (_, msg) = self.links[i].pop_front().unwrap();
-                if let Some(e) = self.nodes[1 - i].engine.as_mut() {
-                    e.receive(now, msg);
-                }
+                self.deliver(1 - i, msg);
                 self.drain();
                 self.account_discard();
             }
@@ -943,7 +962,12 @@ fn hostile_peer_messages_never_panic() {
                 }
                 1 => engine.read(now, i, rng.below(DATA), rng.below(3 * BM_BLOCK)),
                 2 => engine.tick(now),
-                _ => engine.receive(now, random_msg(&mut rng)),
+                // As the driver: an acknowledgement first through receive_ack.
+                _ => {
+                    if let Err(msg) = engine.receive_ack(now, random_msg(&mut rng)) {
+                        engine.receive(now, msg);
+                    }
+                }
             }
             while engine.poll().is_some() {}
         }

@@ -30,6 +30,7 @@ use super::config::{MetaDisk, ResourceConfig};
 use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Written};
 use super::meta::{self, MetaArea, MetaError, Super};
 use super::proto::Msg;
+use super::replica::Replica;
 use crate::dev::{check_range, BlockDevice, DevError, FileDevice};
 use crate::net::{self, Identity, NetConfig};
 
@@ -83,6 +84,8 @@ struct Core {
     start: Instant,
     /// The engine was shut down: requests fail.
     stopped: bool,
+    /// Peer messages handed to the engine thread and not yet taken by the engine.
+    peer_queued: Arc<AtomicUsize>,
 }
 
 /// The connection the engine uses; its messages go there as it makes them.
@@ -114,6 +117,7 @@ fn send_to(outbox: &Outbox, msg: Msg) {
 pub struct Mirror {
     events: mpsc::Sender<Event>,
     core: Arc<Mutex<Core>>,
+    replica: Arc<dyn BlockDevice>,
     size: u64,
     resource: String,
     node: String,
@@ -135,7 +139,8 @@ fn open_replica(
     fn meta_err(path: &Path) -> impl FnOnce(MetaError) -> MirrorError + '_ {
         move |source| MirrorError::Meta { path: path.to_owned(), source }
     }
-    let replica: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&host.disk, true).map_err(open_err(&host.disk))?);
+    let file = FileDevice::open(&host.disk, true).map_err(open_err(&host.disk))?;
+    let replica: Arc<dyn BlockDevice> = Arc::new(Replica::new(file));
     let (meta_dev, meta_path, data_size, base): (Arc<dyn BlockDevice>, &Path, u64, u64) = match &host.meta_disk {
         MetaDisk::Internal => {
             let (data, base) = meta::internal_layout(replica.size()).map_err(meta_err(&host.disk))?;
@@ -188,7 +193,7 @@ impl Mirror {
             u64::from_le_bytes(b) | 1 << 63
         });
         let disk = host.disk.clone();
-        let mut engine = Engine::open(cfg, replica, loaded, new_gen, 0)
+        let mut engine = Engine::open(cfg, replica.clone(), loaded, new_gen, 0)
             .map_err(|source| MirrorError::Meta { path: disk.clone(), source })?;
         let outbox = Outbox::default();
         let sink = outbox.clone();
@@ -204,21 +209,7 @@ impl Mirror {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::V4(host.address)))
             .map_err(|source| MirrorError::Listen { addr: SocketAddr::V4(host.address), source })?;
-        let link = Link {
-            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
-            peer_name: peer.name.clone(),
-            peer_addr: SocketAddr::V4(peer.address),
-            my_ip: *host.address.ip(),
-            secret: res.shared_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            cfg: net_cfg,
-            events: events.clone(),
-            next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-        };
-        let link = Arc::new(link);
-        runtime.spawn(link.clone().listen(listener));
-        if node_id == 0 {
-            runtime.spawn(link.connect_loop(wants_rx));
-        }
+        let peer_queued = Arc::new(AtomicUsize::new(0));
         let core = Arc::new(Mutex::new(Core {
             engine,
             waiters: HashMap::new(),
@@ -228,7 +219,25 @@ impl Mirror {
             wants: wants_tx,
             start: Instant::now(),
             stopped: false,
+            peer_queued: peer_queued.clone(),
         }));
+        let link = Link {
+            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
+            peer_name: peer.name.clone(),
+            peer_addr: SocketAddr::V4(peer.address),
+            my_ip: *host.address.ip(),
+            secret: res.shared_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            cfg: net_cfg,
+            events: events.clone(),
+            next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            core: core.clone(),
+            peer_queued: peer_queued.clone(),
+        };
+        let link = Arc::new(link);
+        runtime.spawn(link.clone().listen(listener));
+        if node_id == 0 {
+            runtime.spawn(link.connect_loop(wants_rx));
+        }
         let shared = core.clone();
         let engine = std::thread::Builder::new()
             .name("o2fs-mirror".into())
@@ -238,6 +247,7 @@ impl Mirror {
         Ok(Mirror {
             events,
             core,
+            replica,
             size,
             resource: res.name.clone(),
             node: opts.node,
@@ -249,7 +259,7 @@ impl Mirror {
 
     /// The device the filesystem (or a test) writes through.
     pub fn device(&self) -> MirrorDevice {
-        MirrorDevice { core: self.core.clone(), size: self.size }
+        MirrorDevice { core: self.core.clone(), replica: self.replica.clone(), size: self.size }
     }
 
     /// Answers one admin request (`status`, `verify`, `connect`, `disconnect`, `invalidate`,
@@ -357,6 +367,9 @@ struct Link {
     cfg: NetConfig,
     events: mpsc::Sender<Event>,
     next_conn: Arc<std::sync::atomic::AtomicU64>,
+    core: Arc<Mutex<Core>>,
+    /// [`Core::peer_queued`].
+    peer_queued: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -426,10 +439,13 @@ impl Link {
             sender.shutdown().await;
         });
         let events = self.events.clone();
+        let (core, queued) = (self.core.clone(), self.peer_queued.clone());
         tokio::spawn(async move {
             let reason = loop {
                 match receiver.recv::<Msg>().await {
                     Ok(Some(msg)) => {
+                        let Some(msg) = take_ack(&core, id, msg) else { continue };
+                        queued.fetch_add(1, Ordering::AcqRel);
                         if events.send(Event::Peer { conn: id, msg }).is_err() {
                             return;
                         }
@@ -443,13 +459,32 @@ impl Link {
     }
 }
 
+/// Hands an acknowledgement to the engine from the network task, sparing the engine thread's
+/// wake-up, when the engine is free at once and no earlier message of the peer waits for the
+/// engine thread (the engine takes the peer's messages in order). Gives the message back
+/// otherwise. No disk I/O, no waiting: fit for a tokio task.
+fn take_ack(core: &Mutex<Core>, conn: u64, msg: Msg) -> Option<Msg> {
+    let Some(mut core) = core.try_lock() else { return Some(msg) };
+    if core.stopped || core.conn != Some(conn) || core.peer_queued.load(Ordering::Acquire) > 0 {
+        return Some(msg);
+    }
+    let now = core.now();
+    match core.engine.receive_ack(now, msg) {
+        Ok(()) => {
+            core.route();
+            None
+        }
+        Err(msg) => Some(msg),
+    }
+}
+
 /// The engine thread: applies events in order and ticks every 10 ms.
 fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
     loop {
         let event = rx.recv_timeout(Duration::from_millis(10));
         let mut core = core.lock();
         let now = core.now();
-        let Core { engine, conn, outbox, .. } = &mut *core;
+        let Core { engine, conn, outbox, peer_queued, .. } = &mut *core;
         match event {
             Ok(Event::Up { conn: id, peer, wire }) => {
                 if conn.is_none() && engine.wants_connection() {
@@ -472,6 +507,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
                 if *conn == Some(id) {
                     engine.receive(now, msg);
                 }
+                peer_queued.fetch_sub(1, Ordering::AcqRel);
             }
             Ok(Event::Admin { request, reply }) => {
                 let _ = reply.send(super::admin::handle(engine, now, &request));
@@ -542,31 +578,41 @@ impl Core {
 #[derive(Clone)]
 pub struct MirrorDevice {
     core: Arc<Mutex<Core>>,
+    replica: Arc<dyn BlockDevice>,
     size: u64,
 }
 
 impl MirrorDevice {
+    /// Runs `submit` on the engine, then `unlocked` without the engine's lock, then hands out
+    /// the engine's outputs and ticks; waits for the request's completion.
     fn call<T>(
         &self,
         (op, offset, len): (&'static str, u64, u64),
         waiter: impl FnOnce(mpsc::Sender<Result<T, IoFailure>>) -> Waiter,
         submit: impl FnOnce(&mut Engine, u64, u64),
+        unlocked: impl FnOnce(),
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
         let fail = |msg: String| DevError::Io { op, offset, len, source: std::io::Error::other(msg) };
         let (reply, rx) = mpsc::channel();
-        {
-            let mut core = self.core.lock();
-            if core.stopped {
-                return Err(fail("the mirror engine has stopped".into()));
-            }
-            core.next_id += 1;
-            let id = core.next_id;
-            core.waiters.insert(id, waiter(reply));
+        let mut core = self.core.lock();
+        if core.stopped {
+            return Err(fail("the mirror engine has stopped".into()));
+        }
+        core.next_id += 1;
+        let id = core.next_id;
+        core.waiters.insert(id, waiter(reply));
+        let now = core.now();
+        submit(&mut core.engine, now, id);
+        drop(core);
+        unlocked();
+        let mut core = self.core.lock();
+        // Stopped meanwhile: the waiter is gone, and `recv` says so.
+        if !core.stopped {
             let now = core.now();
-            submit(&mut core.engine, now, id);
             core.settle(now);
         }
+        drop(core);
         match rx.recv() {
             Ok(r) => r.map_err(|e| fail(e.to_string())),
             Err(_) => Err(fail("the mirror engine has stopped".into())),
@@ -581,19 +627,23 @@ impl BlockDevice for MirrorDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::dev::Result<()> {
         let len = buf.len() as u64;
-        let data = self.call(("read", offset, len), Waiter::Read, |e, now, id| e.read(now, id, offset, len))?;
+        let data = self.call(("read", offset, len), Waiter::Read, |e, now, id| e.read(now, id, offset, len), || {})?;
         buf.copy_from_slice(&data);
         Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> crate::dev::Result<()> {
         let data = buf.to_vec();
-        self.call(("write", offset, buf.len() as u64), Waiter::Write, |e, now, id| e.write(now, id, offset, data))
-            .map(|_| ())
+        let write = |e: &mut Engine, now, id| e.write(now, id, offset, data);
+        self.call(("write", offset, buf.len() as u64), Waiter::Write, write, || {}).map(|_| ())
     }
 
+    /// The engine asks the peer to flush; meanwhile the local replica's fdatasync runs here,
+    /// outside the engine's lock, so that the peer's answer is taken at once; the engine's own
+    /// flush of the replica then finds it clean (an error of this one comes again from that one).
     fn flush(&self) -> crate::dev::Result<()> {
-        self.call(("flush", 0, 0), Waiter::Flush, |e, now, id| e.flush(now, id))
+        let replica = || drop(self.replica.flush());
+        self.call(("flush", 0, 0), Waiter::Flush, |e, now, id| e.flush(now, id), replica)
     }
 }
 
