@@ -4,10 +4,15 @@
 //! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
 //! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
 //! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
-//! through channels. Tokio tasks only send on unbounded channels (never block); the engine side
-//! never awaits. A caller runs its request itself rather than handing it to the engine thread
-//! (one thread wake-up less), then blocks on a reply channel until the request completes — at
-//! once for a local read or a degraded write, on the peer's ack otherwise.
+//! through channels. Tokio tasks never block: they send on unbounded channels, and hand an
+//! acknowledgement (no disk I/O) to the engine themselves only when its lock is free at once.
+//! The engine side never awaits: its messages go onto the socket when it takes them at once,
+//! else to a sending task.
+//!
+//! Each of these spares a thread wake-up, which on a busy machine costs more than the work: a
+//! caller runs its request itself rather than handing it to the engine thread, then blocks on a
+//! reply channel until the request completes — at once for a local read or a degraded write, on
+//! the peer's ack otherwise.
 //!
 //! Connections: both nodes listen on their `address`; the node listed first in the resource file
 //! connects (one connection at a time, no crossing attempts). Every connection is authenticated
