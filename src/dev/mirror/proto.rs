@@ -2,6 +2,8 @@
 //! them). One connection carries them in order, and the engine relies on that order (as DRBD
 //! relies on its data socket's): a reply sent after a write is read after it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::generation::GenIds;
@@ -24,8 +26,9 @@ pub enum Msg {
         seq: u64,
         seen: u64,
         offset: u64,
-        #[serde(with = "bytes")]
-        data: Vec<u8>,
+        /// Shared with the local write that runs while this message is sent.
+        #[serde(with = "bytes::shared")]
+        data: Arc<Vec<u8>>,
     },
     /// Protocol B: the write arrived (DRBD P_RECV_ACK).
     RecvAck {
@@ -155,6 +158,20 @@ mod bytes {
         }
     }
 
+    /// The same for a shared byte string.
+    pub mod shared {
+        use serde::{Deserializer, Serializer};
+        use std::sync::Arc;
+
+        pub fn serialize<S: Serializer>(v: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(v, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+            super::deserialize(d).map(Arc::new)
+        }
+    }
+
     /// The same for an optional byte string.
     pub mod option {
         use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -180,7 +197,7 @@ mod tests {
     fn messages_round_trip_through_bincode() {
         let cfg = bincode::config::standard();
         for msg in [
-            Msg::Write { seq: 1, seen: 0, offset: 4096, data: vec![7; 5000] },
+            Msg::Write { seq: 1, seen: 0, offset: 4096, data: Arc::new(vec![7; 5000]) },
             Msg::ReadReply { id: 3, data: Some(vec![1, 2, 3]) },
             Msg::ReadReply { id: 4, data: None },
             Msg::ResyncData { block: 9, data: vec![] },

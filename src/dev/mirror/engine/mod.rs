@@ -227,6 +227,8 @@ pub struct Engine {
     new_gen: Box<dyn FnMut() -> u64 + Send>,
     now: u64,
     out: VecDeque<Output>,
+    /// Where messages go when not queued as `Output::Send` (see [`Engine::send_through`]).
+    sink: Option<Box<dyn FnMut(Msg) + Send>>,
     conn: ConnState,
     repl: Repl,
     io: IoState,
@@ -294,6 +296,7 @@ impl Engine {
             new_gen,
             now,
             out: VecDeque::new(),
+            sink: None,
             conn: ConnState::Unconnected,
             repl: Repl::Off,
             // Under fencing a node starts frozen: until it has seen its peer (or the cluster lets it
@@ -487,7 +490,17 @@ impl Engine {
     }
 
     fn send(&mut self, msg: Msg) {
-        self.out.push_back(Output::Send(msg));
+        match &mut self.sink {
+            Some(sink) => sink(msg),
+            None => self.out.push_back(Output::Send(msg)),
+        }
+    }
+
+    /// From now on messages go to `sink` the moment they are made instead of as
+    /// [`Output::Send`]: the driver has a write on its way to the peer while the engine still
+    /// writes it to the local replica.
+    pub fn send_through(&mut self, sink: Box<dyn FnMut(Msg) + Send>) {
+        self.sink = Some(sink);
     }
 
     /// The passage of time: local flushes, resync and verify pacing, lazy bitmap writes. The
