@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod nodes;
+pub mod rng;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
