@@ -187,14 +187,12 @@ fn creates_in_one_directory_on_the_mirror() {
     creates_in_one_directory(&Volume::Mirror(OnMirror::new("127.0.21")));
 }
 
-#[test]
-fn kill_9_during_creates() {
-    let vol = Volume::Shared(Shared::new("127.0.25"));
+/// Both nodes create files in one directory, n1 fsyncing each; n1's daemon is killed a quarter
+/// of the way through. n0 finishes, n1's fsynced files are there, n1 mounts again.
+fn kill_9_during_creates(vol: &Volume) {
     let n = creates() / 2;
     let [(m0, d0), (mut m1, d1)] = vol.mount_both();
     std::fs::create_dir(d0.join("d")).unwrap();
-    // n1 fsyncs each file it creates; it is killed a quarter of the way through while n0
-    // creates its own.
     let fsynced = AtomicUsize::new(0);
     let (mine, theirs) = kill_during(&mut m1, &fsynced, n / 4, || {
         std::thread::scope(|sc| {
@@ -315,12 +313,11 @@ fn rename_storm_on_the_mirror() {
     rename_storm(&Volume::Mirror(OnMirror::new("127.0.23")));
 }
 
-#[test]
-fn kill_9_during_a_rename_storm() {
-    let vol = Volume::Shared(Shared::new("127.0.26"));
+/// Both nodes storm; n1's daemon is killed after a sixth of its attempts. n0 finishes its storm,
+/// every file is still in exactly one place, n1 mounts again.
+fn kill_9_during_a_rename_storm(vol: &Volume) {
     let [(m0, d0), (mut m1, d1)] = vol.mount_both();
     storm_setup(&d0);
-    // n1 is killed after a third of its renames, in the middle of its storm and n0's.
     let theirs = AtomicUsize::new(0);
     let (mine, _) = kill_during(&mut m1, &theirs, STORM_OPS / 6, || {
         std::thread::scope(|sc| {
@@ -670,4 +667,24 @@ fn seeded_write_on_one_read_on_the_other_on_the_mirror() {
     for seed in seq_seeds() {
         seeded_sequence(&Volume::Mirror(OnMirror::new("127.0.27")), seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS));
     }
+}
+
+#[test]
+fn kill_9_during_creates_on_a_shared_image() {
+    kill_9_during_creates(&Volume::Shared(Shared::new("127.0.25")));
+}
+
+#[test]
+fn kill_9_during_a_rename_storm_on_a_shared_image() {
+    kill_9_during_a_rename_storm(&Volume::Shared(Shared::new("127.0.26")));
+}
+
+#[test]
+fn kill_9_during_creates_on_the_mirror() {
+    kill_9_during_creates(&Volume::Mirror(OnMirror::new("127.0.28")));
+}
+
+#[test]
+fn kill_9_during_a_rename_storm_on_the_mirror() {
+    kill_9_during_a_rename_storm(&Volume::Mirror(OnMirror::new("127.0.29")));
 }
