@@ -177,16 +177,6 @@ fn creates_in_one_directory(vol: &Volume) {
     vol.finish(nodes);
 }
 
-#[test]
-fn creates_in_one_directory_on_a_shared_image() {
-    creates_in_one_directory(&Volume::Shared(Shared::new("127.0.20")));
-}
-
-#[test]
-fn creates_in_one_directory_on_the_mirror() {
-    creates_in_one_directory(&Volume::Mirror(OnMirror::new("127.0.21")));
-}
-
 /// Both nodes create files in one directory, n1 fsyncing each; n1's daemon is killed a quarter
 /// of the way through. n0 finishes, n1's fsynced files are there, n1 mounts again.
 fn kill_9_during_creates(vol: &Volume) {
@@ -303,16 +293,6 @@ fn rename_storm(vol: &Volume) {
     vol.finish(nodes);
 }
 
-#[test]
-fn rename_storm_on_a_shared_image() {
-    rename_storm(&Volume::Shared(Shared::new("127.0.22")));
-}
-
-#[test]
-fn rename_storm_on_the_mirror() {
-    rename_storm(&Volume::Mirror(OnMirror::new("127.0.23")));
-}
-
 /// Both nodes storm; n1's daemon is killed after a sixth of its attempts. n0 finishes its storm,
 /// every file is still in exactly one place, n1 mounts again.
 fn kill_9_during_a_rename_storm(vol: &Volume) {
@@ -336,7 +316,7 @@ fn kill_9_during_a_rename_storm(vol: &Volume) {
 // ---------------------------------------------------------------------------------------------
 // Seeded write-on-one, read-on-other sequence
 
-const SEQ_SEEDS: [u64; 1] = [0x0c1a_5eed];
+const SEQ_SEED: u64 = 0x0c1a_5eed;
 const SEQ_DEFAULT_OPS: usize = 400;
 /// Names of files and directories (few, so that operations meet the same names often).
 const SEQ_NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
@@ -651,40 +631,44 @@ fn seeded_sequence(vol: &Volume, seed: u64, ops: usize) {
     vol.finish(nodes);
 }
 
-fn seq_seeds() -> Vec<u64> {
-    std::env::var("O2FS_SEED").map(|s| vec![parse_seed(&s)]).unwrap_or(SEQ_SEEDS.to_vec())
+/// The sequence of `O2FS_SEED`, or of SEQ_SEED, `O2FS_OPS` steps long.
+fn seeded_write_on_one_read_on_the_other(vol: &Volume) {
+    let seed = std::env::var("O2FS_SEED").map_or(SEQ_SEED, |s| parse_seed(&s));
+    seeded_sequence(vol, seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS));
 }
 
-#[test]
-fn seeded_write_on_one_read_on_the_other_on_a_shared_image() {
-    for seed in seq_seeds() {
-        seeded_sequence(&Volume::Shared(Shared::new("127.0.24")), seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS));
-    }
+// ---------------------------------------------------------------------------------------------
+// The tests: each workload on a shared image and on the mirror, each test on loopback addresses
+// of its own.
+
+/// `#[test] fn NAME_on_a_shared_image` and `NAME_on_the_mirror` running workload `NAME` with
+/// the nodes on `SHARED_NET`.1/.2 and `MIRROR_NET`.1/.2.
+macro_rules! on_a_shared_image_and_the_mirror {
+    ($($workload:ident: $shared:ident on $shared_net:literal, $mirror:ident on $mirror_net:literal;)*) => {$(
+        #[test]
+        fn $shared() {
+            $workload(&Volume::Shared(Shared::new($shared_net)));
+        }
+
+        #[test]
+        fn $mirror() {
+            $workload(&Volume::Mirror(OnMirror::new($mirror_net)));
+        }
+    )*};
 }
 
-#[test]
-fn seeded_write_on_one_read_on_the_other_on_the_mirror() {
-    for seed in seq_seeds() {
-        seeded_sequence(&Volume::Mirror(OnMirror::new("127.0.27")), seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS));
-    }
-}
-
-#[test]
-fn kill_9_during_creates_on_a_shared_image() {
-    kill_9_during_creates(&Volume::Shared(Shared::new("127.0.25")));
-}
-
-#[test]
-fn kill_9_during_a_rename_storm_on_a_shared_image() {
-    kill_9_during_a_rename_storm(&Volume::Shared(Shared::new("127.0.26")));
-}
-
-#[test]
-fn kill_9_during_creates_on_the_mirror() {
-    kill_9_during_creates(&Volume::Mirror(OnMirror::new("127.0.28")));
-}
-
-#[test]
-fn kill_9_during_a_rename_storm_on_the_mirror() {
-    kill_9_during_a_rename_storm(&Volume::Mirror(OnMirror::new("127.0.29")));
+on_a_shared_image_and_the_mirror! {
+    creates_in_one_directory:
+        creates_in_one_directory_on_a_shared_image on "127.0.20",
+        creates_in_one_directory_on_the_mirror on "127.0.21";
+    rename_storm: rename_storm_on_a_shared_image on "127.0.22", rename_storm_on_the_mirror on "127.0.23";
+    seeded_write_on_one_read_on_the_other:
+        seeded_write_on_one_read_on_the_other_on_a_shared_image on "127.0.24",
+        seeded_write_on_one_read_on_the_other_on_the_mirror on "127.0.27";
+    kill_9_during_creates:
+        kill_9_during_creates_on_a_shared_image on "127.0.25",
+        kill_9_during_creates_on_the_mirror on "127.0.28";
+    kill_9_during_a_rename_storm:
+        kill_9_during_a_rename_storm_on_a_shared_image on "127.0.26",
+        kill_9_during_a_rename_storm_on_the_mirror on "127.0.29";
 }
