@@ -58,6 +58,21 @@ impl Volume {
         }
     }
 
+    /// The image node 0 writes to: the shared image, or its own replica.
+    fn image_of_n0(&self) -> PathBuf {
+        match self {
+            Volume::Shared(s) => s.image.clone(),
+            Volume::Mirror(m) => m.replica(0),
+        }
+    }
+
+    /// The node numbers in the volume's slot map as node 0 sees it (debugfs.ocfs2 `slotmap`).
+    fn nodes_in_slots(&self) -> BTreeSet<u32> {
+        let out = common::debugfs(&self.image_of_n0(), "slotmap");
+        let rows = out.lines().filter_map(|l| l.split_whitespace().nth(1)?.parse().ok());
+        rows.collect()
+    }
+
     /// Unmounts both nodes cleanly (n1 first), then judges every image; on the mirror the two
     /// replicas meet again first (the last node to unmount wrote its final blocks alone) and must
     /// then be byte-identical.
@@ -97,7 +112,18 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).map(|s| s.parse().unwrap_or_else(|_| panic!("{name}={s}: not a number"))).unwrap_or(default)
 }
 
-/// Runs `work` while `kill` waits until `progress` reaches `at` (or `work` returns), then kills
+/// After n1's daemon was killed: the survivor recovers n1's slot (waits up to 30 s for the slot
+/// map to hold node 0 alone), and n1 mounts again.
+fn recovered_and_remounted(vol: &Volume) -> Node {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while vol.nodes_in_slots() != BTreeSet::from([0]) {
+        assert!(std::time::Instant::now() < deadline, "n1's slot was never recovered: {:?}", vol.nodes_in_slots());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    vol.mount(1)
+}
+
+/// Runs `work` while this thread waits until `progress` reaches `at` (or `work` returns), then kills
 /// `victim`'s daemon (SIGKILL to its PID); returns what `work` returned.
 fn kill_during<T: Send>(victim: &mut Mount, progress: &AtomicUsize, at: usize, work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|sc| {
@@ -118,7 +144,7 @@ fn kill_during<T: Send>(victim: &mut Mount, progress: &AtomicUsize, at: usize, w
 /// directory on a shared image took 122 s on this 2-core machine (136 s with the checks and
 /// fsck; 2026-11-28, by hand: `O2FS_CREATES=10000 cargo test --test cluster_workloads
 /// creates_in_one_directory_on_a_shared_image`), and 2 × 2000 took 23 s, so CI runs 2000 per node
-/// to keep this file's eight tests within about two minutes.
+/// to keep this file's ten tests within about two and a half minutes.
 const DEFAULT_CREATES: usize = 2000;
 
 fn creates() -> usize {
@@ -182,6 +208,7 @@ fn creates_in_one_directory(vol: &Volume) {
 fn kill_9_during_creates(vol: &Volume) {
     let n = creates() / 2;
     let [(m0, d0), (mut m1, d1)] = vol.mount_both();
+    assert_eq!(vol.nodes_in_slots(), BTreeSet::from([0, 1]), "both nodes hold a slot");
     std::fs::create_dir(d0.join("d")).unwrap();
     let fsynced = AtomicUsize::new(0);
     let (mine, theirs) = kill_during(&mut m1, &fsynced, n / 4, || {
@@ -197,8 +224,7 @@ fn kill_9_during_creates(vol: &Volume) {
     assert!(fsynced >= n / 4, "n1 fsynced {fsynced} files before it was killed");
     assert_files(&d0.join("d"), 0, n);
     assert_files(&d0.join("d"), 1, fsynced);
-    // The killed node's slot is free again: it mounts and sees the same.
-    let (m1, d1) = vol.mount(1);
+    let (m1, d1) = recovered_and_remounted(vol);
     assert_files(&d1.join("d"), 0, n);
     assert_files(&d1.join("d"), 1, fsynced);
     vol.finish([(m0, d0), (m1, d1)]);
@@ -297,6 +323,7 @@ fn rename_storm(vol: &Volume) {
 /// every file is still in exactly one place, n1 mounts again.
 fn kill_9_during_a_rename_storm(vol: &Volume) {
     let [(m0, d0), (mut m1, d1)] = vol.mount_both();
+    assert_eq!(vol.nodes_in_slots(), BTreeSet::from([0, 1]), "both nodes hold a slot");
     storm_setup(&d0);
     let theirs = AtomicUsize::new(0);
     let (mine, _) = kill_during(&mut m1, &theirs, STORM_OPS / 6, || {
@@ -308,7 +335,7 @@ fn kill_9_during_a_rename_storm(vol: &Volume) {
     });
     mine.unwrap_or_else(|e| panic!("the survivor's storm: {e}"));
     assert_storm_intact(&d0);
-    let (m1, d1) = vol.mount(1);
+    let (m1, d1) = recovered_and_remounted(vol);
     assert_storm_intact(&d1);
     vol.finish([(m0, d0), (m1, d1)]);
 }
