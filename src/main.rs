@@ -320,10 +320,11 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
+    let unmount_failed = fs.unmount_failed();
     let session = fuser::Session::new(fs, dir, &fuse_config(&source.name(), opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
+    let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
     drop(heartbeat);
     served
@@ -402,17 +403,32 @@ fn serve_cluster(
         }
     };
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
+    let unmount_failed = fs.unmount_failed();
     locks.release(LockResource::Super, LockMode::Ex);
     stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), mirror.clone())?;
     let session = fuser::Session::new(fs, dir, &fuse_config(&name, opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
+    let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount: leave the cluster (a clean stop clears our heartbeat sector).
     stack.rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    // Then the mirror: its clean stop saves the bitmap and marks this node not primary.
+    // Then the mirror, once a peer resyncing from this replica has all of it (else the peer is
+    // left without an up-to-date copy): its clean stop saves the bitmap and marks this node not
+    // primary.
+    if let Some(m) = &mirror {
+        m.wait_peer_resynced(std::time::Duration::from_secs(600));
+    }
     drop(mirror);
     served
+}
+
+/// A FUSE session's outcome: an error if serving failed or the unmount at its end did.
+fn session_result(run: std::io::Result<()>, unmount_failed: &std::sync::atomic::AtomicBool) -> Result<()> {
+    run.context("serving FUSE requests")?;
+    if unmount_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the unmount failed (its error is logged above): the volume was not left clean");
+    }
+    Ok(())
 }
 
 /// The FUSE session's options for a mount.

@@ -9,9 +9,12 @@
 //! - a seeded random sequence: each step one node creates, writes at an offset, truncates,
 //!   renames, unlinks, makes a directory or changes a mode, and the other node at once checks the
 //!   content hashes, sizes, modes and directory listings of what changed;
-//! - kill -9 of one node's daemon in the middle of the creates and of the rename storm: the
-//!   survivor finishes its part, recovers the dead node's slot (its fsynced files are there), and
-//!   the dead node mounts again.
+//! - kill -9 of one node's daemon in the middle of the creates (n1's, shared image and mirror)
+//!   and of the rename storm (n0's, shared image): the survivor finishes its part, recovers the
+//!   dead node's slot (the slot map holds the survivor alone; the dead node's fsynced files are
+//!   there), and the dead node mounts again (on the mirror after resyncing its replica);
+//! - on the mirror, a killed node that mounts again and resyncs from its peer while the peer
+//!   unmounts first (the smallest case of a bug the kill during a storm on the mirror found).
 //!
 //! After every workload both nodes unmount cleanly, `fsck.ocfs2 -fnF` (judged as in tests/common)
 //! and `fsck.o2fs -fn` find every image or replica clean, and the mirror's replicas are
@@ -58,17 +61,17 @@ impl Volume {
         }
     }
 
-    /// The image node 0 writes to: the shared image, or its own replica.
-    fn image_of_n0(&self) -> PathBuf {
+    /// The image node `i` writes to: the shared image, or its own replica.
+    fn image_of(&self, i: usize) -> PathBuf {
         match self {
             Volume::Shared(s) => s.image.clone(),
-            Volume::Mirror(m) => m.replica(0),
+            Volume::Mirror(m) => m.replica(i),
         }
     }
 
-    /// The node numbers in the volume's slot map as node 0 sees it (debugfs.ocfs2 `slotmap`).
-    fn nodes_in_slots(&self) -> BTreeSet<u32> {
-        let out = common::debugfs(&self.image_of_n0(), "slotmap");
+    /// The node numbers in the volume's slot map as node `i` sees it (debugfs.ocfs2 `slotmap`).
+    fn nodes_in_slots(&self, i: usize) -> BTreeSet<usize> {
+        let out = common::debugfs(&self.image_of(i), "slotmap");
         let rows = out.lines().filter_map(|l| l.split_whitespace().nth(1)?.parse().ok());
         rows.collect()
     }
@@ -112,15 +115,17 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).map(|s| s.parse().unwrap_or_else(|_| panic!("{name}={s}: not a number"))).unwrap_or(default)
 }
 
-/// After n1's daemon was killed: the survivor recovers n1's slot (waits up to 30 s for the slot
-/// map to hold node 0 alone), and n1 mounts again.
-fn recovered_and_remounted(vol: &Volume) -> Node {
+/// After the victim's daemon was killed: the survivor recovers the victim's slot (waits up to
+/// 30 s for the slot map to hold the survivor alone), and the victim mounts again.
+fn recovered_and_remounted(vol: &Volume, victim: usize) -> Node {
+    let survivor = 1 - victim;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while vol.nodes_in_slots() != BTreeSet::from([0]) {
-        assert!(std::time::Instant::now() < deadline, "n1's slot was never recovered: {:?}", vol.nodes_in_slots());
+    while vol.nodes_in_slots(survivor) != BTreeSet::from([survivor]) {
+        let slots = vol.nodes_in_slots(survivor);
+        assert!(std::time::Instant::now() < deadline, "n{victim}'s slot was never recovered: {slots:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    vol.mount(1)
+    vol.mount(victim)
 }
 
 /// Runs `work` while this thread waits until `progress` reaches `at` (or `work` returns), then kills
@@ -203,31 +208,37 @@ fn creates_in_one_directory(vol: &Volume) {
     vol.finish(nodes);
 }
 
-/// Both nodes create files in one directory, n1 fsyncing each; n1's daemon is killed a quarter
-/// of the way through. n0 finishes, n1's fsynced files are there, n1 mounts again.
-fn kill_9_during_creates(vol: &Volume) {
-    let n = creates() / 2;
-    let [(m0, d0), (mut m1, d1)] = vol.mount_both();
-    assert_eq!(vol.nodes_in_slots(), BTreeSet::from([0, 1]), "both nodes hold a slot");
-    std::fs::create_dir(d0.join("d")).unwrap();
+/// Both nodes create files in one directory, the victim fsyncing each; the victim's daemon is
+/// killed a quarter of the way through. The survivor finishes, the victim's fsynced files are
+/// there, the victim mounts again and sees them all.
+fn kill_9_during_creates(vol: &Volume, victim: usize) {
+    let (n, survivor) = (creates() / 2, 1 - victim);
+    let mut nodes = vol.mount_both();
+    assert_eq!(vol.nodes_in_slots(survivor), BTreeSet::from([0, 1]), "both nodes hold a slot");
+    let dirs: Vec<PathBuf> = nodes.iter().map(|(_, d)| d.join("d")).collect();
+    std::fs::create_dir(&dirs[0]).unwrap();
     let fsynced = AtomicUsize::new(0);
-    let (mine, theirs) = kill_during(&mut m1, &fsynced, n / 4, || {
+    let (mine, theirs) = kill_during(&mut nodes[victim].0, &fsynced, n / 4, || {
         std::thread::scope(|sc| {
-            let mine = sc.spawn(|| create_files(&d0.join("d"), 0, n, false, &AtomicUsize::new(0)));
-            let theirs = sc.spawn(|| create_files(&d1.join("d"), 1, n, true, &fsynced));
+            let mine = sc.spawn(|| create_files(&dirs[survivor], survivor, n, false, &AtomicUsize::new(0)));
+            let theirs = sc.spawn(|| create_files(&dirs[victim], victim, n, true, &fsynced));
             (mine.join().unwrap(), theirs.join().unwrap())
         })
     });
     mine.expect("the survivor finishes its creates");
-    assert!(theirs.is_err(), "n1 was killed before it finished");
+    assert!(theirs.is_err(), "n{victim} was killed before it finished");
     let fsynced = fsynced.load(Ordering::SeqCst);
-    assert!(fsynced >= n / 4, "n1 fsynced {fsynced} files before it was killed");
-    assert_files(&d0.join("d"), 0, n);
-    assert_files(&d0.join("d"), 1, fsynced);
-    let (m1, d1) = recovered_and_remounted(vol);
-    assert_files(&d1.join("d"), 0, n);
-    assert_files(&d1.join("d"), 1, fsynced);
-    vol.finish([(m0, d0), (m1, d1)]);
+    assert!(fsynced >= n / 4, "n{victim} fsynced {fsynced} files before it was killed");
+    assert_files(&dirs[survivor], survivor, n);
+    assert_files(&dirs[survivor], victim, fsynced);
+    nodes[victim] = recovered_and_remounted(vol, victim);
+    assert_files(&dirs[victim], survivor, n);
+    assert_files(&dirs[victim], victim, fsynced);
+    vol.finish(nodes);
+}
+
+fn kill_9_of_n1_during_creates(vol: &Volume) {
+    kill_9_during_creates(vol, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,25 +330,32 @@ fn rename_storm(vol: &Volume) {
     vol.finish(nodes);
 }
 
-/// Both nodes storm; n1's daemon is killed after a sixth of its attempts. n0 finishes its storm,
-/// every file is still in exactly one place, n1 mounts again.
-fn kill_9_during_a_rename_storm(vol: &Volume) {
-    let [(m0, d0), (mut m1, d1)] = vol.mount_both();
-    assert_eq!(vol.nodes_in_slots(), BTreeSet::from([0, 1]), "both nodes hold a slot");
-    storm_setup(&d0);
+/// Both nodes storm; the victim's daemon is killed after a sixth of its attempts. The survivor
+/// finishes its storm, every file is still in exactly one place, the victim mounts again and
+/// sees the same.
+fn kill_9_during_a_rename_storm(vol: &Volume, victim: usize) {
+    let survivor = 1 - victim;
+    let mut nodes = vol.mount_both();
+    assert_eq!(vol.nodes_in_slots(survivor), BTreeSet::from([0, 1]), "both nodes hold a slot");
+    let roots: Vec<PathBuf> = nodes.iter().map(|(_, d)| d.clone()).collect();
+    storm_setup(&roots[0]);
     let theirs = AtomicUsize::new(0);
-    let (mine, _) = kill_during(&mut m1, &theirs, STORM_OPS / 6, || {
+    let (mine, _) = kill_during(&mut nodes[victim].0, &theirs, STORM_OPS / 6, || {
         std::thread::scope(|sc| {
-            let mine = sc.spawn(|| storm(&d0, 0x5707, STORM_OPS, &AtomicUsize::new(0)));
-            let theirs = sc.spawn(|| storm(&d1, 0x5708, STORM_OPS, &theirs));
+            let mine = sc.spawn(|| storm(&roots[survivor], 0x5707, STORM_OPS, &AtomicUsize::new(0)));
+            let theirs = sc.spawn(|| storm(&roots[victim], 0x5708, STORM_OPS, &theirs));
             (mine.join().unwrap(), theirs.join().unwrap())
         })
     });
     mine.unwrap_or_else(|e| panic!("the survivor's storm: {e}"));
-    assert_storm_intact(&d0);
-    let (m1, d1) = recovered_and_remounted(vol);
-    assert_storm_intact(&d1);
-    vol.finish([(m0, d0), (m1, d1)]);
+    assert_storm_intact(&roots[survivor]);
+    nodes[victim] = recovered_and_remounted(vol, victim);
+    assert_storm_intact(&roots[victim]);
+    vol.finish(nodes);
+}
+
+fn kill_9_of_n0_during_a_rename_storm(vol: &Volume) {
+    kill_9_during_a_rename_storm(vol, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,10 +710,37 @@ on_a_shared_image_and_the_mirror! {
     seeded_write_on_one_read_on_the_other:
         seeded_write_on_one_read_on_the_other_on_a_shared_image on "127.0.24",
         seeded_write_on_one_read_on_the_other_on_the_mirror on "127.0.27";
-    kill_9_during_creates:
-        kill_9_during_creates_on_a_shared_image on "127.0.25",
-        kill_9_during_creates_on_the_mirror on "127.0.28";
-    kill_9_during_a_rename_storm:
-        kill_9_during_a_rename_storm_on_a_shared_image on "127.0.26",
-        kill_9_during_a_rename_storm_on_the_mirror on "127.0.29";
+    kill_9_of_n1_during_creates:
+        kill_9_of_n1_during_creates_on_a_shared_image on "127.0.25",
+        kill_9_of_n1_during_creates_on_the_mirror on "127.0.28";
+}
+
+#[test]
+fn kill_9_of_n0_during_a_rename_storm_on_a_shared_image() {
+    kill_9_of_n0_during_a_rename_storm(&Volume::Shared(Shared::new("127.0.26")));
+}
+
+/// The smallest case of what kill -9 of n0 during a rename storm on the mirror found: n0 is killed,
+/// mounts again and resyncs from n1 (a full resync of its replica), and n1 unmounts first, while
+/// that resync still runs. n1's mirror stopped at once and left n0 without an up-to-date copy: its
+/// every write failed, so its unmount left its slot taken and its journal dirty (fsck.o2fs said so)
+/// while the daemon exited 0, and the next resync copied n1's replica over n0's. Now an unmounting
+/// node's mirror waits for a peer resyncing from it, and a failed unmount makes the daemon fail.
+/// (The storm itself runs on the shared image only: this file has no loopback net left for it.)
+#[test]
+fn a_node_unmounting_while_its_peer_resyncs_from_it_waits_for_the_resync() {
+    let m = OnMirror::new("127.0.29");
+    let mut nodes = m.mount_both();
+    std::fs::write(nodes[1].1.join("before"), b"both up").unwrap();
+    for i in 0..2 {
+        m.wait_in_sync(i, || m.status(i));
+    }
+    let vol = Volume::Mirror(m);
+    nodes[0].0.kill();
+    std::fs::write(nodes[1].1.join("while n0 is dead"), b"n1 alone").unwrap();
+    nodes[0] = recovered_and_remounted(&vol, 0);
+    assert_eq!(read(&nodes[0].1.join("while n0 is dead")), b"n1 alone");
+    // finish: n1 unmounts first (n0 still resyncing from it), then n0; the replicas meet again,
+    // both must be clean, n0's last writes must have reached its replica, and the two be equal.
+    vol.finish(nodes);
 }

@@ -261,6 +261,35 @@ impl Mirror {
         }
     }
 
+    /// While the peer resyncs from this replica it has no up-to-date copy of its own, so a node
+    /// stopping its mirror then (unmounting) would leave its peer unable to read or write
+    /// anything. Waits up to `limit` for such a resync to end; returns whether it did (or none
+    /// was running).
+    pub fn wait_peer_resynced(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut said = false;
+        loop {
+            let m = self.admin(&json!({"cmd": "status"}))["mirror"].clone();
+            if m["replication"] != "SyncSource" {
+                return true;
+            }
+            if !said {
+                tracing::info!(
+                    limit_secs = limit.as_secs(),
+                    "the peer resyncs from this replica: waiting for it to end"
+                );
+                said = true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "the peer's resync did not end in time: stopping anyway, the peer has no up-to-date copy"
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The tokio runtime the mirror's network runs on (the admin socket may share it).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.handle
