@@ -327,10 +327,11 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
+    let unmount_failed = fs.unmount_failed();
     let session = fuser::Session::new(fs, dir, &fuse_config(&source.name(), opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
+    let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
     drop(heartbeat);
     served
@@ -432,13 +433,14 @@ fn serve_cluster(
         }
     };
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
+    let unmount_failed = fs.unmount_failed();
     locks.release(LockResource::Super, LockMode::Ex);
     let admin_mirror = mirror.as_ref().map(|(m, _)| m.clone());
     stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), admin_mirror)?;
     let session = fuser::Session::new(fs, dir, &fuse_config(&name, opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
+    let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount: leave the cluster.
     stack.leave();
     // Then the mirror, once the peer no longer writes through it (a peer still mounted goes on
@@ -449,7 +451,15 @@ fn serve_cluster(
     served
 }
 
-/// The FUSE session's options for a mount.
+/// A FUSE session's outcome: an error if serving failed or the unmount at its end did.
+fn session_result(run: std::io::Result<()>, unmount_failed: &std::sync::atomic::AtomicBool) -> Result<()> {
+    run.context("serving FUSE requests")?;
+    if unmount_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the unmount failed (its error is logged above): the volume was not left clean");
+    }
+    Ok(())
+}
+
 /// A volume made for a named cluster (mkfs `--cluster-stack=o2cb --cluster-name=NAME`, stored in
 /// the superblock's cluster info) is mounted only by that cluster, as o2cb refuses a volume whose
 /// cluster name is not the running cluster's.
@@ -469,6 +479,7 @@ fn check_cluster_names(sb: &o2fs::format::superblock::SuperBlock, volume: &str, 
     Ok(())
 }
 
+/// The FUSE session's options for a mount.
 fn fuse_config(fsname: &str, opts: &MountOptions) -> fuser::Config {
     let mut config = fuser::Config::default();
     config.mount_options =

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::mounts::{read, write_synced, OnMirror, Shared};
 use common::netns::VethPair;
+use common::nodes::{read, write_synced, OnMirror, Shared};
 use common::{bin, run, Mount};
 use std::path::PathBuf;
 use std::process::Command;
@@ -135,7 +135,7 @@ fn three_nodes_and_a_shared_append_only_log() {
 
 #[test]
 fn two_nodes_on_the_mirror_each_on_its_own_replica() {
-    let s = OnMirror::new();
+    let s = OnMirror::new("127.0.11");
     let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
     std::fs::write(d0.join("a"), b"from n0").unwrap();
     assert_eq!(read(&d1.join("a")), b"from n0");
@@ -223,7 +223,7 @@ fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again()
 
 #[test]
 fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_returns() {
-    let s = OnMirror::on("127.0.12", [vec![], vec![]]);
+    let s = OnMirror::new("127.0.12");
     let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
     write_synced(&d1.join("durable"), &vec![5u8; 100_000]).unwrap();
     // n0 keeps writing while n1 dies: its writes freeze until the cluster has excluded n1,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::mounts::{node_args, read, OnMirror, Shared};
+use common::nodes::{node_args, read, OnMirror, Shared};
 use common::{bin, text};
 use std::path::Path;
 use std::process::Command;

@@ -4,8 +4,9 @@
 
 pub mod cluster;
 pub mod daemon;
-pub mod mounts;
 pub mod netns;
+pub mod nodes;
+pub mod rng;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -215,6 +216,9 @@ pub struct Mount {
     pub image: PathBuf,
     child: Option<std::process::Child>,
     stderr_path: PathBuf,
+    /// This guard's mount is unmounted or detached: the directory is no longer its business (a
+    /// node killed and mounted again on the same directory belongs to another guard).
+    gone: bool,
 }
 
 impl Mount {
@@ -262,7 +266,8 @@ impl Mount {
         cmd.arg("mount").arg("-f").args(args);
         cmd.args(image_arg).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
-        let mut m = Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path };
+        let mut m =
+            Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path, gone: false };
         let start = Instant::now();
         loop {
             if is_mountpoint(dir) {
@@ -337,12 +342,16 @@ impl Mount {
         use std::time::Duration;
         let Some(mut child) = self.child.take() else { return Ok(()) };
         match wait_bounded(&mut child, Duration::from_secs(30)) {
-            Some(st) if st.success() => Ok(()),
+            Some(st) if st.success() => {
+                self.gone = true;
+                Ok(())
+            }
             Some(st) => Err(format!("o2fs daemon exited with {st} (fusermount3: {last}):\n{}", self.stderr())),
             None => {
                 let log = self.stderr();
                 kill_pid(&mut child);
                 let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
+                self.gone = true;
                 Err(format!("o2fs daemon did not exit within 30 s of fusermount3 -u ({last}); killed:\n{log}"))
             }
         }
@@ -358,9 +367,10 @@ impl Mount {
         if let Some(mut child) = self.child.take() {
             kill_pid(&mut child);
         }
-        if is_mountpoint(&self.dir) {
+        if !self.gone && is_mountpoint(&self.dir) {
             let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
         }
+        self.gone = true;
     }
 }
 

@@ -1,13 +1,13 @@
-//! Volumes for cluster-mount tests: two or more nodes on one shared image (SAN-style: several
-//! daemons on this machine open the same file), or two nodes on the mirror each on its own
-//! replica (on loopback or in network namespaces), with the mount arguments of each node.
+//! Cluster mounts of the test's own: nodes on one shared image ([`Shared`], SAN-style: several
+//! daemons on this machine open the same file) or each node on its own replica of the mirror
+//! ([`OnMirror`]), with cluster.conf, secret and resource file in a temporary folder.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::cluster::TIMING;
 use super::netns::VethPair;
-use super::{bin, run, Mount};
+use super::{bin, run, text, Mount};
 
 /// A cluster mount's arguments for node `i` of a test directory holding `cluster.conf`'s
 /// `secret` and the nodes' admin sockets `n<i>.sock` (TIMING: the tests' small timings).
@@ -19,6 +19,33 @@ pub fn node_args(dir: &Path, conf: &Path, i: usize) -> Vec<String> {
     args.push(dir.join(format!("n{i}.sock")).display().to_string());
     args.extend(TIMING.iter().map(|s| s.to_string()));
     args
+}
+
+/// A port of the test's own (and the next one, for the mirror).
+fn random_port() -> u16 {
+    30000 + super::cluster::rand_u16() % 20000
+}
+
+/// cluster.conf of `nodes` nodes n0, n1… on `net`.1, `net`.2… and its secret, in `dir`.
+fn write_cluster_conf(dir: &Path, name: &str, net: &str, port: u16, nodes: usize) -> PathBuf {
+    let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = {name}\n\n");
+    for i in 0..nodes {
+        conf += &format!(
+            "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = {name}\n\n",
+            i + 1
+        );
+    }
+    let path = dir.join("cluster.conf");
+    std::fs::write(&path, conf).unwrap();
+    std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
+    path
+}
+
+/// The directory node `i` mounts on.
+fn mountpoint(dir: &Path, i: usize) -> PathBuf {
+    let mnt = dir.join(format!("mnt{i}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    mnt
 }
 
 pub struct Shared {
@@ -36,40 +63,26 @@ impl Shared {
     /// The same with `nodes` nodes on `net`.1, `net`.2, …
     pub fn with_nodes(net: &str, nodes: usize) -> Shared {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = m{port}\n\n");
-        for i in 0..nodes {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = m{port}\n\n",
-                i + 1
-            );
-        }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        let port = random_port();
+        let conf = write_cluster_conf(dir.path(), &format!("m{port}"), net, port, nodes);
         let image = dir.path().join("vol.img");
         std::fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
         let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "4", "-F"]).arg(&image));
-        assert!(out.status.success(), "mkfs.o2fs: {}", super::text(&out));
-        Shared { dir, image, conf: conf_path }
+        assert!(out.status.success(), "mkfs.o2fs: {}", text(&out));
+        Shared { dir, image, conf }
     }
 
     pub fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
+        let mnt = mountpoint(self.dir.path(), i);
         let args = node_args(self.dir.path(), &self.conf, i);
         let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
 }
-pub fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-}
-/// Two nodes on the mirror: each mounts its own replica (`o2fs mount -r`), on 127.0.11.1 and
-/// 127.0.11.2. mkfs runs on n0's replica; n1's fresh replica is invalidated so the first
-/// handshake resyncs all of it from n0.
+
+/// Two nodes on the mirror: each mounts its own replica (`o2fs mount -r`), on `net`.1 and
+/// `net`.2 (in network namespaces if `wrap` says so). mkfs runs on n0's replica; n1's fresh
+/// replica is invalidated so the first handshake resyncs all of it from n0.
 pub struct OnMirror {
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
@@ -81,8 +94,8 @@ pub struct OnMirror {
 impl OnMirror {
     const SIZE: u64 = 256 << 20;
 
-    pub fn new() -> OnMirror {
-        OnMirror::on("127.0.11", [vec![], vec![]])
+    pub fn new(net: &str) -> OnMirror {
+        OnMirror::on(net, [vec![], vec![]])
     }
 
     /// Node i in namespace i of `pair`, at its address there.
@@ -90,8 +103,7 @@ impl OnMirror {
         OnMirror::on(&pair.net, [pair.enter(0), pair.enter(1)])
     }
 
-    /// Nodes n0, n1 at `net`.1, `net`.2; n0's replica freshly made, n1's to be fully synced.
-    pub fn on(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
+    fn on(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
         let s = OnMirror::unsynced(net, wrap);
         s.mkfs(0);
         // n1's replica holds nothing yet: invalidated, it is the target of a full resync.
@@ -104,16 +116,10 @@ impl OnMirror {
     /// The configuration and two empty replicas, neither made nor invalidated.
     pub fn unsynced(net: &str, wrap: [Vec<String>; 2]) -> OnMirror {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = 2\n\tname = r{port}\n\n");
+        let port = random_port();
+        let conf = write_cluster_conf(dir.path(), &format!("r{port}"), net, port, 2);
         let mut hosts = String::new();
         for i in 0..2 {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = r{port}\n\n",
-                i + 1
-            );
             hosts += &format!(
                 "\ton n{i} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/n{i}.img;\n\t\taddress {net}.{}:{};\n\
                  \t\tmeta-disk {d}/n{i}.meta[0];\n\t}}\n",
@@ -122,9 +128,6 @@ impl OnMirror {
                 d = dir.path().display()
             );
         }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
         let res = format!(
             "resource r0 {{\n\tprotocol C;\n\tsyncer {{ verify-alg sha1; rate 1G; }}\n\
              \tstartup {{ wfc-timeout 60; degr-wfc-timeout 60; become-primary-on both; }}\n\
@@ -132,7 +135,7 @@ impl OnMirror {
         );
         let res_path = dir.path().join("r0.res");
         std::fs::write(&res_path, res).unwrap();
-        let s = OnMirror { dir, conf: conf_path, res: res_path, wrap };
+        let s = OnMirror { dir, conf, res: res_path, wrap };
         for i in 0..2 {
             super::sparse_image(s.dir.path(), &format!("n{i}.img"), Self::SIZE);
         }
@@ -142,7 +145,7 @@ impl OnMirror {
     /// mkfs.o2fs on node i's replica file (behind the mirror's back).
     pub fn mkfs(&self, i: usize) {
         let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-F"]).arg(self.replica(i)));
-        assert!(out.status.success(), "mkfs.o2fs: {}", super::text(&out));
+        assert!(out.status.success(), "mkfs.o2fs: {}", text(&out));
     }
 
     pub fn replica(&self, i: usize) -> PathBuf {
@@ -162,30 +165,29 @@ impl OnMirror {
     }
 
     pub fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
+        let mnt = mountpoint(self.dir.path(), i);
         let args = node_args(self.dir.path(), &self.conf, i);
         let m = Mount::start_on_mirror(&self.wrap[i], &self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
 
-    /// Unmounts both nodes, judges both replicas with fsck.ocfs2 and requires them
-    /// byte-identical.
-    pub fn unmount_and_compare(&self, m0: &mut Mount, m1: &mut Mount) {
-        Mount::unmount_all(&mut [m0, m1]).unwrap();
-        for i in 0..2 {
-            super::assert_fsck_ocfs2_clean(&self.replica(i));
-        }
-        assert_eq!(self.sha1(0), self.sha1(1), "the two replicas differ");
-    }
-
-    /// Mounts both nodes at once (the first waits for its peer: wfc-timeout).
+    /// Both nodes at once: the first waits for its peer (wfc-timeout).
     pub fn mount_both(&self) -> [(Mount, PathBuf); 2] {
         std::thread::scope(|sc| {
             let a = sc.spawn(|| self.mount(0));
             let b = sc.spawn(|| self.mount(1));
             [a.join().unwrap(), b.join().unwrap()]
         })
+    }
+
+    /// Unmounts both nodes (at once: a node's replica stays connected while its peer writes),
+    /// judges both replicas with fsck.ocfs2 and requires them byte-identical.
+    pub fn unmount_and_compare(&self, m0: &mut Mount, m1: &mut Mount) {
+        Mount::unmount_all(&mut [m0, m1]).unwrap();
+        for i in 0..2 {
+            super::assert_fsck_ocfs2_clean(&self.replica(i));
+        }
+        assert_eq!(self.sha1(0), self.sha1(1), "the two replicas differ");
     }
 
     pub fn status(&self, i: usize) -> serde_json::Value {
@@ -227,6 +229,11 @@ impl OnMirror {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
+
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
 /// A write that is durable on return (fsync), or the error it met.
 pub fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
