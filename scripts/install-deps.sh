@@ -6,7 +6,7 @@
 # (passthrough_ll, compiled from libfuse's example at run time), postmark, jq (fio's JSON), python3.
 set -euo pipefail
 pkgs=(ocfs2-tools kmod fuse3 fio nftables iproute2 bc
-  fuse2fs e2fsprogs libfuse3-dev gcc pkg-config postmark jq python3)
+  fuse2fs e2fsprogs libfuse3-dev gcc pkg-config postmark jq python3 util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
