@@ -97,8 +97,12 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
 /// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the
 /// mirror). A lost peer freezes I/O until the cluster's quorum decides (DRBD's
 /// `fencing resource-and-stonith`): no write is acknowledged by a node that may yet be fenced.
+///
+/// The mirror's link waits twice as long as the cluster's before it gives up: a stall the
+/// cluster's link rides out (a reconnect within its grace keeps the peer a member) must not
+/// freeze the mirror, which would then wait for a verdict that never comes.
 pub fn start(res: &ResourceConfig, node: &str, timing: &TimingArgs) -> Result<Arc<Mirror>> {
-    start_with(res, node, timing.keepalive_ms, timing.idle_timeout_ms, Fencing::Freeze)
+    start_with(res, node, timing.keepalive_ms, 2 * timing.idle_timeout_ms, Fencing::Freeze)
 }
 
 fn start_with(
