@@ -18,17 +18,7 @@
 # Usage: bench/cluster.sh [--record]   Environment: QUICK, TARGETS (default: single shared
 # mirror), NFILES, BENCH_WORK, KEEP, BENCH_NOTE.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
-record=0
-for a in "$@"; do
-  case $a in
-    --record) record=1 ;;
-    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) echo "cluster.sh: unknown argument $a" >&2; exit 2 ;;
-  esac
-done
-[ "$(id -u)" -eq 0 ] || { echo "cluster.sh: needs root (FUSE mounts)" >&2; exit 1; }
+source "$(dirname "$0")/args.sh" 19 "$@"
 
 if [ "${QUICK:-0}" = 1 ]; then
   file_size=16M runtime=2 nfiles=${NFILES:-200} image_size=512M

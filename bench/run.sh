@@ -16,17 +16,7 @@
 # Usage: bench/run.sh [--record]   Environment: QUICK, DROP_CACHES, TARGETS, BENCH_WORK, KEEP,
 # BENCH_NOTE (a sentence added to the notes, e.g. about other load on the machine).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
-record=0
-for a in "$@"; do
-  case $a in
-    --record) record=1 ;;
-    -h | --help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown argument $a" >&2; exit 2 ;;
-  esac
-done
-[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (FUSE mounts, drop_caches)" >&2; exit 1; }
+source "$(dirname "$0")/args.sh" 18 "$@"
 
 if [ "${QUICK:-0}" = 1 ]; then
   file_size=16M runtime=2 nfiles=500 pm_files=200 pm_tx=1000 image_size=512M
