@@ -250,3 +250,49 @@ fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_
     s.wait_both_in_sync();
     s.unmount_and_compare(&mut m0, &mut m1);
 }
+
+/// O_CREAT|O_EXCL is cluster-wide (README: the dotlock files mail software uses): in each round
+/// both nodes try to create the same lock file at once, and exactly one gets it.
+#[test]
+fn exclusive_create_is_won_by_exactly_one_node() {
+    let s = Shared::new("127.0.14");
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    const ROUNDS: usize = 150;
+    let barrier = std::sync::Barrier::new(2);
+    let won: Vec<Vec<bool>> = std::thread::scope(|sc| {
+        let runs: Vec<_> = [&d0, &d1]
+            .into_iter()
+            .map(|dir| {
+                let barrier = &barrier;
+                sc.spawn(move || {
+                    let lock = dir.join("mailbox.lock");
+                    (0..ROUNDS)
+                        .map(|_| {
+                            barrier.wait();
+                            let got = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok();
+                            barrier.wait();
+                            if got {
+                                std::fs::remove_file(&lock).unwrap();
+                            }
+                            barrier.wait();
+                            got
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for round in 0..ROUNDS {
+        assert!(
+            won[0][round] ^ won[1][round],
+            "round {round}: n0 got it {}, n1 got it {}",
+            won[0][round],
+            won[1][round]
+        );
+    }
+    m1.unmount().unwrap();
+    m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}
