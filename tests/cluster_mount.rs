@@ -354,3 +354,91 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     }
     assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
 }
+
+/// Messages node `i`'s lock service has sent since it started (its admin socket's `status`).
+fn lock_messages(s: &Shared, i: usize) -> u64 {
+    let sock = s.dir.path().join(format!("n{i}.sock"));
+    let reply =
+        o2fs::net::admin::request(&sock, &serde_json::json!({"cmd": "status"}), std::time::Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("status of n{i}: {e}"));
+    reply["lock_messages_sent"].as_u64().unwrap_or_else(|| panic!("no lock_messages_sent in {reply}"))
+}
+
+/// Per-inode cluster locks: two nodes working in separate directories at once need no lock
+/// traffic once each caches the locks of its own files (with one volume-wide lock every
+/// request of one node took it from the other), and still see each other's changes at once.
+#[test]
+fn nodes_in_separate_directories_work_without_lock_traffic() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let s = Shared::new("127.0.31");
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    const SIZE: usize = 64 << 10;
+    let work = |d: &Path, tag: u8, rounds: usize| {
+        let dir = d.join(format!("dir{tag}"));
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("data")).unwrap();
+        for r in 0..rounds {
+            let block = vec![tag.wrapping_add(r as u8); 4096];
+            let off = (r % (SIZE / 4096) * 4096) as u64;
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.write_all(&block).unwrap();
+            let mut back = vec![0u8; 4096];
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.read_exact(&mut back).unwrap();
+            assert_eq!(back, block);
+            std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o600 | (r as u32 % 2) << 2))
+                .unwrap();
+            assert_eq!(std::fs::metadata(dir.join("data")).unwrap().len(), SIZE as u64);
+            std::fs::rename(dir.join("name-a"), dir.join("name-b")).unwrap();
+            std::fs::rename(dir.join("name-b"), dir.join("name-a")).unwrap();
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        }
+    };
+    // Warm-up: each node makes its directory and file, then takes their locks (and the root
+    // directory's, shared) once.
+    for (d, tag) in [(&d0, 0u8), (&d1, 1u8)] {
+        let dir = d.join(format!("dir{tag}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("data"), vec![tag; SIZE]).unwrap();
+        std::fs::write(dir.join("name-a"), b"a name that moves").unwrap();
+    }
+    work(&d0, 0, 2);
+    work(&d1, 1, 2);
+    let before = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    std::thread::scope(|sc| {
+        sc.spawn(|| work(&d0, 0, 100));
+        sc.spawn(|| work(&d1, 1, 100));
+    });
+    let after = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    assert_eq!(before, after, "lock messages sent by n0 and n1 while each worked in its own directory");
+    // Coherence holds: each node reads what the other just wrote, and it costs lock traffic.
+    for (d, other, tag) in [(&d0, &d1, 1u8), (&d1, &d0, 0u8)] {
+        let theirs = read(&d.join(format!("dir{tag}/data")));
+        assert_eq!(theirs, read(&other.join(format!("dir{tag}/data"))));
+        assert_eq!(theirs[99 % (SIZE / 4096) * 4096], tag.wrapping_add(99));
+        let mode = std::fs::metadata(d.join(format!("dir{tag}/data"))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o604, "mode set last by the other node");
+    }
+    assert!(lock_messages(&s, 1) > after[1], "reading n0's files took n0's locks");
+    // Both create files in their own directories at once: all seen on both.
+    const N: usize = 200;
+    std::thread::scope(|sc| {
+        for (d, tag) in [(&d0, 0u8), (&d1, 1u8)] {
+            sc.spawn(move || {
+                for i in 0..N {
+                    std::fs::write(d.join(format!("dir{tag}/f{i}")), format!("{tag}:{i}")).unwrap();
+                }
+            });
+        }
+    });
+    for d in [&d0, &d1] {
+        for tag in 0..2u8 {
+            assert_eq!(std::fs::read_dir(d.join(format!("dir{tag}"))).unwrap().count(), N + 2);
+            assert_eq!(read(&d.join(format!("dir{tag}/f{}", N - 1))), format!("{tag}:{}", N - 1).as_bytes());
+        }
+    }
+    m1.unmount().unwrap();
+    m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}

@@ -12,10 +12,11 @@ pub enum LockMode {
     Ex,
 }
 
-/// Lock resources, named by type and block number as OCFS2 names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Lock resources, named by type and block number as OCFS2 names them. Their order is the
+/// global order in which a request takes a set of them (`lockset`): the super lock first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LockResource {
-    /// The superblock (mount/unmount, slot map).
+    /// The superblock: mount, unmount, the slot map and a dead node's recovery.
     Super,
     /// Metadata and cached data of one inode.
     InodeMeta { blkno: u64 },
