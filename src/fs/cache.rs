@@ -18,7 +18,7 @@ use crate::format::extent::ExtentBlock;
 use crate::format::group::GroupDesc;
 use crate::format::inode::Inode;
 use lru::LruCache;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -54,6 +54,8 @@ pub struct MetaCache {
     owners: HashMap<u64, u64>,
     /// Which lock covers each owner's blocks, and which the running request holds.
     rights: Rights,
+    /// Owners with blocks changed since the last checkpoint (running or logged, not in place).
+    unwritten: HashSet<u64>,
     /// Undo log of the current operation: each block's dirty copy before the operation first
     /// changed it (None: it was not dirty). `abort_op` puts these back.
     undo: BTreeMap<u64, Option<Vec<u8>>>,
@@ -79,6 +81,7 @@ impl MetaCache {
             read_only: sink.is_none(),
             owners: HashMap::new(),
             rights: Rights::default(),
+            unwritten: HashSet::new(),
             sink,
             undo: BTreeMap::new(),
         }
@@ -174,6 +177,7 @@ impl MetaCache {
         }
         self.clean.pop(&blkno);
         self.owners.insert(blkno, owner);
+        self.unwritten.insert(owner);
         let before = self.dirty.insert(blkno, data);
         self.undo.entry(blkno).or_insert(before);
         Ok(())
@@ -247,9 +251,10 @@ impl MetaCache {
         !self.dirty.is_empty()
     }
 
-    /// True when some change is not in place on the device yet (running or logged).
-    pub fn unwritten(&self) -> bool {
-        self.has_dirty() || self.sink.as_ref().is_some_and(|s| s.pending_blocks() > 0)
+    /// True when a block of `owner` changed since the last checkpoint (it is not in place on
+    /// the device yet).
+    pub fn unwritten(&self, owner: u64) -> bool {
+        self.unwritten.contains(&owner)
     }
 
     /// True when the running transaction should be committed before it grows further.
@@ -294,6 +299,7 @@ impl MetaCache {
         if let Some(sink) = self.sink.as_mut() {
             sink.checkpoint()?;
         }
+        self.unwritten.clear();
         Ok(())
     }
 }

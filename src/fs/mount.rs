@@ -248,11 +248,11 @@ impl Mounted {
         self.core.cache.flush()
     }
 
-    /// Before this node's cluster lock on `owner`'s blocks goes down: our changes reach their
-    /// place on the device, where the next holder reads them (the whole journal is
-    /// checkpointed); losing read rights too, what we cached of `owner` goes.
+    /// Before this node's cluster lock on `owner`'s blocks goes down: our changes to them reach
+    /// their place on the device, where the next holder reads them (the whole journal is
+    /// checkpointed, when they have any); losing read rights too, what we cached of `owner` goes.
     pub fn yield_lock(&mut self, owner: u64, keep_read: bool) -> Result<()> {
-        if self.core.cache.unwritten() {
+        if self.core.cache.unwritten(owner) {
             self.checkpoint()?;
         }
         if !keep_read {
