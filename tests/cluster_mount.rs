@@ -442,3 +442,51 @@ fn nodes_in_separate_directories_work_without_lock_traffic() {
     m0.unmount().unwrap();
     common::assert_fsck_ocfs2_clean(&s.image);
 }
+
+/// The number after `what` in a daemon's log (its lines carry colour codes).
+fn logged_number(log: &str, what: &str) -> Option<u64> {
+    let at = log.find(what)? + what.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+/// Recovery in two halves: the survivor replays a killed node's journal while the DLM still
+/// holds its locks, then finishes its slot as an ordinary request under per-inode locks — the
+/// file it had open and unlinked is freed, its local-alloc window goes back — with nobody
+/// mounting in that slot again.
+#[test]
+fn survivor_finishes_a_killed_nodes_slot() {
+    use std::io::Write;
+    let s = Shared::new("127.0.32");
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    let slot = logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
+    let mut kept = std::fs::File::create(d1.join("kept")).unwrap();
+    kept.write_all(&vec![3u8; 1 << 20]).unwrap();
+    kept.sync_all().unwrap();
+    let mut held = std::fs::File::create(d1.join("held")).unwrap();
+    held.write_all(&vec![4u8; 1 << 20]).unwrap();
+    std::fs::remove_file(d1.join("held")).unwrap();
+    held.sync_all().unwrap();
+    m1.kill();
+    drop((kept, held));
+    // The survivor waits for the replay, then carries on; the second half follows.
+    std::fs::write(d0.join("after"), b"survivor").unwrap();
+    assert_eq!(read(&d0.join("kept")), vec![3u8; 1 << 20], "n1's fsynced data survives");
+    assert!(!d0.join("held").exists());
+    let finished = format!("slot {slot} recovered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !m0.stderr().contains(&finished) {
+        assert!(std::time::Instant::now() < deadline, "n0 never finished slot {slot}:\n{}", m0.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    m0.unmount().unwrap();
+    let orphans = common::debugfs(&s.image, &format!("ls //orphan_dir:{slot:04}"));
+    let names: Vec<&str> = orphans.split_whitespace().filter(|w| w.starts_with("0000")).collect();
+    assert!(names.is_empty(), "orphans left in slot {slot}: {orphans}");
+    let dev: std::sync::Arc<dyn o2fs::dev::BlockDevice> =
+        std::sync::Arc::new(o2fs::dev::FileDevice::open(&s.image, false).unwrap());
+    let vol = o2fs::fs::Volume::open(dev).unwrap();
+    let la = vol.system_file_blkno(o2fs::fs::sysfile::SystemFile::LocalAlloc(slot as u16)).unwrap();
+    assert_eq!(vol.read_inode(la).unwrap().bitmap_total(), 0, "slot {slot}'s local-alloc window is closed");
+    common::assert_fsck_ocfs2_clean(&s.image);
+}
