@@ -44,7 +44,8 @@ pub struct O2Fuse {
     state: Arc<Mutex<State>>,
     /// Set on a cluster mount: the locks every request takes first.
     cluster: Option<Arc<dyn ClusterLocks>>,
-    /// The lock of this node's inode allocator, which every create takes.
+    /// The lock of this node's inode allocator, which creates take (and removals, which
+    /// mostly free inodes this node made).
     inode_alloc: LockResource,
     ttl: Duration,
     root: u64,
@@ -426,7 +427,7 @@ impl Filesystem for O2Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
-        match self.with(true, &[meta(parent)], |m, open| {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
             m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now())
         }) {
             Ok(()) => reply.ok(),
@@ -436,7 +437,9 @@ impl Filesystem for O2Fuse {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
-        match self.with(true, &[meta(parent)], |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now())) {
+        match self
+            .with(true, &[meta(parent), self.inode_alloc], |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now()))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -471,7 +474,7 @@ impl Filesystem for O2Fuse {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        match self.with(true, &[meta(p), meta(np)], |m, open| {
+        match self.with(true, &[meta(p), meta(np), self.inode_alloc], |m, open| {
             m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())
         }) {
             Ok(()) => reply.ok(),
