@@ -4,7 +4,8 @@
 #  (a) creates: N files of 1 KiB in a directory of its own, one node alone, then both nodes at
 #      once each in its own directory (aggregate files/s, and its ratio to one node; issue
 #      target >= 1.5);
-#  (b) sequential write: 1 MiB blocks of a file of its own (fsync at the end), one node alone,
+#  (b) the same with both nodes creating in one directory (issue target >= 0.5);
+#  (c) sequential write: 1 MiB blocks of a file of its own (fsync at the end), one node alone,
 #      then both at once (aggregate MB/s, and its ratio to one node; issue target >= 1).
 # O2FS (default target/release/o2fs) and MKFS (default target/release/mkfs-o2fs) name the
 # binaries, so two builds can be compared by hand. N (default 2000), SIZE_MB (default 256),
@@ -48,14 +49,14 @@ for i in 0 1; do
   mountpoint -q "$work/mnt$i" || { cat "$work/n$i.log" >&2; exit 1; }
 done
 
-creates() { # DIR: prints seconds to create N files in DIR
+creates() { # DIR: prints seconds to create N files in DIR (made if missing)
   python3 - "$1" "$n" <<'EOF'
 import os, sys, time
 d, n = sys.argv[1], int(sys.argv[2])
-os.makedirs(d)
+os.makedirs(d, exist_ok=True)
 t0 = time.monotonic()
 for i in range(n):
-    fd = os.open(os.path.join(d, "f%06d" % i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(os.path.join(d, "f%d-%06d" % (os.getpid(), i)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"x" * 1024)
     os.close(fd)
 print("%.3f" % (time.monotonic() - t0))
@@ -91,4 +92,6 @@ print("%-8s one node %8.1f %s   both nodes at once, each its own %8.1f %s   rati
 EOF
 }
 report creates files/s "$n" "$(creates "$work/mnt0/alone")" "$(both creates "$work/mnt0/d0" "$work/mnt1/d1")"
+mkdir "$work/mnt0/shared"
+report samedir files/s "$n" "$(creates "$work/mnt0/alone2")" "$(both creates "$work/mnt0/shared" "$work/mnt1/shared")"
 report seqwrite MB/s "$size_mb" "$(seqwrite "$work/mnt0/alone.dat")" "$(both seqwrite "$work/mnt0/w0.dat" "$work/mnt1/w1.dat")"
