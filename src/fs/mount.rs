@@ -252,8 +252,10 @@ impl Mounted {
     /// their place on the device, where the next holder reads them (the whole journal is
     /// checkpointed, when they have any); losing read rights too, what we cached of `owner` goes.
     pub fn yield_lock(&mut self, owner: u64, keep_read: bool) -> Result<()> {
+        // The journal's checkpoint flushes what it wrote in place; the other node reads the
+        // device, so no further flush of ours is needed for it to see the changes.
         if self.core.cache.unwritten(owner) {
-            self.checkpoint()?;
+            self.core.cache.checkpoint()?;
         }
         if !keep_read {
             self.core.drop_owner(owner);
