@@ -1,97 +1,287 @@
 #!/usr/bin/env bash
-# Two-node cluster mount figures (issue 6, "Speed"), all measured in this run: two `o2fs mount`
-# daemons on one shared image (127.0.38.1 and .2, the test timings), and
-#  (a) creates: N files of 1 KiB in a directory of its own, one node alone, then both nodes at
-#      once each in its own directory (aggregate files/s, and its ratio to one node; issue
-#      target >= 1.5);
-#  (b) the same with both nodes creating in one directory (issue target >= 0.5);
-#  (c) sequential write: 1 MiB blocks of a file of its own (fsync at the end), one node alone,
-#      then both at once (aggregate MB/s, and its ratio to one node; issue target >= 1).
-# O2FS (default target/release/o2fs) and MKFS (default target/release/mkfs-o2fs) name the
-# binaries, so two builds can be compared by hand. N (default 2000), SIZE_MB (default 256),
-# OPTS (mount options for both nodes, e.g. localalloc=64).
-# Needs root (FUSE mounts). Prints one line per figure.
+# Two-node figures (issue 6, "Speed"), in one run, beside the single-node figure of the same run:
+#   single  one node mounting an image alone (`o2fs mount IMAGE DIR`, no cluster),
+#   shared  two nodes (n0 on 127.0.20.1, n1 on 127.0.20.2) mounting one shared image at once,
+#   mirror  two nodes (127.0.21.1/.2), each mounting its own replica of the mirror (`-r`).
+# Jobs: (a) one node creates NFILES files of 1 KiB in a directory while the other idles;
+# (b) both nodes create NFILES files each, in a directory of their own, at once; (c) both create
+# NFILES each in one directory at once; (d) fio sequential 1 MiB write (bench/fio/seq-write.fio)
+# of one file by one node, then of a file each by both nodes at once. (b), (c) and the two-node
+# (d) are aggregates of both nodes (creates: all files over the wall time; fio: the sum of both
+# jobs' bandwidth). The single column of (b) and (c) is one node creating NFILES files alone, and
+# of the two-node (d) one node writing alone, as the issue's targets compare them. Images are made
+# by mkfs.o2fs with 4 slots (4K blocks and clusters); after each target the volume is unmounted
+# and judged by fsck.ocfs2 -fnF (on the mirror, the replica of the node that unmounted last).
+# Prints a table of figures and ratios to the single-node figure; with --record appends it, with
+# the machine's facts, to bench/RESULTS.md. A step that fails or times out is reported as FAIL.
+# Needs root (mounts). QUICK=1: tiny sizes for a smoke run.
+# Usage: bench/cluster.sh [--record]   Environment: QUICK, TARGETS (default: single shared
+# mirror), NFILES, BENCH_WORK, KEEP, BENCH_NOTE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-o2fs=${O2FS:-$PWD/target/release/o2fs}
-mkfs=${MKFS:-$PWD/target/release/mkfs-o2fs}
-n=${N:-2000}
-size_mb=${SIZE_MB:-256}
-work=$(mktemp -d /tmp/o2fs-cluster-bench.XXXXXX)
-pids=()
-cleanup() {
-  for i in 0 1; do fusermount3 -u "$work/mnt$i" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$((30000 + RANDOM % 20000))
-{
-  printf 'cluster:\n\tnode_count = 2\n\tname = b%s\n\n' "$port"
-  for i in 0 1; do
-    printf 'node:\n\tip_port = %s\n\tip_address = 127.0.38.%s\n\tnumber = %s\n\tname = n%s\n\tcluster = b%s\n\n' \
-      "$port" $((i + 1)) "$i" "$i" "$port"
-  done
-} >"$work/cluster.conf"
-echo s3cret >"$work/secret"
-truncate -s 4G "$work/vol.img"
-"$mkfs" -q -N 4 -F "$work/vol.img" >/dev/null
-timing=(--keepalive-ms 100 --idle-timeout-ms 1000 --reconnect-ms 100 --hb-interval-ms 100 --hb-dead-beats 10)
-for i in 0 1; do
-  mkdir -p "$work/mnt$i"
-  "$o2fs" mount -f ${OPTS:+-o "$OPTS"} --node "n$i" -c "$work/cluster.conf" --secret-file "$work/secret" \
-    --socket "$work/n$i.sock" "${timing[@]}" "$work/vol.img" "$work/mnt$i" 2>"$work/n$i.log" &
-  pids+=($!)
-  for _ in $(seq 600); do mountpoint -q "$work/mnt$i" && break; sleep 0.1; done
-  mountpoint -q "$work/mnt$i" || { cat "$work/n$i.log" >&2; exit 1; }
+root=$PWD
+record=0
+for a in "$@"; do
+  case $a in
+    --record) record=1 ;;
+    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "cluster.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
 done
+[ "$(id -u)" -eq 0 ] || { echo "cluster.sh: needs root (FUSE mounts)" >&2; exit 1; }
 
-creates() { # DIR: prints seconds to create N files in DIR (made if missing)
-  python3 - "$1" "$n" <<'EOF'
-import os, sys, time
-d, n = sys.argv[1], int(sys.argv[2])
-os.makedirs(d, exist_ok=True)
-t0 = time.monotonic()
+if [ "${QUICK:-0}" = 1 ]; then
+  file_size=16M runtime=2 nfiles=${NFILES:-200} image_size=512M
+else
+  file_size=256M runtime=10 nfiles=${NFILES:-3000} image_size=1G
+fi
+targets=(${TARGETS:-single shared mirror})
+fio_timeout=$((runtime + 60))
+slow_timeout=${SLOW_TIMEOUT:-600}
+# The cluster mounts' timings: quick enough to join in a second or two.
+timing=(--keepalive-ms 500 --idle-timeout-ms 5000 --reconnect-ms 200 --hb-interval-ms 200)
+
+scripts/install-deps.sh
+
+# The release build, the scratch folder `work`, its cleanup at exit and the shared helpers.
+source bench/lib.sh
+
+cat >"$work/create.py" <<'EOF'
+import os, sys
+d, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = b"x" * 1024
 for i in range(n):
-    fd = os.open(os.path.join(d, "f%d-%06d" % (os.getpid(), i)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    os.write(fd, b"x" * 1024)
+    fd = os.open(os.path.join(d, "%s%06d" % (prefix, i)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, payload)
     os.close(fd)
-print("%.3f" % (time.monotonic() - t0))
 EOF
-}
-seqwrite() { # FILE: prints seconds to write SIZE_MB MiB and fsync
-  python3 - "$1" "$size_mb" <<'EOF'
-import os, sys, time
-p, mb = sys.argv[1], int(sys.argv[2])
-block = b"y" * (1 << 20)
-t0 = time.monotonic()
-fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-for _ in range(mb):
-    os.write(fd, block)
-os.fsync(fd)
-os.close(fd)
-print("%.3f" % (time.monotonic() - t0))
-EOF
-}
-both() { # FUNCTION ARG0 ARG1: runs FUNCTION on both nodes at once, prints the longer time
-  "$1" "$2" >"$work/t0" &
-  local p=$!
-  "$1" "$3" >"$work/t1"
-  wait $p
-  python3 -c "print(max(float(open('$work/t0').read()), float(open('$work/t1').read())))"
+
+# --- results -----------------------------------------------------------------------------
+declare -A res # res[target,row] = figure or FAIL
+failures=()
+rows=(one separate onedir seqw1 seqw2)
+declare -A row_label=(
+  [one]="(a) create $nfiles files, one node active, files/s"
+  [separate]="(b) create 2 × $nfiles files, both nodes, separate directories, files/s"
+  [onedir]="(c) create 2 × $nfiles files, both nodes, one directory, files/s"
+  [seqw1]="(d) seq write 1 MiB, one node, MiB/s"
+  [seqw2]="(d) seq write 1 MiB, both nodes (a file each), MiB/s")
+# The single-node figure each row is compared with, and the issue's target for the ratio.
+declare -A baseline=([one]=one [separate]=one [onedir]=one [seqw1]=seqw1 [seqw2]=seqw1)
+declare -A target=([one]="≥ 0.7 on the mirror" [separate]="≥ 1.5" [onedir]="≥ 0.5" [seqw1]="-" [seqw2]="≥ 1.0")
+
+fail() { # TARGET ROW MESSAGE
+  failures+=("$1, ${row_label[$2]:-$2}: $3")
+  [ -z "${row_label[$2]:-}" ] || res[$1,$2]=FAIL
+  echo "  FAIL $1 $2: $3" >&2
 }
 
-report() { # LABEL UNIT AMOUNT SECONDS_ONE SECONDS_BOTH: rates of one node and of both, and their ratio
-  python3 - "$@" <<'EOF'
-import sys
-label, unit, amount, one, two = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-print("%-8s one node %8.1f %s   both nodes at once, each its own %8.1f %s   ratio %.2f" % (label, amount / one, unit, 2 * amount / two, unit, (2 * amount / two) / (amount / one)))
-EOF
+# creates ROW DIR:PREFIX…: each pair creates NFILES files at once; the figure is all files
+# over the wall time.
+creates() {
+  local row=$1 spec rc=0 p t0 t1 ps=()
+  shift
+  for spec in "$@"; do mkdir -p "${spec%%:*}"; done
+  t0=$(date +%s.%N)
+  for spec in "$@"; do
+    timeout -k 10 "$slow_timeout" python3 "$work/create.py" "${spec%%:*}" "${spec##*:}" "$nfiles" \
+      2>>"$work/logs/$t-$row.err" &
+    ps+=($!)
+  done
+  for p in "${ps[@]}"; do wait "$p" || rc=$?; done
+  t1=$(date +%s.%N)
+  if [ "$rc" -ne 0 ]; then
+    fail "$t" "$row" "$(why_rc "$rc" "$slow_timeout"): $(logtail "$work/logs/$t-$row.err" 2)"
+    return 0
+  fi
+  res[$t,$row]=$(printf '%.1f' "$(echo "$# * $nfiles / ($t1 - $t0)" | bc -l)")
 }
-report creates files/s "$n" "$(creates "$work/mnt0/alone")" "$(both creates "$work/mnt0/d0" "$work/mnt1/d1")"
-mkdir "$work/mnt0/shared"
-report samedir files/s "$n" "$(creates "$work/mnt0/alone2")" "$(both creates "$work/mnt0/shared" "$work/mnt1/shared")"
-report seqwrite MB/s "$size_mb" "$(seqwrite "$work/mnt0/alone.dat")" "$(both seqwrite "$work/mnt0/w0.dat" "$work/mnt1/w1.dat")"
+
+# seqw ROW DIR…: fio's sequential write of a file in each DIR at once; the figure is the sum of
+# the jobs' bandwidths.
+seqw() {
+  local row=$1 d i=0 rc=0 p sum=0 bw err ps=()
+  shift
+  for d in "$@"; do
+    mkdir -p "$d"
+    BENCH_DIR=$d BENCH_SIZE=$file_size BENCH_RUNTIME=$runtime timeout -k 10 "$fio_timeout" \
+      fio --output-format=json --output="$work/logs/$t-$row-$i.json" bench/fio/seq-write.fio \
+      2>>"$work/logs/$t-$row.err" &
+    ps+=($!)
+    i=$((i + 1))
+  done
+  for p in "${ps[@]}"; do wait "$p" || rc=$?; done
+  for ((i = 0; i < $#; i++)); do
+    err=$(jq -r '.jobs[0].error // 0' "$work/logs/$t-$row-$i.json" 2>/dev/null || echo "no JSON")
+    [ "$err" = 0 ] || rc=1
+    bw=$(jq -r '.jobs[0].write.bw_bytes / 1048576' "$work/logs/$t-$row-$i.json" 2>/dev/null || echo 0)
+    sum=$(echo "$sum + $bw" | bc -l)
+  done
+  for d in "$@"; do rm -f "$d/bench.dat"; done
+  if [ "$rc" -ne 0 ]; then
+    fail "$t" "$row" "fio $(why_rc "$rc" "$fio_timeout"): $(logtail "$work/logs/$t-$row.err" 2)"
+    return 0
+  fi
+  res[$t,$row]=$(printf '%.1f' "$sum")
+}
+
+# --- the volumes ---------------------------------------------------------------------------
+new_image() { # PATH: a fresh volume of image_size
+  rm -f "$1"; truncate -s "$image_size" "$1"
+  timeout 60 "$bin/mkfs-o2fs" -q -N 4 -b 4K -C 4K -F "$1" >>"$work/logs/mkfs.log" 2>&1
+}
+
+# cluster_conf NET: cluster.conf of n0 on NET.1 and n1 on NET.2, with a port of the run's own.
+cluster_conf() {
+  local port=$2 i
+  printf 'cluster:\n\tnode_count = 2\n\tname = bench\n\tsecret_file = %s/secret\n\n' "$work"
+  for i in 0 1; do
+    printf 'node:\n\tip_port = %s\n\tip_address = %s.%s\n\tnumber = %s\n\tname = n%s\n\tcluster = bench\n\n' \
+      "$port" "$1" $((i + 1)) "$i" "$i"
+  done
+}
+
+# mirror_resource NET PORT: both nodes' replicas in the scratch folder, protocol C.
+mirror_resource() {
+  local i
+  printf 'resource r0 {\n\tprotocol C;\n\tsyncer { verify-alg sha1; rate 1G; }\n'
+  printf '\tstartup { wfc-timeout 60; degr-wfc-timeout 60; become-primary-on both; }\n'
+  printf '\tnet { cram-hmac-alg sha1; shared-secret "m1rr0r"; allow-two-primaries; }\n'
+  for i in 0 1; do
+    printf '\ton n%s {\n\t\tdevice /dev/o2fs0;\n\t\tdisk %s/n%s.img;\n\t\taddress %s.%s:%s;\n\t\tmeta-disk %s/n%s.meta[0];\n\t}\n' \
+      "$i" "$work" "$i" "$1" $((i + 1)) "$2" "$work" "$i"
+  done
+  printf '}\n'
+}
+
+# mount_node I ARGS…: `o2fs mount -f` as node nI (ARGS: the image, or -r RESOURCE) on
+# $work/mnt-$t-I, in the background; sets node_pid[I] and mnt[I].
+declare -a node_pid mnt
+mount_node() {
+  local i=$1
+  shift
+  mnt[i]=$work/mnt-$t-$i
+  mkdir -p "${mnt[i]}"
+  "$bin/o2fs" mount -f --node "n$i" -c "$work/cluster.conf" --socket "$work/n$i.sock" "${timing[@]}" \
+    "$@" "${mnt[i]}" >>"$work/logs/$t-n$i.log" 2>&1 &
+  node_pid[i]=$!
+  pids+=("${node_pid[i]}") mounts+=("${mnt[i]}")
+}
+
+# mount_target: the target's nodes mounted (node 0 alone for single); returns 1 if one fails.
+mount_target() {
+  local i port=$((17000 + RANDOM % 3000))
+  echo "s3cret" >"$work/secret"
+  case $t in
+    single)
+      new_image "$work/single.img"
+      mnt[0]=$work/mnt-single-0; mkdir -p "${mnt[0]}"
+      "$bin/o2fs" mount -f "$work/single.img" "${mnt[0]}" >>"$work/logs/single-n0.log" 2>&1 &
+      node_pid[0]=$! pids+=("$!") mounts+=("${mnt[0]}")
+      wait_mounted "${mnt[0]}" "${node_pid[0]}" single-n0
+      return ;;
+    shared)
+      cluster_conf 127.0.20 "$port" >"$work/cluster.conf"
+      new_image "$work/shared.img"
+      for i in 0 1; do mount_node "$i" "$work/shared.img"; done ;;
+    mirror)
+      cluster_conf 127.0.21 "$port" >"$work/cluster.conf"
+      mirror_resource 127.0.21 $((port + 1)) >"$work/r0.res"
+      new_image "$work/n0.img"; rm -f "$work/n1.img"; truncate -s "$image_size" "$work/n1.img"
+      # n1's replica holds nothing yet: invalidated, the first handshake resyncs all of it.
+      "$bin/o2fs" mirror up -f --node n1 -r "$work/r0.res" --socket "$work/m1.sock" >>"$work/logs/mirror-n1.log" 2>&1 &
+      local m=$!
+      pids+=("$m")
+      for _ in $(seq 100); do "$bin/o2fs" invalidate --node n1 --socket "$work/m1.sock" >/dev/null 2>&1 && break; sleep 0.1; done
+      kill -TERM "$m"; wait "$m" || true; forget_pid "$m"
+      for i in 0 1; do mount_node "$i" -r "$work/r0.res"; done ;;
+  esac
+  for i in 0 1; do wait_mounted "${mnt[i]}" "${node_pid[i]}" "$t-n$i" || return 1; done
+}
+
+# umount_target: unmounts n1 and n0, then waits for both daemons (on the mirror a node's
+# replica stays connected while its peer writes), and judges the volume with fsck.ocfs2.
+umount_target() {
+  local i rc img=$work/$t.img log=$work/logs/$t-fsck.out
+  for i in 1 0; do
+    [ -n "${node_pid[i]:-}" ] || continue
+    timeout 60 fusermount3 -u "${mnt[i]}" 2>>"$work/logs/$t-n$i.log" || fail "$t" unmount "fusermount3 -u n$i failed"
+  done
+  for i in 1 0; do
+    [ -n "${node_pid[i]:-}" ] || continue
+    rc=0; wait "${node_pid[i]}" || rc=$?
+    forget_pid "${node_pid[i]}"; node_pid[i]=""
+    [ "$rc" -eq 0 ] || fail "$t" unmount "n$i exited with status $rc: $(logtail "$work/logs/$t-n$i.log" 2)"
+  done
+  [ "$t" != mirror ] || img=$work/n0.img
+  yes y 2>/dev/null | timeout 300 fsck.ocfs2 -fnF "$img" >"$log" 2>&1 || true
+  if grep -q '^\[' "$log" || ! grep -q '^All passes succeeded' "$log"; then
+    fail "$t" fsck "fsck.ocfs2 -fnF after the run: $(grep -v '^$' "$log" | tail -3 | tr '\n' ' ')"
+  fi
+}
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
+for t in "${targets[@]}"; do
+  echo "== $t"
+  if ! mount_target; then
+    fail "$t" mount "could not mount"
+    continue
+  fi
+  if [ "$t" = single ]; then
+    echo "  create";     creates one "${mnt[0]}/one:f"
+    echo "  seq write";  seqw seqw1 "${mnt[0]}/w0"
+  else
+    echo "  (a) create, one node active";         creates one "${mnt[0]}/one:f"
+    echo "  (b) create, separate directories";    creates separate "${mnt[0]}/sep0:f" "${mnt[1]}/sep1:f"
+    echo "  (c) create, one directory";           creates onedir "${mnt[0]}/c:n0-" "${mnt[1]}/c:n1-"
+    echo "  (d) seq write, one node";             seqw seqw1 "${mnt[0]}/w0"
+    echo "  (d) seq write, both nodes";           seqw seqw2 "${mnt[0]}/w0" "${mnt[1]}/w1"
+  fi
+  umount_target
+done
+elapsed=$(($(date +%s) - start))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- table ---------------------------------------------------------------------------------
+pairs=()
+for t in "${targets[@]}"; do [ "$t" = single ] || pairs+=("$t"); done
+table=$(
+  printf '| workload | single |'; for p in "${pairs[@]}"; do printf ' %s | %s/single |' "$p" "$p"; done
+  echo ' target (ratio) |'
+  printf '|---|---|'; for _ in "${pairs[@]}"; do printf -- '---|---|'; done; echo '---|'
+  for r in "${rows[@]}"; do
+    printf '| %s | %s |' "${row_label[$r]}" "${res[single,${baseline[$r]}]:--}"
+    for p in "${pairs[@]}"; do
+      printf ' %s | %s |' "${res[$p,$r]:--}" "$(div "${res[$p,$r]:-}" "${res[single,${baseline[$r]}]:-}")"
+    done
+    echo " ${target[$r]} |"
+  done
+)
+notes=$(
+  echo "$nfiles files of 1 KiB per node and job; fio files of $file_size (runtime bound ${runtime}s); images of $image_size."
+  echo "The single column of (b) and (c) is (a)'s single-node figure, and of the two-node (d) the one-node (d)."
+  echo "Build: $build_note. Run took ${elapsed}s; load average at start $load_start, at end $load_end."
+  [ -z "${BENCH_NOTE:-}" ] || echo "$BENCH_NOTE"
+  if [ ${#failures[@]} -gt 0 ]; then
+    echo; echo "Failures:"; for f in "${failures[@]}"; do echo "- $f"; done
+  else
+    echo "No step failed; fsck.ocfs2 -fnF found every volume clean after its target's run."
+  fi
+)
+echo
+echo "$table"
+echo
+echo "$notes"
+
+if [ "$record" = 1 ]; then
+  {
+    echo
+    echo "## Two nodes, $(date -u +%Y-%m-%d), $(nproc) cores (\`bench/cluster.sh\`$([ "${QUICK:-0}" = 1 ] && echo ', QUICK=1'))"
+    echo
+    echo "$table"
+    echo
+    echo "$notes"
+  } >>bench/RESULTS.md
+  echo "recorded in bench/RESULTS.md"
+fi

@@ -2,9 +2,14 @@
 //! 127.0.0.1 and 127.0.0.2, against the unmirrored image file on the same machine, in one run.
 //!
 //! `cargo run --release --example mirror_bench [MiB]` prints:
-//! - sequential 1 MiB writes (then one flush): mirrored / unmirrored throughput;
+//! - sequential 1 MiB writes (then one flush), best of 3: mirrored / unmirrored throughput, and
+//!   mirrored / two unmirrored images written at once — both replicas share this machine's disk
+//!   and cores, so that is the most a mirror in one machine can reach;
 //! - 4 KiB write latency, alone and with a flush, median: mirrored minus unmirrored, in loopback
-//!   round trips;
+//!   round trips; the three are measured in turn, request by request, so that the load of the
+//!   machine weighs on them alike; and, as a figure the machine's load hardly moves, how many
+//!   times a thread of this process went to sleep waiting (voluntary context switches), per
+//!   request and per loopback round trip;
 //! - resync of the blocks written while the peer was down: achieved / configured rate.
 
 use std::net::TcpListener;
@@ -35,67 +40,99 @@ fn wait_established(m: &Mirror) {
     }
 }
 
-/// Bytes per second of 1 MiB writes covering `total` bytes in order, from `streams` threads
-/// taking every `streams`-th MiB (as a filesystem's writeback does), then one flush.
-fn seq_write(dev: &dyn BlockDevice, total: u64, streams: u64) -> f64 {
+/// Seconds to write `total` bytes to each of `devs` at once in 1 MiB writes, in order, from
+/// `streams` threads per device taking every `streams`-th MiB (as a filesystem's writeback
+/// does), then one flush per device.
+fn seq_write(devs: &[&dyn BlockDevice], total: u64, streams: u64) -> f64 {
     let buf = vec![0x5Au8; 1 << 20];
     let t = Instant::now();
     std::thread::scope(|s| {
-        for k in 0..streams {
-            let buf = &buf;
-            s.spawn(move || {
-                for i in (k..total >> 20).step_by(streams as usize) {
-                    dev.write_at(buf, i << 20).unwrap();
-                }
-            });
-        }
-    });
-    dev.flush().unwrap();
-    total as f64 / t.elapsed().as_secs_f64()
-}
-
-/// Median of a 4 KiB write, with or without a flush after it.
-fn latency(dev: &dyn BlockDevice, n: u64, flush: bool) -> Duration {
-    let buf = vec![0xA5u8; 4096];
-    let mut v: Vec<Duration> = (0..n)
-        .map(|i| {
-            let t = Instant::now();
-            dev.write_at(&buf, (i % 1024) * 4096).unwrap();
-            if flush {
-                dev.flush().unwrap();
+        for &dev in devs {
+            for k in 0..streams {
+                let buf = &buf;
+                s.spawn(move || {
+                    for i in (k..total >> 20).step_by(streams as usize) {
+                        dev.write_at(buf, i << 20).unwrap();
+                    }
+                });
             }
-            t.elapsed()
-        })
-        .collect();
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Median round trip of a 64-byte message over a loopback TCP connection.
-fn loopback_rtt() -> Duration {
-    use std::io::{Read, Write};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let echo = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut b = [0u8; 64];
-        while s.read_exact(&mut b).is_ok() {
-            s.write_all(&b).unwrap();
         }
     });
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_nodelay(true).unwrap();
-    let mut b = [0u8; 64];
-    let mut v: Vec<Duration> = (0..200)
-        .map(|_| {
-            let t = Instant::now();
-            c.write_all(&b).unwrap();
-            c.read_exact(&mut b).unwrap();
-            t.elapsed()
-        })
-        .collect();
-    drop(c);
-    echo.join().unwrap();
+    std::thread::scope(|s| {
+        for &dev in devs {
+            s.spawn(move || dev.flush().unwrap());
+        }
+    });
+    t.elapsed().as_secs_f64()
+}
+
+/// One 4 KiB write, with or without a flush after it.
+fn write_4k(dev: &dyn BlockDevice, i: u64, flush: bool) -> Duration {
+    let buf = [0xA5u8; 4096];
+    let t = Instant::now();
+    dev.write_at(&buf, (i % 1024) * 4096).unwrap();
+    if flush {
+        dev.flush().unwrap();
+    }
+    t.elapsed()
+}
+
+/// A loopback TCP connection to an echo thread, timing the round trip of a 64-byte message.
+struct Echo {
+    conn: std::net::TcpStream,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Echo {
+    fn new() -> Echo {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 64];
+            while s.read_exact(&mut b).is_ok() {
+                s.write_all(&b).unwrap();
+            }
+        });
+        let conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_nodelay(true).unwrap();
+        Echo { conn, thread }
+    }
+
+    fn round_trip(&mut self) -> Duration {
+        use std::io::{Read, Write};
+        let mut b = [0u8; 64];
+        let t = Instant::now();
+        self.conn.write_all(&b).unwrap();
+        self.conn.read_exact(&mut b).unwrap();
+        t.elapsed()
+    }
+
+    fn close(self) {
+        drop(self.conn);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Voluntary context switches of all of this process's threads so far.
+fn sleeps() -> i64 {
+    // SAFETY: getrusage only fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_nvcsw
+}
+
+/// Voluntary context switches per call of `f`, over `n` calls.
+fn sleeps_per(n: u64, mut f: impl FnMut(u64)) -> f64 {
+    let before = sleeps();
+    for i in 0..n {
+        f(i);
+    }
+    (sleeps() - before) as f64 / n as f64
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
@@ -112,40 +149,61 @@ fn main() {
          on b {{ device /dev/o2fs0; disk {d}/b.img; address 127.0.0.2:{port}; meta-disk {d}/b.meta[0]; }} }}\n"
     );
     let res = config::parse(&text, &dir.path().join("bench.res")).unwrap().remove(0);
-    for f in ["a.img", "b.img", "plain.img"] {
+    for f in ["a.img", "b.img", "plain.img", "plain2.img"] {
         std::fs::File::create(dir.path().join(f)).unwrap().set_len(total + (8 << 20)).unwrap();
     }
-    let plain: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&dir.path().join("plain.img"), true).unwrap());
+    let open = |f: &str| -> Arc<dyn BlockDevice> { Arc::new(FileDevice::open(&dir.path().join(f), true).unwrap()) };
+    let (plain, plain2) = (open("plain.img"), open("plain2.img"));
     let a = start(&res, "a");
     let b = start(&res, "b");
     wait_established(&a);
     let dev = a.device();
 
+    let mib_s = |secs: f64| mib as f64 / secs;
     for streams in [1, 4] {
-        let plain_bw = seq_write(&*plain, total, streams);
-        let mirror_bw = seq_write(&dev, total, streams);
+        let (mut plain_s, mut two_s, mut mirror_s) = (f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            plain_s = plain_s.min(seq_write(&[&*plain], total, streams));
+            two_s = two_s.min(seq_write(&[&*plain, &*plain2], total, streams));
+            mirror_s = mirror_s.min(seq_write(&[&dev], total, streams));
+        }
         println!(
             "sequential 1 MiB writes, {mib} MiB, {streams} stream(s): unmirrored {:.0} MiB/s, mirrored {:.0} MiB/s, \
-             ratio {:.2} (goal >= 0.70)",
-            plain_bw / 1048576.0,
-            mirror_bw / 1048576.0,
-            mirror_bw / plain_bw
+             ratio {:.2} (goal >= 0.70); two unmirrored images at once {:.0} MiB/s each, mirrored / that {:.2}",
+            mib_s(plain_s),
+            mib_s(mirror_s),
+            plain_s / mirror_s,
+            mib_s(two_s),
+            two_s / mirror_s
         );
     }
 
-    let rtt = loopback_rtt();
+    let mut echo = Echo::new();
     for flush in [false, true] {
-        let plain_lat = latency(&*plain, 300, flush);
-        let mirror_lat = latency(&dev, 300, flush);
+        let (mut plain_v, mut mirror_v, mut rtt_v) = (vec![], vec![], vec![]);
+        for i in 0..1000 {
+            plain_v.push(write_4k(&*plain, i, flush));
+            mirror_v.push(write_4k(&dev, i, flush));
+            rtt_v.push(echo.round_trip());
+        }
+        let (plain_lat, mirror_lat, rtt) = (median(plain_v), median(mirror_v), median(rtt_v));
         let extra = mirror_lat.saturating_sub(plain_lat);
+        let mirror_sleeps = sleeps_per(300, |i| {
+            write_4k(&dev, i, flush);
+        });
+        let rtt_sleeps = sleeps_per(300, |_| {
+            echo.round_trip();
+        });
         println!(
             "4 KiB write{} median: unmirrored {plain_lat:?}, mirrored {mirror_lat:?}; extra {extra:?} = {:.1} \
-             loopback round trips of {rtt:?}{}",
+             loopback round trips of {rtt:?}{}; threads sleeping per mirrored request {mirror_sleeps:.1}, per round \
+             trip {rtt_sleeps:.1}",
             if flush { "+flush" } else { "" },
             extra.as_secs_f64() / rtt.as_secs_f64().max(1e-9),
             if flush { " (goal <= 2)" } else { "" }
         );
     }
+    echo.close();
 
     drop(b);
     let blocks = (total / 2) >> 12;

@@ -94,7 +94,12 @@ struct MountArgs {
 /// What a mount serves: an image (file or block device), or this node's replica of a mirror.
 enum Source {
     Image(PathBuf),
-    Mirror { file: PathBuf, res: o2fs::dev::mirror::config::ResourceConfig },
+    /// `peer` is the cluster node number of the resource's other host.
+    Mirror {
+        file: PathBuf,
+        res: o2fs::dev::mirror::config::ResourceConfig,
+        peer: u8,
+    },
 }
 
 impl Source {
@@ -102,7 +107,7 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Source::Image(p) => p.display().to_string(),
-            Source::Mirror { file, res } => format!("{}:{}", file.display(), res.name),
+            Source::Mirror { file, res, .. } => format!("{}:{}", file.display(), res.name),
         }
     }
 }
@@ -116,8 +121,8 @@ impl MountArgs {
             (Some(file), [dir]) => {
                 let node = self.node.as_deref().context("-r needs --node NAME")?;
                 let conf = self.cluster_conf.as_deref().context("-r needs -c CLUSTER_CONF")?;
-                let res = mirror_resource(file, node, conf)?;
-                Ok((Source::Mirror { file: file.clone(), res }, dir.clone()))
+                let (res, peer) = mirror_resource(file, node, conf)?;
+                Ok((Source::Mirror { file: file.clone(), res, peer }, dir.clone()))
             }
             (Some(file), _) => {
                 bail!("with -r {} the volume is the mirror's: give only the mount point DIR", file.display())
@@ -126,9 +131,9 @@ impl MountArgs {
     }
 }
 
-/// The resource of `file` that has a host named `node`; every host of it must be a node of the
-/// cluster (the same names in both files).
-fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<o2fs::dev::mirror::config::ResourceConfig> {
+/// The resource of `file` that has a host named `node`, and the cluster node number of its
+/// other host; every host of it must be a node of the cluster (the same names in both files).
+fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<(o2fs::dev::mirror::config::ResourceConfig, u8)> {
     let cluster = o2fs::cluster::config::load(conf).context("reading the cluster configuration")?;
     let resources = o2fs::dev::mirror::config::load(file)?;
     let hosts = |r: &o2fs::dev::mirror::config::ResourceConfig| {
@@ -154,7 +159,9 @@ fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<o2fs::dev::mi
             conf.display()
         );
     }
-    Ok(res.clone())
+    let peer = res.peer_of(node).and_then(|h| cluster.node_by_name(&h.name)).map(|n| n.number);
+    let peer = peer.with_context(|| format!("{}: resource {} has no second host", file.display(), res.name))?;
+    Ok((res.clone(), peer))
 }
 
 /// Names that are subcommands even if a file of that name exists (mount-helper detection).
@@ -320,10 +327,11 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
+    let unmount_failed = fs.unmount_failed();
     let session = fuser::Session::new(fs, dir, &fuse_config(&source.name(), opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
+    let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount (the session's end ran it): stop beating, clear our sector.
     drop(heartbeat);
     served
@@ -357,10 +365,21 @@ fn serve_cluster(
             let file = FileDevice::open(image, true).with_context(|| format!("opening {}", image.display()))?;
             (Arc::new(file), None)
         }
-        Source::Mirror { res, .. } => {
+        Source::Mirror { res, peer, .. } => {
             let mirror = cli::mirror::start(res, node, &a.join.timing)?;
-            mirror.wait_for_peer(res);
-            (Arc::new(mirror.device()), Some(mirror))
+            let reached = mirror.wait_for_peer(res).map_err(|why| {
+                anyhow::anyhow!("resource {}: the handshake with the peer was refused: {why}", res.name)
+            })?;
+            if !reached {
+                // Under fencing a node that never met its peer may hold outdated data: it does
+                // not go on alone (DRBD would have outdated it through the fence-peer handler).
+                bail!(
+                    "resource {}: the peer did not connect within the wfc-timeout; this node has not seen it since \
+                     it started, so its replica may be outdated: start the peer first",
+                    res.name
+                );
+            }
+            (Arc::new(mirror.device()), Some((mirror, *peer)))
         }
     };
     let fence = Arc::new(o2fs::dev::FenceableDevice::new(raw.clone()));
@@ -369,20 +388,32 @@ fn serve_cluster(
     if vol.sb().features.has_incompat(o2fs::format::features::INCOMPAT_LOCAL_MOUNT) {
         bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
+    check_cluster_names(vol.sb(), &name, conf)?;
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
-    let region = cli::cluster::heartbeat_region(raw)?;
+    let heartbeat = cli::cluster::disk_heartbeat(raw, mirror.is_none())?;
     let locks = o2fs::fs::dlm_locks::DlmLocks::new();
     let stack = cli::cluster::Stack::start(
         conf,
         node,
         &a.join,
-        Some(region),
+        Some(heartbeat),
         locks.recovery_hook(),
         Some(locks.downconvert_hook()),
     )?;
     locks.bind(stack.svc.clone());
-    stack.on_fence(move || fence.fence());
+    let mirror_to_fence = mirror.as_ref().map(|(m, _)| m.clone());
+    stack.on_fence(move || {
+        fence.fence();
+        if let Some(m) = mirror_to_fence {
+            m.fence();
+        }
+    });
+    if let Some((m, peer)) = &mirror {
+        // A mirror that lost its peer freezes until the cluster says the peer is out.
+        let (m, peer) = (m.clone(), *peer);
+        stack.on_membership(move |members| m.peer_in_cluster(members.contains(&peer)));
+    }
     stack.wait_member(std::time::Duration::from_secs(120))?;
     locks.acquire(LockResource::Super, LockMode::Ex)?;
     let cfg = MountConfig {
@@ -403,17 +434,50 @@ fn serve_cluster(
         }
     };
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
+    let unmount_failed = fs.unmount_failed();
     locks.release(LockResource::Super, LockMode::Ex);
-    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), mirror.clone())?;
+    let admin_mirror = mirror.as_ref().map(|(m, _)| m.clone());
+    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), admin_mirror)?;
     let session = fuser::Session::new(fs, dir, &fuse_config(&name, opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
-    let served = session.run().context("serving FUSE requests");
-    // After the clean unmount: leave the cluster (a clean stop clears our heartbeat sector).
-    stack.rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    // Then the mirror: its clean stop saves the bitmap and marks this node not primary.
-    drop(mirror);
+    let served = session_result(session.run(), &unmount_failed);
+    // After the clean unmount: leave the cluster.
+    stack.leave();
+    // Then the mirror, once the peer no longer writes through it (a peer still mounted goes on
+    // replicating here); its clean stop saves the bitmap.
+    if let Some((m, _)) = mirror {
+        m.linger_while_peer_primary();
+    }
     served
+}
+
+/// A FUSE session's outcome: an error if serving failed or the unmount at its end did.
+fn session_result(run: std::io::Result<()>, unmount_failed: &std::sync::atomic::AtomicBool) -> Result<()> {
+    run.context("serving FUSE requests")?;
+    if unmount_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the unmount failed (its error is logged above): the volume was not left clean");
+    }
+    Ok(())
+}
+
+/// A volume made for a named cluster (mkfs `--cluster-stack=o2cb --cluster-name=NAME`, stored in
+/// the superblock's cluster info) is mounted only by that cluster, as o2cb refuses a volume whose
+/// cluster name is not the running cluster's.
+fn check_cluster_names(sb: &o2fs::format::superblock::SuperBlock, volume: &str, conf: &Path) -> Result<()> {
+    let (stack, cluster) = (sb.cluster_stack_str(), sb.cluster_name_str());
+    if !stack.is_empty() && stack != "o2cb" {
+        bail!("{volume} was made for the {stack:?} cluster stack; o2fs speaks o2cb");
+    }
+    let cfg = o2fs::cluster::config::load(conf).context("reading the cluster configuration")?;
+    if !cluster.is_empty() && cluster != cfg.name {
+        bail!(
+            "{volume} belongs to cluster {cluster:?} (its superblock says so), but {} describes cluster {:?}",
+            conf.display(),
+            cfg.name
+        );
+    }
+    Ok(())
 }
 
 /// The FUSE session's options for a mount.

@@ -8,11 +8,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{bin, run, text, wait_bounded};
+use common::{bin, run, text};
 use o2fs::net::{self, Identity, NetConfig, NetError};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -37,25 +37,9 @@ fn wrong_secret_never_joins_and_both_sides_log_it() {
 /// Runs `o2fs cluster up` that must fail at once; its error output.
 fn up_must_fail(dir: &Path, conf: &Path, node: &str) -> String {
     let log = dir.join(format!("up-{node}.err"));
-    let mut child = Command::new(bin("o2fs"))
-        .args(["cluster", "up", "--node", node, "-c"])
-        .arg(conf)
-        .arg("--socket")
-        .arg(dir.join(format!("{node}.sock")))
-        .arg("-f")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let st = wait_bounded(&mut child, Duration::from_secs(10));
-    let err = std::fs::read_to_string(&log).unwrap_or_default();
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(st.is_some_and(|s| !s.success()), "o2fs cluster up --node {node} did not fail ({st:?}): {err}");
-    err
+    let mut cmd = Command::new(bin("o2fs"));
+    cmd.args(["cluster", "up", "--node", node, "-c"]).arg(conf).arg("--socket").arg(dir.join(format!("{node}.sock")));
+    common::must_fail(cmd.arg("-f"), &log)
 }
 
 #[test]

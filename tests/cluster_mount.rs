@@ -4,71 +4,11 @@
 
 mod common;
 
+use common::netns::VethPair;
+use common::nodes::{read, write_synced, OnMirror, Shared};
 use common::{bin, run, Mount};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use common::cluster::TIMING;
-
-/// A cluster mount's arguments for node `i` of a test directory holding `cluster.conf`'s
-/// `secret` and the nodes' admin sockets `n<i>.sock` (TIMING: the tests' small timings).
-fn node_args(dir: &Path, conf: &Path, i: usize) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--node".into(), format!("n{i}"), "-c".into(), conf.display().to_string()];
-    args.push("--secret-file".into());
-    args.push(dir.join("secret").display().to_string());
-    args.push("--socket".into());
-    args.push(dir.join(format!("n{i}.sock")).display().to_string());
-    args.extend(TIMING.iter().map(|s| s.to_string()));
-    args
-}
-
-struct Shared {
-    dir: tempfile::TempDir,
-    image: PathBuf,
-    conf: PathBuf,
-}
-
-impl Shared {
-    /// A 512 MiB volume with 4 slots and a two-node cluster.conf on `net`.1/.2.
-    fn new(net: &str) -> Shared {
-        Shared::with_nodes(net, 2)
-    }
-
-    /// The same with `nodes` nodes on `net`.1, `net`.2, …
-    fn with_nodes(net: &str, nodes: usize) -> Shared {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = m{port}\n\n");
-        for i in 0..nodes {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = m{port}\n\n",
-                i + 1
-            );
-        }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
-        let image = dir.path().join("vol.img");
-        std::fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "4", "-F"]).arg(&image));
-        assert!(out.status.success(), "mkfs.o2fs: {}", common::text(&out));
-        Shared { dir, image, conf: conf_path }
-    }
-
-    fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let args = node_args(self.dir.path(), &self.conf, i);
-        let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
-        (m, mnt)
-    }
-}
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-}
 
 #[test]
 fn two_nodes_see_each_others_changes_at_once() {
@@ -193,129 +133,10 @@ fn three_nodes_and_a_shared_append_only_log() {
     common::assert_fsck_ocfs2_clean(&s.image);
 }
 
-/// Two nodes on the mirror: each mounts its own replica (`o2fs mount -r`), on 127.0.11.1 and
-/// 127.0.11.2. mkfs runs on n0's replica; n1's fresh replica is invalidated so the first
-/// handshake resyncs all of it from n0.
-struct OnMirror {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    res: PathBuf,
-}
-
-impl OnMirror {
-    const SIZE: u64 = 256 << 20;
-
-    fn new() -> OnMirror {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = [0u8; 2];
-        getrandom::getrandom(&mut b).unwrap();
-        let port = 30000 + u16::from_le_bytes(b) % 20000;
-        let mut conf = format!("cluster:\n\tnode_count = 2\n\tname = r{port}\n\n");
-        let mut hosts = String::new();
-        for i in 0..2 {
-            conf += &format!(
-                "node:\n\tip_port = {port}\n\tip_address = 127.0.11.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = r{port}\n\n",
-                i + 1
-            );
-            hosts += &format!(
-                "\ton n{i} {{\n\t\tdevice /dev/o2fs0;\n\t\tdisk {d}/n{i}.img;\n\t\taddress 127.0.11.{}:{};\n\
-                 \t\tmeta-disk {d}/n{i}.meta[0];\n\t}}\n",
-                i + 1,
-                port + 1,
-                d = dir.path().display()
-            );
-        }
-        let conf_path = dir.path().join("cluster.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
-        let res = format!(
-            "resource r0 {{\n\tprotocol C;\n\tsyncer {{ verify-alg sha1; rate 1G; }}\n\
-             \tstartup {{ wfc-timeout 60; degr-wfc-timeout 60; become-primary-on both; }}\n\
-             \tnet {{ cram-hmac-alg sha1; shared-secret \"m1rr0r\"; allow-two-primaries; }}\n{hosts}}}\n"
-        );
-        let res_path = dir.path().join("r0.res");
-        std::fs::write(&res_path, res).unwrap();
-        let s = OnMirror { dir, conf: conf_path, res: res_path };
-        for i in 0..2 {
-            common::sparse_image(s.dir.path(), &format!("n{i}.img"), Self::SIZE);
-        }
-        let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "2", "-F"]).arg(s.replica(0)));
-        assert!(out.status.success(), "mkfs.o2fs: {}", common::text(&out));
-        // n1's replica holds nothing yet: invalidated, it is the target of a full resync.
-        let d = s.mirror_up(1);
-        let reply = d.request(r#"{"cmd":"invalidate"}"#).unwrap();
-        assert_eq!(reply["ok"], true, "invalidate: {reply}\n{}", d.log());
-        s
-    }
-
-    fn replica(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}.img"))
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}.sock"))
-    }
-
-    /// `o2fs mirror up` for node `i` alone (no filesystem).
-    fn mirror_up(&self, i: usize) -> common::daemon::Daemon {
-        let res = self.res.display().to_string();
-        let node = format!("n{i}");
-        let args = ["mirror", "up", "--keepalive-ms", "200", "--idle-timeout-ms", "1500", "--node", &node, "-r", &res];
-        common::daemon::Daemon::start(self.dir.path(), &format!("mirror-n{i}"), &args)
-    }
-
-    fn mount(&self, i: usize) -> (Mount, PathBuf) {
-        let mnt = self.dir.path().join(format!("mnt{i}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let args = node_args(self.dir.path(), &self.conf, i);
-        let m = Mount::start_on_mirror(&self.res, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
-        (m, mnt)
-    }
-
-    fn status(&self, i: usize) -> serde_json::Value {
-        let reply = o2fs::net::admin::request(
-            &self.socket(i),
-            &serde_json::json!({"cmd": "status"}),
-            std::time::Duration::from_secs(20),
-        );
-        reply.unwrap_or_else(|e| panic!("status of n{i}: {e}"))
-    }
-
-    /// Waits (60 s at most) until node `i`'s mirror is connected, in sync and quiet.
-    fn wait_in_sync(&self, i: usize, status: impl Fn() -> serde_json::Value) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let s = status();
-            let m = &s["mirror"];
-            if m["replication"] == "Established"
-                && m["quiet"] == true
-                && m["disk"] == "UpToDate"
-                && m["peer_disk"] == "UpToDate"
-            {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "n{i}: the mirror never settled: {s}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn sha1(&self, i: usize) -> String {
-        use sha1::{Digest, Sha1};
-        let digest = Sha1::digest(read(&self.replica(i)));
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
 #[test]
 fn two_nodes_on_the_mirror_each_on_its_own_replica() {
-    let s = OnMirror::new();
-    // The first node waits for its peer (wfc-timeout): both start at once.
-    let (mut m0, d0, mut m1, d1) = std::thread::scope(|sc| {
-        let a = sc.spawn(|| s.mount(0));
-        let b = sc.spawn(|| s.mount(1));
-        let (a, b) = (a.join().unwrap(), b.join().unwrap());
-        (a.0, a.1, b.0, b.1)
-    });
+    let s = OnMirror::new("127.0.11");
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
     std::fs::write(d0.join("a"), b"from n0").unwrap();
     assert_eq!(read(&d1.join("a")), b"from n0");
     std::fs::create_dir(d1.join("dir")).unwrap();
@@ -325,7 +146,7 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
     assert_eq!(read(&d1.join("a")), b"n0 again, longer");
     // One admin socket answers for the cluster and for the mirror.
     for i in 0..2 {
-        s.wait_in_sync(i, || s.status(i));
+        s.wait_in_sync(i);
         let st = s.status(i);
         assert_eq!(st["cluster"]["node"], format!("n{i}"), "{st}");
         assert_eq!(st["mirror"]["node"], format!("n{i}"), "{st}");
@@ -340,19 +161,94 @@ fn two_nodes_on_the_mirror_each_on_its_own_replica() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(s.status(0)["mirror"]["verify"]["out_of_sync_blocks"], 0, "{}", s.status(0));
-    m1.unmount().unwrap();
-    m0.unmount().unwrap();
-    // n0 unmounted last, alone: its last writes reach n1 when the two mirrors meet again.
-    {
-        let daemons = [s.mirror_up(0), s.mirror_up(1)];
-        for (i, d) in daemons.iter().enumerate() {
-            s.wait_in_sync(i, || d.request(r#"{"cmd":"status"}"#).unwrap());
+    // n0, the lower node, unmounts first. It leaves the cluster cleanly, so n1 goes on (a lost
+    // lower node would make it fence: no disk heartbeat decides on the mirror). n0's replica
+    // stays connected while n1 still writes (n1's unmount writes the slot map and its
+    // journal), so both replicas end equal without a resync.
+    m0.detach();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(m0.running(), "n0's daemon left while its peer was still mounted:\n{}", m0.stderr());
+    write_synced(&d1.join("after"), b"written after n0's unmount").unwrap();
+    assert_eq!(read(&d1.join("a")), b"n0 again, longer");
+    s.unmount_and_compare(&mut m0, &mut m1);
+}
+
+#[test]
+fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again() {
+    let pair = VethPair::new("10.197");
+    // Declared after the pair, so dropped first: the daemons die before their namespaces go.
+    let s = OnMirror::in_namespaces(&pair);
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
+    write_synced(&d0.join("a"), b"n0 before the split").unwrap();
+    write_synced(&d1.join("b"), b"n1 before the split").unwrap();
+    assert_eq!(read(&d1.join("a")), b"n0 before the split");
+    assert_eq!(read(&d0.join("b")), b"n1 before the split");
+
+    pair.down(1);
+    // n0, the lower node, goes on: its write waits (frozen mirror) until the cluster has
+    // excluded n1, then completes on n0's replica alone.
+    write_synced(&d0.join("during"), b"n0 alone").unwrap();
+    assert_eq!(read(&d0.join("during")), b"n0 alone");
+    // n1 fences: its requests fail with EIO from then on, and it writes nothing more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        match write_synced(&d1.join("late"), b"n1 cut off") {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(std::time::Instant::now() < deadline, "n1 never fenced:\n{}", m1.stderr());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "n1 after the split: {err}\n{}", m1.stderr());
+    let fenced = s.sha1(1);
+    for name in ["late2", "b"] {
+        assert!(write_synced(&d1.join(name), b"more").is_err(), "n1 wrote {name} after it fenced");
     }
-    for i in 0..2 {
-        common::assert_fsck_ocfs2_clean(&s.replica(i));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(s.sha1(1), fenced, "n1's replica changed after it fenced");
+
+    // The fenced node restarts once the link is back: its replica is resynced from n0 and it
+    // mounts again, seeing what n0 wrote alone.
+    m1.kill();
+    pair.up(1);
+    let (mut m1, d1) = s.mount(1);
+    assert_eq!(read(&d1.join("during")), b"n0 alone");
+    assert_eq!(read(&d1.join("b")), b"n1 before the split");
+    write_synced(&d1.join("after"), b"n1 back").unwrap();
+    assert_eq!(read(&d0.join("after")), b"n1 back");
+    s.wait_both_in_sync();
+    s.unmount_and_compare(&mut m0, &mut m1);
+}
+
+#[test]
+fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_returns() {
+    let s = OnMirror::new("127.0.12");
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
+    write_synced(&d1.join("durable"), &vec![5u8; 100_000]).unwrap();
+    // n0 keeps writing while n1 dies: its writes freeze until the cluster has excluded n1,
+    // then go on, on n0's replica alone.
+    let writer = std::thread::spawn({
+        let d0 = d0.clone();
+        move || {
+            for i in 0..100 {
+                write_synced(&d0.join(format!("g{i}")), &[i as u8; 3000]).unwrap();
+            }
+        }
+    });
+    for i in 0..30 {
+        std::fs::write(d1.join(format!("f{i}")), vec![i as u8; 5000]).unwrap();
     }
-    assert_eq!(s.sha1(0), s.sha1(1), "the two replicas differ");
+    m1.kill();
+    writer.join().unwrap();
+    assert_eq!(read(&d0.join("durable")), vec![5u8; 100_000], "n1's fsynced data survives");
+    // n1 restarts: its replica catches up with what n0 wrote alone, and it mounts again.
+    let (mut m1, d1) = s.mount(1);
+    for i in 0..100 {
+        assert_eq!(read(&d1.join(format!("g{i}"))), vec![i as u8; 3000]);
+    }
+    s.wait_both_in_sync();
+    s.unmount_and_compare(&mut m0, &mut m1);
 }
 
 /// Messages node `i`'s lock service has sent since it started (its admin socket's `status`).

@@ -14,6 +14,7 @@
 //! `O2FS_SIM_FIRST`, default 0).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use o2fs::dev::mem::MemDevice;
@@ -35,6 +36,10 @@ const AL_SHIFT: u32 = 14;
 struct Replica {
     mem: MemDevice,
     reached: Mutex<HashSet<u64>>,
+    /// Writes fail (a failing disk).
+    failing: AtomicBool,
+    /// Writes and flushes that reached it.
+    io: AtomicU64,
 }
 
 impl BlockDevice for Replica {
@@ -45,6 +50,11 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
+        self.io.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) {
+            let source = std::io::Error::other("injected write failure");
+            return Err(DevError::Io { op: "write", offset, len: buf.len() as u64, source });
+        }
         if offset < DATA && offset.is_multiple_of(BM_BLOCK) {
             let mut reached = self.reached.lock();
             for block in buf.chunks(BM_BLOCK as usize) {
@@ -54,6 +64,7 @@ impl BlockDevice for Replica {
         self.mem.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), DevError> {
+        self.io.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -157,6 +168,8 @@ impl Sim {
                 let replica = Arc::new(Replica {
                     mem: MemDevice::new(if internal { DATA + meta_len } else { DATA }),
                     reached: Mutex::new(HashSet::new()),
+                    failing: AtomicBool::new(false),
+                    io: AtomicU64::new(0),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -332,6 +345,22 @@ impl Sim {
             10 + self.rng.below(40)
         } else {
             1 + self.rng.below(5)
+        }
+    }
+
+    /// Delivers a message to node `i` as the driver does: an acknowledgement first through
+    /// `receive_ack` (which the driver's network task calls), and that must touch no disk.
+    fn deliver(&mut self, i: usize, msg: Msg) {
+        let now = self.now;
+        let replica = self.nodes[i].replica.clone();
+        let Some(e) = self.nodes[i].engine.as_mut() else { return };
+        let io = replica.io.load(Ordering::Relaxed);
+        match e.receive_ack(now, msg) {
+            Ok(()) if replica.io.load(Ordering::Relaxed) != io => {
+                self.fail(format!("node {i}: receive_ack wrote or flushed the replica"))
+            }
+            Ok(()) => {}
+            Err(msg) => e.receive(now, msg),
         }
     }
 
@@ -553,9 +582,7 @@ impl Sim {
         for i in 0..2 {
             while self.up && self.links[i].front().is_some_and(|(at, _)| *at <= now) {
                 let (_, msg) = self.links[i].pop_front().unwrap();
-                if let Some(e) = self.nodes[1 - i].engine.as_mut() {
-                    e.receive(now, msg);
-                }
+                self.deliver(1 - i, msg);
                 self.drain();
                 self.account_discard();
             }
@@ -833,6 +860,28 @@ fn split_brain_is_refused_on_both_sides_until_discard_my_data() {
     assert_eq!(sim.nodes[victim].replica.mem.contents()[..DATA as usize], survivor[..DATA as usize]);
 }
 
+/// A write is sent to the peer before it is written locally; when the local write then fails,
+/// the write fails, its blocks are out of sync (the peer may hold the new data), the peer's
+/// ack of it is no protocol error, and the next resync makes the replicas equal.
+#[test]
+fn a_failed_local_write_fails_and_its_blocks_resync() {
+    init_log();
+    let mut sim = connected_pair(4 << 20);
+    sim.nodes[0].replica.failing.store(true, Ordering::Relaxed);
+    write_blocks(&mut sim, 0, &[6]);
+    sim.nodes[0].replica.failing.store(false, Ordering::Relaxed);
+    assert!(!sim.writes.last().unwrap().ok, "the write failed");
+    for _ in 0..100 {
+        sim.step(1);
+    }
+    assert!(sim.nodes[1].replica.reached.lock().contains(&(sim.writes.len() as u64 - 1)), "the peer wrote it");
+    let e = sim.nodes[0].engine.as_ref().unwrap();
+    assert_eq!((e.conn_state(), e.in_flight(), e.out_of_sync_blocks()), (ConnState::Connected, 0, 1));
+    sim.cut("test reconnection");
+    sim.heal();
+    sim.check_converged();
+}
+
 fn random_msg(rng: &mut Rng) -> Msg {
     use o2fs::dev::mirror::generation::GenIds;
     use o2fs::dev::mirror::proto::Hello;
@@ -865,9 +914,10 @@ fn random_msg(rng: &mut Rng) -> Msg {
                 fresh_in_sync: rng.below(2) == 0,
                 primary: rng.below(2) == 0,
                 oos: (0..rng.below(4)).map(|_| (num(rng), num(rng))).collect(),
+                head: (rng.below(2) == 0).then(|| [rng.below(256) as u8; 20]),
             })
         }
-        1 => Msg::Write { seq: num(rng), seen: num(rng), offset: num(rng), data: data(rng) },
+        1 => Msg::Write { seq: num(rng), seen: num(rng), offset: num(rng), data: Arc::new(data(rng)) },
         2 => Msg::RecvAck { seq: num(rng) },
         3 => Msg::WriteAck { seq: num(rng) },
         4 => Msg::Flush { id: num(rng) },
@@ -913,7 +963,12 @@ fn hostile_peer_messages_never_panic() {
                 }
                 1 => engine.read(now, i, rng.below(DATA), rng.below(3 * BM_BLOCK)),
                 2 => engine.tick(now),
-                _ => engine.receive(now, random_msg(&mut rng)),
+                // As the driver: an acknowledgement first through receive_ack.
+                _ => {
+                    if let Err(msg) = engine.receive_ack(now, random_msg(&mut rng)) {
+                        engine.receive(now, msg);
+                    }
+                }
             }
             while engine.poll().is_some() {}
         }

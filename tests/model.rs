@@ -33,6 +33,7 @@
 
 mod common;
 
+use common::rng::{parse_seed, Rng};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -72,54 +73,12 @@ fn model_1k_blocks() {
 // ---------------------------------------------------------------------------------------------
 // Randomness
 
-/// xorshift64*: small, seedable, the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
-        if r.0 == 0 {
-            r.0 = 1;
-        }
-        r.next();
-        r
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in 0..n (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// Uniform in lo..=hi.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
 /// Deterministic content of a write: a pseudo-random byte stream, or zeros.
 fn gen_data(seed: u64, len: usize) -> Vec<u8> {
     if seed.is_multiple_of(10) {
         return vec![0; len];
     }
-    let mut r = Rng::new(seed);
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&r.next().to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    Rng::new(seed).bytes(len)
 }
 
 fn long_name(i: usize) -> String {
@@ -1365,18 +1324,6 @@ impl Run {
         }
         o.res.is_ok()
     }
-}
-
-fn parse_seed(s: &str) -> u64 {
-    if s == "random" {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        return t.as_nanos() as u64 ^ (std::process::id() as u64) << 32;
-    }
-    let r = match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.unwrap_or_else(|_| panic!("O2FS_SEED={s}: expected a number, 0x…, or random"))
 }
 
 fn run_geometry(bs: &str, cs: &str, seeds: &[u64]) {

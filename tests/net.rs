@@ -124,6 +124,32 @@ async fn many_messages_and_a_large_one_with_integrity() {
     send_b.await.unwrap();
 }
 
+/// `try_send` from a thread outside the runtime: frames larger than the socket takes at once
+/// finish through a task, a busy writer answers `false` with nothing written, and every message
+/// arrives whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_send_from_a_plain_thread_keeps_order() {
+    init_log();
+    let (a, b) = connected(end("alpha", "mirror:mail_data"), end("beta", "mirror:mail_data")).await;
+    let (a_tx, _a_rx) = a.into_split();
+    let (_b_tx, mut b_rx) = b.into_split();
+    let msg = |i: u64| Msg::Write { sector: i, data: vec![i as u8; if i.is_multiple_of(16) { 4 << 20 } else { 300 }] };
+    let sender = std::thread::spawn(move || {
+        let mut busy = 0;
+        for i in 0..100 {
+            while !a_tx.try_send(&msg(i)).unwrap() {
+                busy += 1;
+                std::thread::yield_now();
+            }
+        }
+        busy
+    });
+    for i in 0..100 {
+        assert_eq!(b_rx.recv::<Msg>().await.unwrap(), Some(msg(i)));
+    }
+    eprintln!("try_send found the writer busy {} times", sender.join().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_refused_on_both_sides() {
     init_log();

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use o2fs::cluster::config::{self, ClusterConfig};
 use o2fs::cluster::disk_heartbeat::Region;
 use o2fs::cluster::membership::Timing;
-use o2fs::cluster::node::{self, ClusterHandle, NodeSettings};
+use o2fs::cluster::node::{self, ClusterHandle, DiskHeartbeat, NodeSettings};
 use o2fs::dev::mirror::driver::Mirror;
 use o2fs::dev::FileDevice;
 use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError};
@@ -146,11 +146,12 @@ fn secret(a: &JoinArgs, cfg: &ClusterConfig) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// The heartbeat area of the volume on `dev`.
-pub fn heartbeat_region(dev: Arc<dyn o2fs::dev::BlockDevice>) -> Result<Region> {
+/// The heartbeat area of the volume on `dev`; `shared` says whether all nodes see the same
+/// blocks (see [`DiskHeartbeat`]).
+pub fn disk_heartbeat(dev: Arc<dyn o2fs::dev::BlockDevice>, shared: bool) -> Result<DiskHeartbeat> {
     let vol = o2fs::fs::Volume::open(dev.clone()).context("reading the volume")?;
     let (start, len) = vol.heartbeat_area().context("locating the heartbeat area")?;
-    Ok(Region::new(dev, start, len))
+    Ok(DiskHeartbeat { region: Region::new(dev, start, len), shared })
 }
 
 /// The cluster stack of this process: a tokio runtime running the node (mesh, membership,
@@ -167,7 +168,7 @@ impl Stack {
         conf: &Path,
         node: &str,
         join: &JoinArgs,
-        disk: Option<Region>,
+        disk: Option<DiskHeartbeat>,
         recovery: RecoveryHook,
         downconvert: Option<DownconvertHook>,
     ) -> Result<Stack> {
@@ -234,6 +235,30 @@ impl Stack {
         self.handle.status().view.map(|v| v.members.keys().map(|&n| n as u32).collect()).unwrap_or_default()
     }
 
+    /// Leaves the cluster cleanly and stops this node (a clean stop also clears its heartbeat
+    /// sector): the others go on at once, without counting it for quorum.
+    pub fn leave(self) {
+        self.rt.block_on(self.handle.leave(Duration::from_secs(2)));
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+    }
+
+    /// Runs `f` with the members of every view this node gets, from now on.
+    pub fn on_membership(&self, f: impl Fn(&std::collections::BTreeSet<u8>) + Send + 'static) {
+        let mut members = self.svc.members();
+        self.rt.spawn(async move {
+            loop {
+                let now = members.borrow_and_update().clone();
+                // Empty until the first view: "no view yet" says nothing about anyone.
+                if !now.is_empty() {
+                    f(&now);
+                }
+                if members.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Runs `f` once if this node fences.
     pub fn on_fence(&self, f: impl FnOnce() + Send + 'static) {
         let mut fenced = self.svc.fenced();
@@ -253,9 +278,10 @@ fn up(a: UpArgs) -> Result<()> {
     let socket = a.node.socket();
     daemon::run(a.foreground, |mut ready| {
         let disk = match &a.image {
-            Some(img) => Some(heartbeat_region(Arc::new(
-                FileDevice::open(img, true).with_context(|| format!("opening {}", img.display()))?,
-            ))?),
+            Some(img) => Some(disk_heartbeat(
+                Arc::new(FileDevice::open(img, true).with_context(|| format!("opening {}", img.display()))?),
+                true,
+            )?),
             None => None,
         };
         let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
@@ -270,8 +296,7 @@ fn up(a: UpArgs) -> Result<()> {
             }
             Ok::<(), anyhow::Error>(())
         })?;
-        // Dropping the runtime stops the node; a clean stop clears our heartbeat sector.
-        stack.rt.shutdown_timeout(Duration::from_secs(2));
+        stack.leave();
         Ok(())
     })
 }

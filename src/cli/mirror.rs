@@ -65,7 +65,8 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-    let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms)?;
+    // Without a cluster nobody decides who goes on after a split: each side goes on degraded.
+    let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms, Fencing::DontCare)?;
     let path = a.node.socket();
     let listener = mirror.runtime().block_on(AdminListener::bind(&path))?;
     let m = mirror.clone();
@@ -82,7 +83,9 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     }));
     // As DRBD's init script: the command returns once the peer is there, or wfc-timeout passed.
     if !a.foreground {
-        mirror.wait_for_peer(&res);
+        if let Err(why) = mirror.wait_for_peer(&res) {
+            tracing::error!("the peer was refused: {why}");
+        }
     }
     ready.done();
     let signal = signals.wait().context("waiting for a signal")?;
@@ -91,14 +94,22 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     Ok(())
 }
 
-/// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the mirror).
+/// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the
+/// mirror). A lost peer freezes I/O until the cluster's quorum decides (DRBD's
+/// `fencing resource-and-stonith`): no write is acknowledged by a node that may yet be fenced.
 pub fn start(res: &ResourceConfig, node: &str, timing: &TimingArgs) -> Result<Arc<Mirror>> {
-    start_with(res, node, timing.keepalive_ms, timing.idle_timeout_ms)
+    start_with(res, node, timing.keepalive_ms, timing.idle_timeout_ms, Fencing::Freeze)
 }
 
-fn start_with(res: &ResourceConfig, node: &str, keepalive_ms: u64, idle_timeout_ms: u64) -> Result<Arc<Mirror>> {
+fn start_with(
+    res: &ResourceConfig,
+    node: &str,
+    keepalive_ms: u64,
+    idle_timeout_ms: u64,
+    fencing: Fencing,
+) -> Result<Arc<Mirror>> {
     let net = NetConfig { keepalive_ms, idle_timeout_ms, ..NetConfig::default() };
-    let opts = MirrorOptions { node: node.to_string(), net, fencing: Fencing::DontCare };
+    let opts = MirrorOptions { node: node.to_string(), net, fencing };
     Ok(Arc::new(Mirror::start(res, opts).with_context(|| format!("starting resource {}", res.name))?))
 }
 

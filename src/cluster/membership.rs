@@ -31,6 +31,9 @@
 //!   has not reached every other member for `link_grace_ms` is told to fence (evicted).
 //! - A link that broke and came back within the grace may have lost messages: the leader then
 //!   proposes a new view with the same members, which makes the layers above resend their state.
+//! - A node that stops cleanly says so (`Leave`) before it closes its links: the others count it
+//!   dead at once and no longer count it for quorum (as o2quo counts only heartbeating nodes), so
+//!   the higher node of a two-node cluster goes on when the lower one unmounts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -80,6 +83,8 @@ pub enum MemberMsg {
     /// The leader leaves the receiver out of the next view (it does not reach every member):
     /// the receiver fences.
     Evict { epoch: u64 },
+    /// The sender (`incarnation`) stops cleanly: it holds nothing and writes nothing more.
+    Leave { incarnation: u64 },
 }
 
 /// What the machine asks of its runtime.
@@ -150,6 +155,13 @@ pub struct Membership {
     unlinked: BTreeMap<NodeId, u64>,
     /// A proposed view that leaves out members this node does not know dead yet.
     pending: Option<View>,
+    /// Peers (and the incarnation) that left cleanly: that incarnation is dead, and the node is
+    /// not counted for quorum until a view has it again.
+    left: BTreeMap<NodeId, u64>,
+    /// When this machine started (a node forming a cluster first looks for running ones).
+    born: u64,
+    /// This node left: it decides nothing more.
+    leaving: bool,
     fenced: Option<String>,
     out: VecDeque<MemberEvent>,
 }
@@ -180,6 +192,9 @@ impl Membership {
             evicted: BTreeMap::new(),
             unlinked: BTreeMap::new(),
             pending: None,
+            left: BTreeMap::new(),
+            born: now,
+            leaving: false,
             fenced: None,
             out: VecDeque::new(),
         };
@@ -210,7 +225,7 @@ impl Membership {
     }
 
     pub fn link_up(&mut self, peer: NodeId, incarnation: u64) {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.leaving {
             return;
         }
         let known = self.links.get(&peer).map(|l| l.incarnation);
@@ -254,8 +269,21 @@ impl Membership {
         }
     }
 
+    /// This node stops cleanly: tells every peer it reaches, then decides nothing more.
+    pub fn leave(&mut self) {
+        if self.fenced.is_some() || self.leaving {
+            return;
+        }
+        info!("leaving the cluster");
+        let msg = MemberMsg::Leave { incarnation: self.incarnation };
+        for (&to, _) in self.links.iter().filter(|(_, l)| l.up) {
+            self.out.push_back(MemberEvent::Send { to, msg: msg.clone() });
+        }
+        self.leaving = true;
+    }
+
     pub fn receive(&mut self, from: NodeId, msg: MemberMsg) {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.leaving {
             return;
         }
         match msg {
@@ -269,6 +297,13 @@ impl Membership {
             MemberMsg::Evict { epoch } => {
                 if self.view.is_some() {
                     self.fence(format!("evicted by the leader, node {from}, at epoch {epoch}"));
+                }
+            }
+            MemberMsg::Leave { incarnation } => {
+                if self.links.get(&from).is_some_and(|l| l.incarnation == incarnation) {
+                    info!(node = from, "node left the cluster cleanly");
+                    self.left.insert(from, incarnation);
+                    self.reports.remove(&from);
                 }
             }
         }
@@ -297,6 +332,7 @@ impl Membership {
             self.pending = None;
         }
         info!(epoch = view.epoch, members = ?view.nodes(), "new cluster view");
+        self.left.retain(|n, _| !view.members.contains_key(n));
         self.view = Some(view.clone());
         self.out.push_back(MemberEvent::View(view));
         // Peers judge who leads by who is in a cluster: tell them we are now.
@@ -329,6 +365,10 @@ impl Membership {
     }
 
     fn fate(&self, peer: NodeId) -> Fate {
+        let incarnation = self.links.get(&peer).map(|l| l.incarnation);
+        if self.left.get(&peer).is_some_and(|&inc| incarnation.is_none_or(|i| i == inc)) {
+            return Fate::Dead;
+        }
         // Told to fence, or lost: dead once the disk shows it stopped, or after the grace.
         let gone_since = match (self.evicted.get(&peer), self.links.get(&peer)) {
             (Some(&at), _) => at,
@@ -370,6 +410,7 @@ impl Membership {
         };
         base.into_iter()
             .filter(|&n| n == self.me || self.disk_since.is_none() || self.disk_fate(n, 0) != Fate::Dead)
+            .filter(|n| !self.left.contains_key(n))
             .collect()
     }
 
@@ -396,7 +437,7 @@ impl Membership {
     }
 
     fn decide(&mut self) {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.leaving {
             return;
         }
         if let Some(view) = self.pending.take() {
@@ -463,10 +504,12 @@ impl Membership {
             }
         }
         let chosen: BTreeSet<NodeId> = chosen.into_iter().collect();
-        // Forming a cluster: with a disk heartbeat, a node that is not known dead may already
-        // run a cluster of its own (it saw us dead before we started); leaving it out would
-        // make two. Wait until it is reachable — or its sector shows it dead.
-        if self.view.is_none() && self.disk_since.is_some() && self.counted().iter().any(|n| !chosen.contains(n)) {
+        // Forming a cluster: a node that is not known dead may already run a cluster of its own
+        // (it saw us dead, or saw us leave, before we started); leaving it out would make two.
+        // With a disk heartbeat, wait until it is reachable or its sector shows it dead; without
+        // one, give it the link grace to be reached.
+        let searching = self.disk_since.is_some() || self.now < self.born + self.timing.link_grace_ms;
+        if self.view.is_none() && searching && self.counted().iter().any(|n| !chosen.contains(n)) {
             return;
         }
         if !self.quorate(&chosen) {
@@ -601,6 +644,15 @@ mod tests {
                 }
             }
             self.nodes[i as usize] = None;
+        }
+
+        /// Node i stops cleanly: says so, then its links close.
+        fn leave(&mut self, i: NodeId) {
+            if let Some(m) = self.nodes[i as usize].as_mut() {
+                m.leave();
+            }
+            self.pump();
+            self.crash(i);
         }
 
         fn pump(&mut self) {
@@ -820,5 +872,22 @@ mod tests {
         net.crash(0);
         net.run(2000);
         assert_eq!(net.fenced, set(&[1]), "documented: two nodes need the disk heartbeat to survive node 0");
+    }
+
+    #[test]
+    fn a_clean_leave_of_the_lower_node_keeps_the_higher_without_a_disk() {
+        let mut net = Net::new(2, false);
+        net.run(200);
+        net.leave(0);
+        net.run(200);
+        assert!(net.fenced.is_empty(), "a node that left is not counted: {:?}", net.fenced);
+        assert_eq!(net.last_view(1).unwrap().1, set(&[1]), "the leave is acted on at once, not after the grace");
+        // It comes back as a new incarnation and joins the running cluster.
+        net.start(0);
+        net.connect(0, 1);
+        net.run(500);
+        assert_eq!(net.last_view(1).unwrap().1, set(&[0, 1]));
+        assert_eq!(net.last_view(0).unwrap().1, set(&[0, 1]));
+        assert!(net.fenced.is_empty());
     }
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::config::ClusterConfig;
@@ -40,7 +41,18 @@ pub struct NodeSettings {
     /// Cluster secret; `None` runs unauthenticated (`--insecure`).
     pub secret: Option<Vec<u8>>,
     /// Disk heartbeat region of the volume, if the node heartbeats on one.
-    pub disk: Option<Region>,
+    pub disk: Option<DiskHeartbeat>,
+}
+
+/// Where a node beats on disk, and whether the beats may judge liveness.
+#[derive(Clone)]
+pub struct DiskHeartbeat {
+    pub region: Region,
+    /// Every node sees the same blocks (a shared image): a sector that stops changing means a
+    /// dead node, one that goes on changing means a cut link. On the mirror each node reads its
+    /// own replica, where a peer's beats stop with the link: they are written (for `o2fs
+    /// mounted`) but judge nothing, and quorum falls back to the configured nodes.
+    pub shared: bool,
 }
 
 /// What the runtime tells the layer above, in order.
@@ -71,6 +83,10 @@ pub enum NodeError {
     UnknownNode(String),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    /// The node's address is taken: on this machine, by the node itself (o2cb's rule: one
+    /// daemon per node name).
+    #[error("node {node:?} is already running here (its address {addr} is in use)")]
+    AlreadyRunning { node: String, addr: SocketAddr },
     #[error("disk heartbeat: {0}")]
     Disk(#[from] crate::dev::DevError),
 }
@@ -90,11 +106,29 @@ enum Wire {
 }
 
 enum CoreIn {
-    Up { peer: NodeId, incarnation: u64, conn: u64, tx: mpsc::UnboundedSender<Wire> },
-    Down { peer: NodeId, conn: u64 },
-    Recv { peer: NodeId, conn: u64, wire: Wire },
-    Send { to: NodeId, payload: Vec<u8> },
+    Up {
+        peer: NodeId,
+        incarnation: u64,
+        conn: u64,
+        tx: mpsc::UnboundedSender<Wire>,
+        writer: JoinHandle<()>,
+    },
+    Down {
+        peer: NodeId,
+        conn: u64,
+    },
+    Recv {
+        peer: NodeId,
+        conn: u64,
+        wire: Wire,
+    },
+    Send {
+        to: NodeId,
+        payload: Vec<u8>,
+    },
     Disk(Vec<Option<Vec<u8>>>),
+    /// Leave cleanly; answered once the peers' links have taken the news and closed.
+    Leave(oneshot::Sender<()>),
 }
 
 /// The upper layer's handle: send messages, read status.
@@ -113,6 +147,15 @@ impl ClusterHandle {
     pub fn status(&self) -> ClusterStatus {
         self.status.lock().clone()
     }
+
+    /// Leaves the cluster cleanly (the others count this node dead at once, and no longer for
+    /// quorum); returns once the peers were told, or after `limit`.
+    pub async fn leave(&self, limit: Duration) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(CoreIn::Leave(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
 }
 
 /// Starts the node `me` of `cfg` on the current tokio runtime.
@@ -123,13 +166,23 @@ pub async fn start(
 ) -> Result<(ClusterHandle, mpsc::UnboundedReceiver<ClusterEvent>), NodeError> {
     let mine = cfg.node_by_name(me).ok_or_else(|| NodeError::UnknownNode(me.to_owned()))?.clone();
     let addr = SocketAddr::new(IpAddr::V4(mine.address), mine.port);
-    let listener = TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr, source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => NodeError::AlreadyRunning { node: me.to_owned(), addr },
+        _ => NodeError::Listen { addr, source },
+    })?;
     let mut inc = [0u8; 8];
     let _ = getrandom::getrandom(&mut inc);
     let incarnation = u64::from_le_bytes(inc) | 1;
     let configured = cfg.nodes.iter().map(|n| n.number).collect();
     let started = Instant::now();
-    let membership = Membership::new(mine.number, incarnation, configured, settings.timing, 0, settings.disk.is_some());
+    let membership = Membership::new(
+        mine.number,
+        incarnation,
+        configured,
+        settings.timing,
+        0,
+        settings.disk.as_ref().is_some_and(|d| d.shared),
+    );
     let (core_tx, core_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let status = Arc::new(Mutex::new(ClusterStatus { node: me.to_owned(), number: mine.number, ..Default::default() }));
@@ -143,14 +196,16 @@ pub async fn start(
         next_conn: Mutex::new(0),
     });
     let heartbeat = match &settings.disk {
-        Some(region) => {
+        Some(DiskHeartbeat { region, shared }) => {
             let hb = Heartbeat::start(
                 region.clone(),
                 mine.number,
                 Duration::from_millis(settings.timing.disk_interval_ms),
                 (settings.timing.disk_dead_ms / settings.timing.disk_interval_ms.max(1)) as u32,
             )?;
-            spawn_disk_sampler(region.clone(), settings.timing.disk_interval_ms, core_tx.clone());
+            if *shared {
+                spawn_disk_sampler(region.clone(), settings.timing.disk_interval_ms, core_tx.clone());
+            }
             Some(hb)
         }
         None => None,
@@ -220,8 +275,8 @@ impl Ctx {
         };
         let conn_id = self.conn_id();
         let (q_tx, q_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(tx, q_rx));
-        let _ = self.core.send(CoreIn::Up { peer: number, incarnation, conn: conn_id, tx: q_tx });
+        let writer = tokio::spawn(write_loop(tx, q_rx));
+        let _ = self.core.send(CoreIn::Up { peer: number, incarnation, conn: conn_id, tx: q_tx, writer });
         read_loop(rx, number, conn_id, self.core.clone()).await;
     }
 }
@@ -314,6 +369,8 @@ fn spawn_disk_sampler(region: Region, interval_ms: u64, core: mpsc::UnboundedSen
 struct Peer {
     conn: u64,
     tx: mpsc::UnboundedSender<Wire>,
+    /// Ends once `tx` is dropped and what it queued is sent.
+    writer: JoinHandle<()>,
 }
 
 struct Core {
@@ -346,6 +403,20 @@ impl Core {
         }
     }
 
+    /// Tells every peer this node leaves and closes the links once that is sent; `done` is
+    /// answered then.
+    fn leave(&mut self, done: oneshot::Sender<()>) {
+        self.membership.leave();
+        self.drain();
+        let writers: Vec<JoinHandle<()>> = self.peers.drain().map(|(_, p)| p.writer).collect();
+        tokio::spawn(async move {
+            for w in writers {
+                let _ = w.await;
+            }
+            let _ = done.send(());
+        });
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -358,7 +429,7 @@ impl Core {
         let now = self.now();
         self.membership.tick(now);
         match m {
-            CoreIn::Up { peer, incarnation, conn, tx } => {
+            CoreIn::Up { peer, incarnation, conn, tx, writer } => {
                 info!(peer, "cluster link up");
                 // Messages held from an earlier connection (perhaps an earlier run of the peer,
                 // whose epochs a restarted node may reuse) are dropped: a reconnect always
@@ -366,7 +437,7 @@ impl Core {
                 for msgs in self.held.values_mut() {
                     msgs.retain(|(from, _)| *from != peer);
                 }
-                self.peers.insert(peer, Peer { conn, tx });
+                self.peers.insert(peer, Peer { conn, tx, writer });
                 self.membership.link_up(peer, incarnation);
             }
             CoreIn::Down { peer, conn } => {
@@ -392,6 +463,7 @@ impl Core {
                     }
                 }
             }
+            CoreIn::Leave(done) => self.leave(done),
             CoreIn::Disk(sample) => {
                 for (node, sector) in sample.into_iter().enumerate() {
                     if let Ok(node) = NodeId::try_from(node) {
@@ -428,14 +500,16 @@ impl Core {
                     }
                 }
                 MemberEvent::Fence { reason } => {
-                    // Stop beating on disk at once (not a clean stop: the sector is left as is, so
-                    // the survivors see it go silent) and drop every link.
+                    // The layers above hear it first: they stop their I/O, which also releases a
+                    // beat stuck in a device frozen by the lost link (the mirror fails it).
+                    self.peers.clear();
+                    let _ = self.events.send(ClusterEvent::Fenced(reason));
+                    // Then stop beating on disk (not a clean stop: the sector is left as is, so
+                    // the survivors see it go silent).
                     if let Some(hb) = self.heartbeat.as_mut() {
                         // Joins the beating thread (it sleeps at most 50 ms between checks).
                         tokio::task::block_in_place(|| hb.halt());
                     }
-                    self.peers.clear();
-                    let _ = self.events.send(ClusterEvent::Fenced(reason));
                 }
             }
         }

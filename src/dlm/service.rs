@@ -72,6 +72,8 @@ pub struct LockService {
     cluster: ClusterHandle,
     started: Instant,
     fenced: watch::Sender<Option<String>>,
+    /// The members of the latest view.
+    members: watch::Sender<BTreeSet<NodeId>>,
     recovery: RecoveryHook,
     downconvert: Option<DownconvertHook>,
     /// Messages handed to the cluster runtime since the start.
@@ -176,6 +178,7 @@ impl LockService {
             cluster,
             started: Instant::now(),
             fenced: watch::channel(None).0,
+            members: watch::channel(BTreeSet::new()).0,
             recovery,
             downconvert,
             sent: AtomicU64::new(0),
@@ -197,6 +200,11 @@ impl LockService {
     /// Watch this to learn that the node fenced (then every held lock is void).
     pub fn fenced(&self) -> watch::Receiver<Option<String>> {
         self.fenced.subscribe()
+    }
+
+    /// Watch this to follow the membership (the members of each view, as the DLM gets it).
+    pub fn members(&self) -> watch::Receiver<BTreeSet<NodeId>> {
+        self.members.subscribe()
     }
 
     /// Takes `res` at `mode` (Pr or Ex for local users). With `try_for`, gives up with
@@ -445,6 +453,7 @@ impl LockService {
             ClusterEvent::View(view) => {
                 let members = view.nodes();
                 inner.dlm.set_view(view.epoch, &members);
+                self.members.send_replace(members.clone());
                 inner.members = members;
             }
             ClusterEvent::Message { from, payload } => {

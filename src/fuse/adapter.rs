@@ -53,6 +53,8 @@ pub struct O2Fuse {
     read_only: AtomicBool,
     errors: ErrorsBehavior,
     stop: Arc<AtomicBool>,
+    /// Set when the unmount at the session's end failed (the error is logged).
+    unmount_failed: Arc<AtomicBool>,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -115,7 +117,14 @@ impl O2Fuse {
             read_only: AtomicBool::new(read_only),
             errors: opts.errors.clone(),
             stop,
+            unmount_failed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Becomes true if the unmount at the end of the session fails: the daemon then exits with
+    /// an error instead of reporting a clean unmount.
+    pub fn unmount_failed(&self) -> Arc<AtomicBool> {
+        self.unmount_failed.clone()
     }
 
     fn blk(&self, ino: INodeNo) -> u64 {
@@ -331,10 +340,12 @@ impl Filesystem for O2Fuse {
         let locked = self.cluster.as_ref().map(|l| (l.acquire(LockResource::Super, LockMode::Ex), l));
         if let Some((Err(e), _)) = &locked {
             tracing::error!("unmount: {e}");
+            self.unmount_failed.store(true, Ordering::SeqCst);
         }
         if let Some(m) = self.state.lock().mounted.take() {
             if let Err(e) = m.unmount() {
                 tracing::error!("unmount: {e}");
+                self.unmount_failed.store(true, Ordering::SeqCst);
             }
         }
         if let Some((Ok(()), l)) = locked {

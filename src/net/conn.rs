@@ -69,7 +69,9 @@ struct Shared {
     peer: SocketAddr,
     peer_name: String,
     cfg: NetConfig,
-    writer: Mutex<WriterState>,
+    writer: Arc<Mutex<WriterState>>,
+    /// Runs what [`ConnSender::try_send`] could not write at once.
+    runtime: tokio::runtime::Handle,
     /// Wakes the task when a send failed and closed the writer.
     closed: Notify,
     /// Bytes of received data waiting for `recv`; closed when the receiver is dropped.
@@ -167,7 +169,8 @@ async fn establish(
         peer,
         peer_name: done.peer_name,
         cfg: *cfg,
-        writer: Mutex::new(WriterState { half: Some(wr), why_closed: String::new() }),
+        writer: Arc::new(Mutex::new(WriterState { half: Some(wr), why_closed: String::new() })),
+        runtime: tokio::runtime::Handle::current(),
         closed: Notify::new(),
         budget: Arc::new(Semaphore::new(INBOX_BYTES)),
         want_ping: AtomicBool::new(false),
@@ -219,6 +222,33 @@ impl ConnSender {
             .map_err(|source| NetError::Frame { peer: s.peer, source })?;
         let mut w = s.writer.lock().await;
         s.write(&mut w, &f).await
+    }
+
+    /// Send `msg` from a thread that cannot await, without waiting: `Ok(true)` once the frame
+    /// is on its way — written whole, or its tail left to a task that keeps the writer until it
+    /// is out, with `send`'s failure rules — `Ok(false)` with nothing written while another send
+    /// holds the writer. Saves a thread wake-up over handing the message to a sending task.
+    pub fn try_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<bool, NetError> {
+        let s = &self.shared;
+        let Ok(mut w) = s.writer.clone().try_lock_owned() else { return Ok(false) };
+        let f = frame::encode_msg(Kind::Data, msg, s.cfg.data_integrity, s.cfg.max_frame)
+            .map_err(|source| NetError::Frame { peer: s.peer, source })?;
+        let mut at = 0;
+        // An error is left to the task too: `write` closes the connection the usual way.
+        while let Some(Ok(n @ 1..)) = w.half.as_ref().map(|h| h.try_write(&f[at..])) {
+            at += n;
+            if at == f.len() {
+                break;
+            }
+        }
+        let wants_control = s.want_pong.load(Ordering::Acquire) || s.want_ping.load(Ordering::Acquire);
+        if at < f.len() || wants_control {
+            let shared = s.clone();
+            s.runtime.spawn(async move {
+                let _ = shared.write(&mut w, &f[at..]).await;
+            });
+        }
+        Ok(true)
     }
 
     /// Close the sending direction cleanly.

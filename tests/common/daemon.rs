@@ -3,10 +3,10 @@
 //! test unwinds. Nothing is killed by name.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{bin, wait_bounded};
+use super::wait_bounded;
 
 pub struct Daemon {
     pub name: String,
@@ -19,23 +19,16 @@ impl Daemon {
     /// Starts `o2fs ARGS… --socket DIR/NAME.sock -f` with stderr in DIR/NAME.log and waits
     /// until its admin socket answers `status`.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Daemon {
-        Self::start_via(dir, name, &[], args)
+        Self::start_via::<&str>(dir, name, &[], args)
     }
 
     /// The same, run through `wrapper` (e.g. `ip netns exec NS`, which execs the program, so the
     /// PID stays the daemon's).
-    pub fn start_via(dir: &Path, name: &str, wrapper: &[&str], args: &[&str]) -> Daemon {
+    pub fn start_via<S: AsRef<std::ffi::OsStr>>(dir: &Path, name: &str, wrapper: &[S], args: &[&str]) -> Daemon {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("daemon log");
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(bin("o2fs"));
-                c
-            }
-            None => Command::new(bin("o2fs")),
-        };
+        let mut cmd = super::o2fs_via(wrapper);
         let child = cmd
             .args(args)
             .arg("--socket")

@@ -4,6 +4,9 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod netns;
+pub mod nodes;
+pub mod rng;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -26,6 +29,38 @@ pub fn bin(name: &str) -> PathBuf {
         let _ = std::os::unix::fs::symlink(&built, &p);
     }
     p
+}
+
+/// Runs `cmd` (a program that must refuse its input at once, within 30 s), with its stderr in
+/// `log`; fails the test unless it exits unsuccessfully. Returns its stderr.
+pub fn must_fail(cmd: &mut Command, log: &Path) -> String {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let status = wait_bounded(&mut child, std::time::Duration::from_secs(30));
+    let err = std::fs::read_to_string(log).unwrap_or_default();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(status.is_some_and(|st| !st.success()), "{cmd:?} was not refused ({status:?}):\n{err}");
+    err
+}
+
+/// `o2fs`, run through `wrapper` when it is not empty (`ip netns exec NS`, `nsenter …`: programs
+/// that exec it, so the child's PID stays the daemon's).
+pub fn o2fs_via<S: AsRef<std::ffi::OsStr>>(wrapper: &[S]) -> Command {
+    match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(bin("o2fs"));
+            c
+        }
+        None => Command::new(bin("o2fs")),
+    }
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -181,6 +216,9 @@ pub struct Mount {
     pub image: PathBuf,
     child: Option<std::process::Child>,
     stderr_path: PathBuf,
+    /// This guard's mount is unmounted or detached: the directory is no longer its business (a
+    /// node killed and mounted again on the same directory belongs to another guard).
+    gone: bool,
 }
 
 impl Mount {
@@ -197,18 +235,26 @@ impl Mount {
 
     /// `o2fs mount -f ARGS… IMAGE DIR` (e.g. a cluster mount's `--node`, `-c`…).
     pub fn start(image: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
-        Self::launch(image, Some(image), dir, args)
+        Self::launch(&[], image, Some(image), dir, args)
     }
 
-    /// `o2fs mount -f ARGS… -r RESOURCE DIR`: a node on the mirror (ARGS has its `--node`, `-c`…).
-    pub fn start_on_mirror(resource: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
+    /// `o2fs mount -f ARGS… -r RESOURCE DIR`: a node on the mirror (ARGS has its `--node`, `-c`…),
+    /// run through `wrapper` (e.g. `nsenter --net=…`; empty: none).
+    pub fn start_on_mirror(wrapper: &[String], resource: &Path, dir: &Path, args: &[String]) -> Result<Mount, String> {
         let mut all = args.to_vec();
         all.extend(["-r".to_string(), resource.display().to_string()]);
-        Self::launch(resource, None, dir, &all)
+        Self::launch(wrapper, resource, None, dir, &all)
     }
 
-    /// Runs `o2fs mount -f ARGS… [IMAGE] DIR` and waits for the mount; `source` names it.
-    fn launch(source: &Path, image_arg: Option<&Path>, dir: &Path, args: &[String]) -> Result<Mount, String> {
+    /// Runs `[WRAPPER…] o2fs mount -f ARGS… [IMAGE] DIR` and waits for the mount; `source` names
+    /// it. The wrapper must exec the daemon, so that the PID is the daemon's.
+    fn launch(
+        wrapper: &[String],
+        source: &Path,
+        image_arg: Option<&Path>,
+        dir: &Path,
+        args: &[String],
+    ) -> Result<Mount, String> {
         use std::time::{Duration, Instant};
         let image = source;
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -216,11 +262,12 @@ impl Mount {
         let stderr_path = std::env::temp_dir().join(format!("o2fs-mount-{}-{n}.log", std::process::id()));
         let log =
             std::fs::File::create(&stderr_path).map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
-        let mut cmd = Command::new(bin("o2fs"));
+        let mut cmd = o2fs_via(wrapper);
         cmd.arg("mount").arg("-f").args(args);
         cmd.args(image_arg).arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
-        let mut m = Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path };
+        let mut m =
+            Mount { dir: dir.to_path_buf(), image: image.to_path_buf(), child: Some(child), stderr_path, gone: false };
         let start = Instant::now();
         loop {
             if is_mountpoint(dir) {
@@ -249,14 +296,31 @@ impl Mount {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The daemon has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
     /// Unmounts and waits for the daemon; Err (with its stderr) unless it exits 0 in time.
     pub fn unmount(&mut self) -> Result<(), String> {
-        use std::time::Duration;
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let last = self.detach();
+        self.wait_exit(&last)
+    }
+
+    /// Unmounts several nodes, then waits for all their daemons (a node on the mirror stays up
+    /// until its peer stops writing, so one-by-one unmounts would wait on each other).
+    pub fn unmount_all(mounts: &mut [&mut Mount]) -> Result<(), String> {
+        let last: Vec<String> = mounts.iter_mut().map(|m| m.detach()).collect();
+        mounts.iter_mut().zip(last).map(|(m, l)| m.wait_exit(&l)).collect()
+    }
+
+    /// `fusermount3 -u`, retried while busy, without waiting for the daemon; returns the last
+    /// complaint of fusermount3.
+    pub fn detach(&mut self) -> String {
         // A just-closed file may still be released by the kernel: retry a busy mount briefly.
         let mut last = String::new();
         for _ in 0..50 {
@@ -268,15 +332,26 @@ impl Mount {
                 break;
             }
             last = text(&out);
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        last
+    }
+
+    /// Waits for the daemon after a detach; Err (with its stderr) unless it exits 0 in time.
+    fn wait_exit(&mut self, last: &str) -> Result<(), String> {
+        use std::time::Duration;
+        let Some(mut child) = self.child.take() else { return Ok(()) };
         match wait_bounded(&mut child, Duration::from_secs(30)) {
-            Some(st) if st.success() => Ok(()),
+            Some(st) if st.success() => {
+                self.gone = true;
+                Ok(())
+            }
             Some(st) => Err(format!("o2fs daemon exited with {st} (fusermount3: {last}):\n{}", self.stderr())),
             None => {
                 let log = self.stderr();
                 kill_pid(&mut child);
                 let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
+                self.gone = true;
                 Err(format!("o2fs daemon did not exit within 30 s of fusermount3 -u ({last}); killed:\n{log}"))
             }
         }
@@ -292,9 +367,10 @@ impl Mount {
         if let Some(mut child) = self.child.take() {
             kill_pid(&mut child);
         }
-        if is_mountpoint(&self.dir) {
+        if !self.gone && is_mountpoint(&self.dir) {
             let _ = run(Command::new("umount").arg("-l").arg(&self.dir));
         }
+        self.gone = true;
     }
 }
 

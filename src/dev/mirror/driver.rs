@@ -1,10 +1,18 @@
 //! The running mirror of one node: the engine on its own thread, the peer link on a tokio
 //! runtime, and [`MirrorDevice`], the `BlockDevice` the filesystem writes through.
 //!
-//! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on a plain thread
-//! that owns it; tokio tasks own the sockets; they meet through channels. Tokio tasks only send
-//! on unbounded channels (never block); the engine thread never awaits. Device callers block on
-//! a reply channel until the engine completes their request.
+//! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
+//! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
+//! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
+//! through channels. Tokio tasks never block: they send on unbounded channels, and hand an
+//! acknowledgement (no disk I/O) to the engine themselves only when its lock is free at once.
+//! The engine side never awaits: its messages go onto the socket when it takes them at once,
+//! else to a sending task.
+//!
+//! Each of these spares a thread wake-up, which on a busy machine costs more than the work: a
+//! caller runs its request itself rather than handing it to the engine thread, then blocks on a
+//! reply channel until the request completes — at once for a local read or a degraded write, on
+//! the peer's ack otherwise.
 //!
 //! Connections: both nodes listen on their `address`; the node listed first in the resource file
 //! connects (one connection at a time, no crossing attempts). Every connection is authenticated
@@ -14,10 +22,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc as tmpsc, watch};
 
@@ -25,6 +35,7 @@ use super::config::{MetaDisk, ResourceConfig};
 use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Written};
 use super::meta::{self, MetaArea, MetaError, Super};
 use super::proto::Msg;
+use super::replica::Replica;
 use crate::dev::{check_range, BlockDevice, DevError, FileDevice};
 use crate::net::{self, Identity, NetConfig};
 
@@ -53,14 +64,18 @@ pub struct MirrorOptions {
 }
 
 enum Event {
-    Write { offset: u64, data: Vec<u8>, reply: mpsc::Sender<Result<Written, IoFailure>> },
-    Read { offset: u64, len: u64, reply: mpsc::Sender<Result<Vec<u8>, IoFailure>> },
-    Flush { reply: mpsc::Sender<Result<(), IoFailure>> },
-    Up { conn: u64, peer: String, tx: tmpsc::UnboundedSender<Msg> },
+    Up { conn: u64, peer: String, wire: Wire },
     Down { conn: u64, reason: String },
     Peer { conn: u64, msg: Msg },
     Admin { request: Value, reply: mpsc::Sender<Value> },
+    Cluster(Verdict),
     Shutdown,
+}
+
+/// What the cluster decided, for a mirror run under `Fencing::Freeze`.
+enum Verdict {
+    PeerMember(bool),
+    Fence,
 }
 
 enum Waiter {
@@ -69,9 +84,52 @@ enum Waiter {
     Flush(mpsc::Sender<Result<(), IoFailure>>),
 }
 
+/// The engine and the routing of its outputs, shared by the engine thread and the callers.
+struct Core {
+    engine: Engine,
+    waiters: HashMap<u64, Waiter>,
+    next_id: u64,
+    /// The id of the connection the engine uses.
+    conn: Option<u64>,
+    outbox: Outbox,
+    wants: watch::Sender<bool>,
+    start: Instant,
+    /// The engine was shut down: requests fail.
+    stopped: bool,
+    /// Peer messages handed to the engine thread and not yet taken by the engine.
+    peer_queued: Arc<AtomicUsize>,
+}
+
+/// The connection the engine uses; its messages go there as it makes them.
+type Outbox = Arc<Mutex<Option<Wire>>>;
+
+/// The sending side of a connection: a message goes out from the engine's side at once when
+/// the socket takes it without waiting (no thread to wake), else through the connection's
+/// sending task — and so do the messages after it while any waits there (`queued`), to keep
+/// their order.
+struct Wire {
+    sender: net::ConnSender,
+    task: tmpsc::UnboundedSender<Msg>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Called only under the [`Core`] lock, which orders the messages.
+fn send_to(outbox: &Outbox, msg: Msg) {
+    let outbox = outbox.lock();
+    let Some(wire) = outbox.as_ref() else { return };
+    // A failed try is left to the task, which reports the connection down.
+    if wire.queued.load(Ordering::Acquire) == 0 && matches!(wire.sender.try_send(&msg), Ok(true)) {
+        return;
+    }
+    wire.queued.fetch_add(1, Ordering::AcqRel);
+    let _ = wire.task.send(msg);
+}
+
 /// One node's running mirror. Dropping it shuts the engine down cleanly.
 pub struct Mirror {
     events: mpsc::Sender<Event>,
+    core: Arc<Mutex<Core>>,
+    replica: Arc<dyn BlockDevice>,
     size: u64,
     resource: String,
     node: String,
@@ -93,7 +151,8 @@ fn open_replica(
     fn meta_err(path: &Path) -> impl FnOnce(MetaError) -> MirrorError + '_ {
         move |source| MirrorError::Meta { path: path.to_owned(), source }
     }
-    let replica: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&host.disk, true).map_err(open_err(&host.disk))?);
+    let file = FileDevice::open(&host.disk, true).map_err(open_err(&host.disk))?;
+    let replica: Arc<dyn BlockDevice> = Arc::new(Replica::new(file));
     let (meta_dev, meta_path, data_size, base): (Arc<dyn BlockDevice>, &Path, u64, u64) = match &host.meta_disk {
         MetaDisk::Internal => {
             let (data, base) = meta::internal_layout(replica.size()).map_err(meta_err(&host.disk))?;
@@ -146,10 +205,13 @@ impl Mirror {
             u64::from_le_bytes(b) | 1 << 63
         });
         let disk = host.disk.clone();
-        let engine = Engine::open(cfg, replica, loaded, new_gen, 0)
+        let mut engine = Engine::open(cfg, replica.clone(), loaded, new_gen, 0)
             .map_err(|source| MirrorError::Meta { path: disk.clone(), source })?;
+        let outbox = Outbox::default();
+        let sink = outbox.clone();
+        engine.send_through(Box::new(move |msg| send_to(&sink, msg)));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("o2fs-mirror-net")
             .enable_all()
             .build()
@@ -159,6 +221,18 @@ impl Mirror {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::V4(host.address)))
             .map_err(|source| MirrorError::Listen { addr: SocketAddr::V4(host.address), source })?;
+        let peer_queued = Arc::new(AtomicUsize::new(0));
+        let core = Arc::new(Mutex::new(Core {
+            engine,
+            waiters: HashMap::new(),
+            next_id: 0,
+            conn: None,
+            outbox,
+            wants: wants_tx,
+            start: Instant::now(),
+            stopped: false,
+            peer_queued: peer_queued.clone(),
+        }));
         let link = Link {
             me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
             peer_name: peer.name.clone(),
@@ -168,19 +242,24 @@ impl Mirror {
             cfg: net_cfg,
             events: events.clone(),
             next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            core: core.clone(),
+            peer_queued: peer_queued.clone(),
         };
         let link = Arc::new(link);
         runtime.spawn(link.clone().listen(listener));
         if node_id == 0 {
             runtime.spawn(link.connect_loop(wants_rx));
         }
+        let shared = core.clone();
         let engine = std::thread::Builder::new()
             .name("o2fs-mirror".into())
-            .spawn(move || engine_loop(engine, rx, wants_tx))
+            .spawn(move || engine_loop(&shared, rx))
             .map_err(MirrorError::Runtime)?;
         tracing::info!(resource = %res.name, node = %opts.node, size, "mirror up");
         Ok(Mirror {
             events,
+            core,
+            replica,
             size,
             resource: res.name.clone(),
             node: opts.node,
@@ -192,7 +271,7 @@ impl Mirror {
 
     /// The device the filesystem (or a test) writes through.
     pub fn device(&self) -> MirrorDevice {
-        MirrorDevice { events: self.events.clone(), size: self.size }
+        MirrorDevice { core: self.core.clone(), replica: self.replica.clone(), size: self.size }
     }
 
     /// Answers one admin request (`status`, `verify`, `connect`, `disconnect`, `invalidate`,
@@ -242,22 +321,66 @@ impl Mirror {
 
     /// Waits for the first handshake with the peer, as DRBD's `wfc-timeout` (or
     /// `degr-wfc-timeout` when this node was running degraded before) asks: up to that many
-    /// seconds, forever for 0. Returns whether the peer was reached.
-    pub fn wait_for_peer(&self, res: &ResourceConfig) -> bool {
+    /// seconds, forever for 0. Returns whether the peer was reached; a handshake refused by
+    /// either side (split brain, unrelated data) ends the wait with the reason.
+    pub fn wait_for_peer(&self, res: &ResourceConfig) -> Result<bool, String> {
         let status = |m: &Mirror| m.admin(&json!({"cmd": "status"}))["mirror"].clone();
         let degraded = status(self)["generations"]["bitmap"].as_u64().is_some_and(|b| b != 0);
         let secs = if degraded { res.degr_wfc_timeout } else { res.wfc_timeout };
         tracing::info!(seconds = secs, degraded, "waiting for the peer (0: forever)");
         let deadline = (secs > 0).then(|| Instant::now() + Duration::from_secs(secs as u64));
         loop {
-            if status(self)["connection"] == "Connected" {
-                return true;
+            let s = status(self);
+            if s["connection"] == "Connected" {
+                return Ok(true);
+            }
+            if let Some(why) = s["last_refusal"].as_str() {
+                return Err(why.to_string());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 tracing::warn!(seconds = secs, "the peer did not connect in time; going on alone");
-                return false;
+                return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The cluster's membership verdict on the peer (see `Engine::peer_in_cluster`).
+    pub fn peer_in_cluster(&self, member: bool) {
+        let _ = self.events.send(Event::Cluster(Verdict::PeerMember(member)));
+    }
+
+    /// This node fenced: fail every waiting write and do no more I/O.
+    pub fn fence(&self) {
+        let _ = self.events.send(Event::Cluster(Verdict::Fence));
+    }
+
+    /// Demotes this node and keeps its replica connected for as long as the peer is primary
+    /// and connected, or a resync runs: the peer's later writes still reach this replica (as a
+    /// DRBD resource outlives the unmount). Returns when this node can stop without leaving
+    /// its replica behind.
+    pub fn linger_while_peer_primary(&self) {
+        let status = |m: &Mirror| m.admin(&json!({"cmd": "status"}))["mirror"].clone();
+        // Writes still completing (a flush racing the unmount) make the demotion wait a little.
+        for _ in 0..100 {
+            let reply = self.admin(&json!({"cmd": "secondary"}));
+            if reply["ok"] == true || status(self)["io"] == "Fenced" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut told = false;
+        loop {
+            let s = status(self);
+            let connected = s["connection"] == "Connected";
+            if !connected || s["io"] == "Fenced" || (s["peer_role"] != "Primary" && s["quiet"] == true) {
+                return;
+            }
+            if !told {
+                tracing::info!("unmounted; the replica stays connected until the peer stops writing");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -300,6 +423,9 @@ struct Link {
     cfg: NetConfig,
     events: mpsc::Sender<Event>,
     next_conn: Arc<std::sync::atomic::AtomicU64>,
+    core: Arc<Mutex<Core>>,
+    /// [`Core::peer_queued`].
+    peer_queued: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -350,14 +476,18 @@ impl Link {
         let id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let peer = conn.peer_name().to_string();
         let (sender, mut receiver) = conn.into_split();
-        let (tx, mut rx) = tmpsc::unbounded_channel::<Msg>();
-        if self.events.send(Event::Up { conn: id, peer, tx }).is_err() {
+        let (task, mut rx) = tmpsc::unbounded_channel::<Msg>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let wire = Wire { sender: sender.clone(), task, queued: queued.clone() };
+        if self.events.send(Event::Up { conn: id, peer, wire }).is_err() {
             return;
         }
         let events = self.events.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                if let Err(e) = sender.send(&msg).await {
+                let sent = sender.send(&msg).await;
+                queued.fetch_sub(1, Ordering::AcqRel);
+                if let Err(e) = sent {
                     let _ = events.send(Event::Down { conn: id, reason: e.to_string() });
                     break;
                 }
@@ -365,10 +495,13 @@ impl Link {
             sender.shutdown().await;
         });
         let events = self.events.clone();
+        let (core, queued) = (self.core.clone(), self.peer_queued.clone());
         tokio::spawn(async move {
             let reason = loop {
                 match receiver.recv::<Msg>().await {
                     Ok(Some(msg)) => {
+                        let Some(msg) = take_ack(&core, id, msg) else { continue };
+                        queued.fetch_add(1, Ordering::AcqRel);
                         if events.send(Event::Peer { conn: id, msg }).is_err() {
                             return;
                         }
@@ -382,125 +515,166 @@ impl Link {
     }
 }
 
-/// The engine thread: applies events in order, ticks every 10 ms, and routes the outputs.
-fn engine_loop(mut engine: Engine, rx: mpsc::Receiver<Event>, wants: watch::Sender<bool>) {
-    let start = Instant::now();
-    let mut waiters: HashMap<u64, Waiter> = HashMap::new();
-    let mut next_id = 0u64;
-    let mut conn: Option<(u64, tmpsc::UnboundedSender<Msg>)> = None;
+/// Hands an acknowledgement to the engine from the network task, sparing the engine thread's
+/// wake-up, when the engine is free at once and no earlier message of the peer waits for the
+/// engine thread (the engine takes the peer's messages in order). Gives the message back
+/// otherwise. No disk I/O, no waiting: fit for a tokio task.
+fn take_ack(core: &Mutex<Core>, conn: u64, msg: Msg) -> Option<Msg> {
+    let Some(mut core) = core.try_lock() else { return Some(msg) };
+    if core.stopped || core.conn != Some(conn) || core.peer_queued.load(Ordering::Acquire) > 0 {
+        return Some(msg);
+    }
+    let now = core.now();
+    match core.engine.receive_ack(now, msg) {
+        Ok(()) => {
+            core.route();
+            None
+        }
+        Err(msg) => Some(msg),
+    }
+}
+
+/// The engine thread: applies events in order and ticks every 10 ms.
+fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
     loop {
         let event = rx.recv_timeout(Duration::from_millis(10));
-        let now = start.elapsed().as_millis() as u64;
-        next_id += 1;
+        let mut core = core.lock();
+        let now = core.now();
+        let Core { engine, conn, outbox, peer_queued, .. } = &mut *core;
         match event {
-            Ok(Event::Write { offset, data, reply }) => {
-                waiters.insert(next_id, Waiter::Write(reply));
-                engine.write(now, next_id, offset, data);
-            }
-            Ok(Event::Read { offset, len, reply }) => {
-                waiters.insert(next_id, Waiter::Read(reply));
-                engine.read(now, next_id, offset, len);
-            }
-            Ok(Event::Flush { reply }) => {
-                waiters.insert(next_id, Waiter::Flush(reply));
-                engine.flush(now, next_id);
-            }
-            Ok(Event::Up { conn: id, peer, tx }) => {
+            Ok(Event::Up { conn: id, peer, wire }) => {
                 if conn.is_none() && engine.wants_connection() {
                     tracing::info!(peer, conn = id, "connected to the peer");
-                    conn = Some((id, tx));
+                    *conn = Some(id);
+                    *outbox.lock() = Some(wire);
                     engine.connected(now);
                 } else {
                     tracing::info!(peer, conn = id, state = ?engine.conn_state(), "extra or unwanted connection closed");
                 }
             }
             Ok(Event::Down { conn: id, reason }) => {
-                if conn.as_ref().is_some_and(|(c, _)| *c == id) {
-                    conn = None;
+                if *conn == Some(id) {
+                    *conn = None;
+                    *outbox.lock() = None;
                     engine.disconnected(now, &reason);
                 }
             }
             Ok(Event::Peer { conn: id, msg }) => {
-                if conn.as_ref().is_some_and(|(c, _)| *c == id) {
+                if *conn == Some(id) {
                     engine.receive(now, msg);
                 }
+                peer_queued.fetch_sub(1, Ordering::AcqRel);
             }
             Ok(Event::Admin { request, reply }) => {
-                let _ = reply.send(super::admin::handle(&mut engine, now, &request));
+                let _ = reply.send(super::admin::handle(engine, now, &request));
             }
+            Ok(Event::Cluster(Verdict::PeerMember(member))) => {
+                if let Err(e) = engine.peer_in_cluster(now, member) {
+                    tracing::error!(error = %e, "the peer left the cluster but this node cannot go on alone");
+                }
+            }
+            Ok(Event::Cluster(Verdict::Fence)) => engine.fence(now),
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Err(e) = engine.down() {
                     tracing::error!(error = %e, "clean shutdown of the mirror");
                 }
+                core.stopped = true;
+                // Their callers learn that the engine stopped.
+                core.waiters.clear();
                 return;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        // What the event produced goes out before the tick, which may flush the local replica
-        // meanwhile.
-        route(&mut engine, &mut conn, &mut waiters);
-        engine.tick(now);
-        route(&mut engine, &mut conn, &mut waiters);
-        wants.send_replace(engine.wants_connection());
+        core.settle(now);
     }
 }
 
-/// Hands the engine's outputs to the connection and to the waiting callers.
-fn route(
-    engine: &mut Engine,
-    conn: &mut Option<(u64, tmpsc::UnboundedSender<Msg>)>,
-    waiters: &mut HashMap<u64, Waiter>,
-) {
-    while let Some(out) = engine.poll() {
-        match out {
-            Output::Send(msg) => {
-                if let Some((_, tx)) = conn.as_ref() {
-                    let _ = tx.send(msg);
+impl Core {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// After an input: hands out its outputs, then ticks (a local flush then runs while the
+    /// peer's is under way) and hands out the tick's.
+    fn settle(&mut self, now: u64) {
+        self.route();
+        self.engine.tick(now);
+        self.route();
+        // Only a change wakes the connecting task.
+        let wants = self.engine.wants_connection();
+        self.wants.send_if_modified(|w| std::mem::replace(w, wants) != wants);
+    }
+
+    /// Hands the engine's outputs to the connection and to the waiting callers.
+    fn route(&mut self) {
+        while let Some(out) = self.engine.poll() {
+            match out {
+                Output::Send(msg) => send_to(&self.outbox, msg),
+                Output::Drop { reason } => {
+                    tracing::info!(%reason, "closing the peer connection");
+                    self.conn = None;
+                    *self.outbox.lock() = None;
                 }
-            }
-            Output::Drop { reason } => {
-                tracing::info!(%reason, "closing the peer connection");
-                *conn = None;
-            }
-            Output::WriteDone { id, result } => {
-                if let Some(Waiter::Write(w)) = waiters.remove(&id) {
-                    let _ = w.send(result);
+                Output::WriteDone { id, result } => {
+                    if let Some(Waiter::Write(w)) = self.waiters.remove(&id) {
+                        let _ = w.send(result);
+                    }
                 }
-            }
-            Output::ReadDone { id, result } => {
-                if let Some(Waiter::Read(w)) = waiters.remove(&id) {
-                    let _ = w.send(result);
+                Output::ReadDone { id, result } => {
+                    if let Some(Waiter::Read(w)) = self.waiters.remove(&id) {
+                        let _ = w.send(result);
+                    }
                 }
-            }
-            Output::FlushDone { id, result } => {
-                if let Some(Waiter::Flush(w)) = waiters.remove(&id) {
-                    let _ = w.send(result);
+                Output::FlushDone { id, result } => {
+                    if let Some(Waiter::Flush(w)) = self.waiters.remove(&id) {
+                        let _ = w.send(result);
+                    }
                 }
             }
         }
     }
 }
 
-/// The mirror as a `BlockDevice`: each call is handed to the engine thread and waits for its
+/// The mirror as a `BlockDevice`: each call runs its request on the engine and waits for its
 /// completion (protocol C: both replicas have the data when `write_at` returns).
 #[derive(Clone)]
 pub struct MirrorDevice {
-    events: mpsc::Sender<Event>,
+    core: Arc<Mutex<Core>>,
+    replica: Arc<dyn BlockDevice>,
     size: u64,
 }
 
 impl MirrorDevice {
+    /// Runs `submit` on the engine, then `unlocked` without the engine's lock, then hands out
+    /// the engine's outputs and ticks; waits for the request's completion.
     fn call<T>(
         &self,
-        op: &'static str,
-        offset: u64,
-        len: u64,
-        make: impl FnOnce(mpsc::Sender<Result<T, IoFailure>>) -> Event,
+        (op, offset, len): (&'static str, u64, u64),
+        waiter: impl FnOnce(mpsc::Sender<Result<T, IoFailure>>) -> Waiter,
+        submit: impl FnOnce(&mut Engine, u64, u64),
+        unlocked: impl FnOnce(),
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
         let fail = |msg: String| DevError::Io { op, offset, len, source: std::io::Error::other(msg) };
         let (reply, rx) = mpsc::channel();
-        self.events.send(make(reply)).map_err(|_| fail("the mirror engine has stopped".into()))?;
+        let mut core = self.core.lock();
+        if core.stopped {
+            return Err(fail("the mirror engine has stopped".into()));
+        }
+        core.next_id += 1;
+        let id = core.next_id;
+        core.waiters.insert(id, waiter(reply));
+        let now = core.now();
+        submit(&mut core.engine, now, id);
+        drop(core);
+        unlocked();
+        let mut core = self.core.lock();
+        // Stopped meanwhile: the waiter is gone, and `recv` says so.
+        if !core.stopped {
+            let now = core.now();
+            core.settle(now);
+        }
+        drop(core);
         match rx.recv() {
             Ok(r) => r.map_err(|e| fail(e.to_string())),
             Err(_) => Err(fail("the mirror engine has stopped".into())),
@@ -515,24 +689,55 @@ impl BlockDevice for MirrorDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::dev::Result<()> {
         let len = buf.len() as u64;
-        let data = self.call("read", offset, len, |reply| Event::Read { offset, len, reply })?;
+        let data = self.call(("read", offset, len), Waiter::Read, |e, now, id| e.read(now, id, offset, len), || {})?;
         buf.copy_from_slice(&data);
         Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> crate::dev::Result<()> {
         let data = buf.to_vec();
-        self.call("write", offset, buf.len() as u64, |reply| Event::Write { offset, data, reply }).map(|_| ())
+        let write = |e: &mut Engine, now, id| e.write(now, id, offset, data);
+        self.call(("write", offset, buf.len() as u64), Waiter::Write, write, || {}).map(|_| ())
     }
 
+    /// The engine asks the peer to flush; meanwhile the local replica's fdatasync runs here,
+    /// outside the engine's lock, so that the peer's answer is taken at once; the engine's own
+    /// flush of the replica then finds it clean (an error of this one comes again from that one).
     fn flush(&self) -> crate::dev::Result<()> {
-        self.call("flush", 0, 0, |reply| Event::Flush { reply })
+        let replica = || drop(self.replica.flush());
+        self.call(("flush", 0, 0), Waiter::Flush, |e, now, id| e.flush(now, id), replica)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node alone: its writes complete degraded, in the caller's thread; once the mirror is
+    /// dropped, a device it handed out fails its requests instead of waiting forever.
+    #[test]
+    fn a_device_outliving_its_mirror_fails_its_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.40.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.path().display();
+        let text = format!(
+            "resource r {{ protocol C; net {{ cram-hmac-alg sha1; shared-secret \"s\"; }}\n\
+             on a {{ device /dev/o2fs0; disk {d}/a.img; address 127.0.40.1:{port}; meta-disk {d}/a.meta[0]; }}\n\
+             on b {{ device /dev/o2fs0; disk {d}/b.img; address 127.0.40.2:{port}; meta-disk {d}/b.meta[0]; }} }}\n"
+        );
+        let res = super::super::config::parse(&text, &dir.path().join("r.res")).unwrap().remove(0);
+        std::fs::File::create(dir.path().join("a.img")).unwrap().set_len(1 << 20).unwrap();
+        let opts = MirrorOptions { node: "a".into(), net: NetConfig::default(), fencing: Fencing::DontCare };
+        let mirror = Mirror::start(&res, opts).unwrap();
+        let dev = mirror.device();
+        dev.write_at(&[7; 4096], 8192).unwrap();
+        dev.flush().unwrap();
+        let mut back = [0; 4096];
+        dev.read_at(&mut back, 8192).unwrap();
+        assert_eq!(back, [7; 4096]);
+        drop(mirror);
+        assert!(dev.write_at(&[1; 4096], 0).unwrap_err().to_string().contains("stopped"));
+    }
 
     #[test]
     fn hex_round_trip_and_refusals() {

@@ -9,6 +9,7 @@
 //! - [`resync`], [`verify`]: rate-limited resync planning and online verify.
 //! - [`engine`]: the sans-network replication state machine of one node; the simulation
 //!   (tests/mirror_sim.rs) and the tokio driver both drive it.
+//! - [`replica`]: the local replica, whose flush is free when nothing was written since the last.
 //! - [`driver`]: the running node — engine thread, peer link on tokio, [`driver::MirrorDevice`].
 //! - [`admin`]: the admin commands and the text form of `o2fs status`.
 
@@ -21,5 +22,6 @@ pub mod engine;
 pub mod generation;
 pub mod meta;
 pub mod proto;
+pub mod replica;
 pub mod resync;
 pub mod verify;

@@ -2,6 +2,8 @@
 //! them). One connection carries them in order, and the engine relies on that order (as DRBD
 //! relies on its data socket's): a reply sent after a write is read after it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::generation::GenIds;
@@ -24,8 +26,9 @@ pub enum Msg {
         seq: u64,
         seen: u64,
         offset: u64,
-        #[serde(with = "bytes")]
-        data: Vec<u8>,
+        /// Shared with the local write that runs while this message is sent.
+        #[serde(with = "bytes::shared")]
+        data: Arc<Vec<u8>>,
     },
     /// Protocol B: the write arrived (DRBD P_RECV_ACK).
     RecvAck {
@@ -106,7 +109,13 @@ pub struct Hello {
     pub primary: bool,
     /// The out-of-sync bitmap as runs `(first block, count)`.
     pub oos: Vec<(u64, u64)>,
+    /// sha1 of the replica's first [`HEAD_BYTES`] (where a volume keeps its superblock), if it
+    /// could be read: two replicas that are both "just created" must agree on it.
+    pub head: Option<[u8; 20]>,
 }
+
+/// How much of the start of a replica [`Hello::head`] covers.
+pub const HEAD_BYTES: u64 = 64 << 10;
 
 /// Block data as one byte string: bincode then writes the length and copies the bytes, instead
 /// of encoding a sequence one element at a time (what serde does for a `Vec<u8>`).
@@ -149,6 +158,20 @@ mod bytes {
         }
     }
 
+    /// The same for a shared byte string.
+    pub mod shared {
+        use serde::{Deserializer, Serializer};
+        use std::sync::Arc;
+
+        pub fn serialize<S: Serializer>(v: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(v, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+            super::deserialize(d).map(Arc::new)
+        }
+    }
+
     /// The same for an optional byte string.
     pub mod option {
         use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -174,7 +197,7 @@ mod tests {
     fn messages_round_trip_through_bincode() {
         let cfg = bincode::config::standard();
         for msg in [
-            Msg::Write { seq: 1, seen: 0, offset: 4096, data: vec![7; 5000] },
+            Msg::Write { seq: 1, seen: 0, offset: 4096, data: Arc::new(vec![7; 5000]) },
             Msg::ReadReply { id: 3, data: Some(vec![1, 2, 3]) },
             Msg::ReadReply { id: 4, data: None },
             Msg::ResyncData { block: 9, data: vec![] },

@@ -2,6 +2,8 @@
 //! handshake that compares generations and starts a resync.
 
 use super::*;
+use crate::dev::mirror::generation::JUST_CREATED;
+use crate::dev::mirror::proto::HEAD_BYTES;
 
 impl Engine {
     /// The transport is up: send our Hello.
@@ -21,8 +23,16 @@ impl Engine {
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
             primary: self.primary(),
             oos: self.bitmap.runs(),
+            head: self.head_digest(),
         };
+        self.link.head_sent = hello.head;
         self.send(Msg::Hello(hello));
+    }
+
+    fn head_digest(&self) -> Option<[u8; 20]> {
+        use sha1::{Digest, Sha1};
+        let head = self.local_read(0, HEAD_BYTES.min(self.sup.data_size)).ok()?;
+        Some(Sha1::digest(head).into())
     }
 
     /// The transport is down (or was dropped). Idempotent.
@@ -77,7 +87,7 @@ impl Engine {
             // Protocol A acknowledged writes the peer may not have.
             marked = marked.and_then(|()| self.new_generation());
         }
-        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running {
+        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running && !self.peer_excluded {
             tracing::warn!(pending = pending.len(), "peer lost: I/O frozen until the cluster decides");
             self.io = IoState::Frozen;
             self.frozen.extend(pending);
@@ -122,6 +132,19 @@ impl Engine {
         self.complete_degraded(frozen, Ok(()));
         self.start_waiting();
         Ok(())
+    }
+
+    /// The cluster's verdict on the peer: still a member, or out (dead or fenced). Out, a frozen
+    /// node resumes alone and a later loss of the link no longer freezes; the verdict holds
+    /// until the cluster readmits the peer. It may come before the mirror itself notices the
+    /// lost link, so it cannot be a one-shot resume.
+    pub fn peer_in_cluster(&mut self, now: u64, member: bool) -> Result<(), String> {
+        self.now = now;
+        self.peer_excluded = !member;
+        if member {
+            return Ok(());
+        }
+        self.resume_io(now)
     }
 
     /// The cluster decided this node loses: every waiting write fails, and no I/O is done until
@@ -260,8 +283,20 @@ impl Engine {
         tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");
         let result = match decision {
             Decision::Refuse(r) => return self.refuse(r.to_string()),
+            // Both replicas "just created" are in sync only if they hold the same data: mkfs run
+            // on each node's disk makes two volumes, and nothing would ever resync them.
+            Decision::InSync
+                if self.sup.gens.current == JUST_CREATED
+                    && h.head.zip(self.link.head_sent).is_some_and(|(theirs, ours)| ours != theirs) =>
+            {
+                return self.refuse(
+                    "both replicas are new but hold different data at their start (two different volumes?): \
+                     invalidate the one to be overwritten (`o2fs invalidate`)"
+                        .into(),
+                );
+            }
             Decision::InSync => {
-                if self.sup.gens.current == crate::dev::mirror::generation::JUST_CREATED {
+                if self.sup.gens.current == JUST_CREATED {
                     self.sup.flags |= flags::FRESH_IN_SYNC;
                 }
                 self.sup.gens.in_sync();

@@ -17,6 +17,24 @@ impl Engine {
         }
     }
 
+    /// Takes `msg` if it is an acknowledgement whose handling touches no disk, so that a network
+    /// task may hand it over itself; gives it back otherwise.
+    pub fn receive_ack(&mut self, now: u64, msg: Msg) -> Result<(), Msg> {
+        let no_io = match &msg {
+            Msg::RecvAck { .. } | Msg::FlushAck { .. } => true,
+            // Neither a waiting write to start, a verify resync to begin, nor a protocol error.
+            Msg::WriteAck { seq } => {
+                self.waiting.is_empty() && !self.verify_target_pending && self.in_flight.contains_key(seq)
+            }
+            _ => false,
+        };
+        if !no_io || self.conn != ConnState::Connected {
+            return Err(msg);
+        }
+        self.receive(now, msg);
+        Ok(())
+    }
+
     pub(super) fn on_message(&mut self, msg: Msg) {
         match msg {
             Msg::Hello(_) => self.protocol_error("a second Hello".into()),

@@ -213,6 +213,8 @@ struct Link {
     peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
+    /// [`Hello::head`] as this node sent it: later local writes do not count.
+    head_sent: Option<[u8; 20]>,
 }
 
 pub struct Engine {
@@ -225,6 +227,8 @@ pub struct Engine {
     new_gen: Box<dyn FnMut() -> u64 + Send>,
     now: u64,
     out: VecDeque<Output>,
+    /// Where messages go when not queued as `Output::Send` (see [`Engine::send_through`]).
+    sink: Option<Box<dyn FnMut(Msg) + Send>>,
     conn: ConnState,
     repl: Repl,
     io: IoState,
@@ -238,6 +242,9 @@ pub struct Engine {
     discard_my_data: bool,
     /// A handshake succeeded since the node started.
     peer_seen: bool,
+    /// The cluster has taken the peer out of its membership (it died or fenced): losing the
+    /// link to it is then no reason to freeze.
+    peer_excluded: bool,
     /// Verify found blocks to repair, and this node becomes their sync target once no
     /// protocol-A-acknowledged write of its own is in flight (a sync target loses those if the
     /// link fails).
@@ -289,6 +296,7 @@ impl Engine {
             new_gen,
             now,
             out: VecDeque::new(),
+            sink: None,
             conn: ConnState::Unconnected,
             repl: Repl::Off,
             // Under fencing a node starts frozen: until it has seen its peer (or the cluster lets it
@@ -303,6 +311,7 @@ impl Engine {
             rotated: false,
             discard_my_data: false,
             peer_seen: false,
+            peer_excluded: false,
             verify_target_pending: false,
             sync_target: None,
             progress: None,
@@ -481,7 +490,17 @@ impl Engine {
     }
 
     fn send(&mut self, msg: Msg) {
-        self.out.push_back(Output::Send(msg));
+        match &mut self.sink {
+            Some(sink) => sink(msg),
+            None => self.out.push_back(Output::Send(msg)),
+        }
+    }
+
+    /// From now on messages go to `sink` the moment they are made instead of as
+    /// [`Output::Send`]: the driver has a write on its way to the peer while the engine still
+    /// writes it to the local replica.
+    pub fn send_through(&mut self, sink: Box<dyn FnMut(Msg) + Send>) {
+        self.sink = Some(sink);
     }
 
     /// The passage of time: local flushes, resync and verify pacing, lazy bitmap writes. The

@@ -33,7 +33,7 @@ impl Engine {
             let Some(w) = self.waiting.pop_front() else { break };
             let len = w.data.len() as u64;
             match self.start_write(w.offset, w.data, al_changed) {
-                Ok(Some(seq)) => {
+                Ok(Started::Sent { seq, local: Ok(()) }) => {
                     // A sync target has no up-to-date copy of its own: it acknowledges only what
                     // the peer wrote, whatever the protocol; so does a node whose handshake is
                     // still open (it may be about to become one).
@@ -47,7 +47,12 @@ impl Engine {
                     }
                     self.in_flight.insert(seq, Request { id: w.id, offset: w.offset, len, extents, completed });
                 }
-                Ok(None) => {
+                Ok(Started::Sent { seq, local: Err(e) }) => {
+                    // Answered now, tracked until the peer's ack all the same.
+                    self.out.push_back(Output::WriteDone { id: w.id, result: Err(e) });
+                    self.in_flight.insert(seq, Request { id: w.id, offset: w.offset, len, extents, completed: true });
+                }
+                Ok(Started::Degraded) => {
                     self.al.complete(extents);
                     self.out.push_back(Output::WriteDone { id: w.id, result: Ok(Written::Degraded) });
                 }
@@ -59,14 +64,9 @@ impl Engine {
         }
     }
 
-    /// Writes locally and sends to the peer (`Some(seq)`) or, disconnected, marks the blocks out
-    /// of sync (`None`).
-    pub(super) fn start_write(
-        &mut self,
-        offset: u64,
-        data: Vec<u8>,
-        al_changed: bool,
-    ) -> Result<Option<u64>, IoFailure> {
+    /// Sends to the peer and writes locally or, disconnected, marks the blocks out of sync and
+    /// writes locally.
+    fn start_write(&mut self, offset: u64, data: Vec<u8>, al_changed: bool) -> Result<Started, IoFailure> {
         if al_changed {
             // The activity log is on disk before any write to a newly hot extent.
             let hot = self.al.hot().to_vec();
@@ -84,11 +84,18 @@ impl Engine {
             }
         }
         if linked {
-            self.local_write(offset, &data)?;
+            // Sent first, so that the peer writes while we do (as DRBD submits the local bio and
+            // sends the data at once). Should the local write fail, the peer holds data we lack:
+            // the blocks are marked out of sync and the write fails.
             self.link.next_seq += 1;
             let seq = self.link.next_seq;
-            self.send(Msg::Write { seq, seen: self.link.seen, offset, data });
-            return Ok(Some(seq));
+            let data = Arc::new(data);
+            self.send(Msg::Write { seq, seen: self.link.seen, offset, data: data.clone() });
+            let local = match self.local_write(offset, &data) {
+                Ok(()) => Ok(()),
+                Err(e) => self.mark_out_of_sync(offset, data.len() as u64).and(Err(e)),
+            };
+            return Ok(Started::Sent { seq, local });
         }
         if !self.consistent() {
             return Err(IoFailure::NoUpToDateData);
@@ -96,7 +103,7 @@ impl Engine {
         self.new_generation()?;
         self.mark_out_of_sync(offset, data.len() as u64)?;
         self.local_write(offset, &data)?;
-        Ok(None)
+        Ok(Started::Degraded)
     }
 
     /// Submits a read; it completes as `Output::ReadDone { id }`. Blocks the local replica lacks
@@ -175,7 +182,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_peer_write(&mut self, seq: u64, seen: u64, offset: u64, data: Vec<u8>) {
+    pub(super) fn on_peer_write(&mut self, seq: u64, seen: u64, offset: u64, data: Arc<Vec<u8>>) {
         if let Err(e) = self.check_range(offset, data.len() as u64) {
             return self.protocol_error(format!("peer write {seq}: {e}"));
         }
@@ -212,6 +219,14 @@ impl Engine {
         }
         self.send(Msg::WriteAck { seq });
     }
+}
+
+/// How [`Engine::start_write`] started a write.
+enum Started {
+    /// Sent to the peer as `seq`; `local` is the local write's outcome.
+    Sent { seq: u64, local: Result<(), IoFailure> },
+    /// Disconnected: written locally, the blocks marked out of sync.
+    Degraded,
 }
 
 /// Byte ranges of `[offset, offset+len)` not covered by any of `holes`.

@@ -1,0 +1,97 @@
+//! Bad input to a cluster mount: a second daemon claiming a running node's name, a node that
+//! is not in cluster.conf, a volume made for another cluster, a mirror whose peer holds another
+//! volume. Each is refused with a message that names the problem, and nothing is written to the
+//! volume.
+
+mod common;
+
+use common::nodes::{node_args, read, OnMirror, Shared};
+use common::{bin, text};
+use std::path::Path;
+use std::process::Command;
+
+/// `o2fs mount -f ARGS… IMAGE DIR` that must fail before mounting: its stderr.
+fn mount_must_fail(s: &Shared, args: &[String], dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = s.dir.path().join("refused.err");
+    let mut cmd = Command::new(bin("o2fs"));
+    cmd.arg("mount").arg("-f").args(args).arg(&s.image).arg(dir);
+    let err = common::must_fail(&mut cmd, &log);
+    assert!(!common::is_mountpoint(dir), "refused, yet mounted");
+    err
+}
+
+fn sha1(p: &Path) -> Vec<u8> {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(read(p)).to_vec()
+}
+
+#[test]
+fn a_second_daemon_with_a_running_nodes_name_is_refused() {
+    let s = Shared::new("127.0.13");
+    let (mut m0, d0) = s.mount(0);
+    std::fs::write(d0.join("before"), b"n0").unwrap();
+    let err = mount_must_fail(&s, &node_args(s.dir.path(), &s.conf, 0), &s.dir.path().join("again"));
+    assert!(err.contains("\"n0\" is already running"), "{err}");
+    // The running node is undisturbed, and the volume holds one mount.
+    std::fs::write(d0.join("after"), b"still n0").unwrap();
+    assert_eq!(read(&d0.join("before")), b"n0");
+    m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}
+
+#[test]
+fn a_node_not_in_cluster_conf_is_refused_without_a_write() {
+    let s = Shared::new("127.0.13");
+    let before = sha1(&s.image);
+    let mut args = node_args(s.dir.path(), &s.conf, 0);
+    args[1] = "stranger".into();
+    let err = mount_must_fail(&s, &args, &s.dir.path().join("mnt"));
+    assert!(err.contains("\"stranger\"") && err.contains("cluster.conf"), "{err}");
+    assert_eq!(sha1(&s.image), before, "a refused mount wrote to the volume");
+}
+
+#[test]
+fn a_volume_of_another_cluster_is_refused_without_a_write() {
+    let s = Shared::new("127.0.13");
+    let out = common::run(
+        Command::new(bin("mkfs.o2fs"))
+            .args(["-q", "-N", "4", "-F", "--cluster-stack=o2cb", "--cluster-name=elsewhere"])
+            .arg(&s.image),
+    );
+    assert!(out.status.success(), "mkfs.o2fs: {}", text(&out));
+    let before = sha1(&s.image);
+    let err = mount_must_fail(&s, &node_args(s.dir.path(), &s.conf, 0), &s.dir.path().join("mnt"));
+    assert!(err.contains("belongs to cluster \"elsewhere\""), "{err}");
+    assert_eq!(sha1(&s.image), before, "a refused mount wrote to the volume");
+}
+
+#[test]
+fn a_mirror_whose_peer_holds_another_volume_is_refused_without_a_write() {
+    // mkfs on each node's disk makes two volumes; both replicas are "just created" for the
+    // mirror, which must not take them for equal.
+    let s = OnMirror::unsynced("127.0.13", [vec![], vec![]]);
+    s.mkfs(0);
+    s.mkfs(1);
+    let before = [sha1(&s.replica(0)), sha1(&s.replica(1))];
+    let errs: Vec<String> = std::thread::scope(|sc| {
+        let runs: Vec<_> = (0..2)
+            .map(|i| {
+                let s = &s;
+                sc.spawn(move || {
+                    let mnt = s.dir.path().join(format!("mnt{i}"));
+                    std::fs::create_dir_all(&mnt).unwrap();
+                    let mut cmd = Command::new(bin("o2fs"));
+                    cmd.arg("mount").arg("-f").args(node_args(s.dir.path(), &s.conf, i));
+                    cmd.arg("-r").arg(&s.res).arg(&mnt);
+                    common::must_fail(&mut cmd, &s.dir.path().join(format!("n{i}.err")))
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for err in &errs {
+        assert!(err.contains("hold different data"), "{err}");
+    }
+    assert_eq!([sha1(&s.replica(0)), sha1(&s.replica(1))], before, "a refused mount wrote to a replica");
+}
