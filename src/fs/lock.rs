@@ -18,6 +18,9 @@ pub enum LockMode {
 pub enum LockResource {
     /// The superblock: mount, unmount, the slot map and a dead node's recovery.
     Super,
+    /// A system file such as the global bitmap. Before the inode locks: a request mostly
+    /// discovers inodes (a child, a new inode) after its system files.
+    System { blkno: u64 },
     /// Metadata and cached data of one inode.
     InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
@@ -26,8 +29,6 @@ pub enum LockResource {
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
-    /// A system file such as the global bitmap.
-    System { blkno: u64 },
     /// A slot's journal: held at EX by the node mounted in that slot.
     Journal { slot: u16 },
 }

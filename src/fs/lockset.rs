@@ -1,9 +1,10 @@
 //! A request's cluster locks. The core never waits for a cluster lock while it holds its mutex:
 //! a request runs with a set of locks taken beforehand, and when it meets a block whose lock is
-//! missing (`FsError::NeedLock`) the caller undoes it, gives every lock back, takes the grown
-//! set and runs it again. Sets are taken whole, in one global order (`LockResource`'s), while
-//! holding nothing else, so no two requests — on one node or on two — wait for each other in a
-//! cycle; a set only grows, so the reruns end.
+//! missing (`FsError::NeedLock`) the caller undoes it, takes the lock and runs it again. Locks
+//! are only ever taken in one global order (`LockResource`'s), so no two requests — on one node
+//! or on two — wait for each other in a cycle: a missing lock that sorts after every lock held
+//! is taken on top of them; any other means giving every lock back and taking the grown set
+//! from the start. A set only grows, so the reruns end.
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, LockMode, LockResource};
@@ -49,21 +50,33 @@ pub fn run_locked<T>(
     set: &mut LockSet,
     mut attempt: impl FnMut(&LockSet) -> Result<T>,
 ) -> Result<T> {
+    set.acquire(locks)?;
     loop {
-        set.acquire(locks)?;
-        let r = attempt(set);
-        set.release(locks);
-        match r {
-            Err(FsError::NeedLock(res, mode)) if set.want(res, mode) => {
-                tracing::trace!(?res, ?mode, "request reruns with one more cluster lock");
+        let (res, mode) = match attempt(set) {
+            Err(FsError::NeedLock(res, mode)) => (res, mode),
+            r => {
+                set.release(locks);
+                return r;
             }
-            Err(FsError::NeedLock(res, mode)) => {
-                return Err(FsError::Corrupt {
-                    blkno: 0,
-                    what: format!("internal error: {res:?} asked for at {mode:?} while held"),
-                })
+        };
+        tracing::trace!(?res, ?mode, "request reruns with one more cluster lock");
+        if set.locks.last_key_value().is_none_or(|(&last, _)| last < res) {
+            // Taken on top of the others, in order: they are not given up meanwhile (a peer
+            // waiting for one of them would get it between the two runs).
+            if let Err(e) = locks.acquire(res, mode) {
+                set.release(locks);
+                return Err(e);
             }
-            r => return r,
+            set.locks.insert(res, mode);
+            continue;
         }
+        set.release(locks);
+        if !set.want(res, mode) {
+            return Err(FsError::Corrupt {
+                blkno: 0,
+                what: format!("internal error: {res:?} asked for at {mode:?} while held"),
+            });
+        }
+        set.acquire(locks)?;
     }
 }
