@@ -294,11 +294,19 @@ impl Mounted {
         Ok(true)
     }
 
-    /// Clean unmount: give the local-alloc window back, checkpoint, release the slot, mark the
-    /// journal clean (§13.9 step 5).
+    /// First step of a clean unmount, an ordinary operation (on a cluster mount under the locks
+    /// of the window and the global bitmap): this node's local-alloc window goes back.
+    pub fn close_window(&mut self) -> Result<()> {
+        if self.slot_map.is_none() {
+            return Ok(());
+        }
+        self.core.close_local_alloc(self.core.sys.slot)
+    }
+
+    /// Clean unmount once the window is closed (`close_window`): checkpoint, release the slot,
+    /// mark the journal clean (§13.9 step 5).
     pub fn unmount(mut self) -> Result<()> {
         let Some(loc) = self.slot_map.take() else { return Ok(()) };
-        self.core.close_local_alloc(self.core.sys.slot)?;
         self.checkpoint()?;
         let mut map = loc.read(&mut self.core)?;
         if let Some(s) = map.slots.get_mut(self.core.sys.slot as usize) {

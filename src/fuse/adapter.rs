@@ -47,6 +47,8 @@ pub struct O2Fuse {
     /// The lock of this node's inode allocator, which creates take (and removals, which
     /// mostly free inodes this node made).
     inode_alloc: LockResource,
+    /// The lock of this node's local-alloc window, which every change may allocate from.
+    local_alloc: LockResource,
     ttl: Duration,
     root: u64,
     cluster_size: u64,
@@ -97,7 +99,9 @@ impl O2Fuse {
 
     fn build(mounted: Mounted, opts: &MountOptions, cluster: Option<Arc<dyn ClusterLocks>>) -> Self {
         let root = mounted.core.root;
-        let inode_alloc = LockResource::System { blkno: mounted.core.sys.inode_alloc[mounted.core.sys.slot as usize] };
+        let slot = mounted.core.sys.slot as usize;
+        let inode_alloc = LockResource::System { blkno: mounted.core.sys.inode_alloc[slot] };
+        let local_alloc = LockResource::System { blkno: mounted.core.sys.local_alloc[slot] };
         let cluster_size = mounted.core.cs();
         let read_only = mounted.read_only;
         let state = Arc::new(Mutex::new(State { mounted: Some(mounted), open: HashMap::new() }));
@@ -111,6 +115,7 @@ impl O2Fuse {
             state,
             cluster,
             inode_alloc,
+            local_alloc,
             ttl,
             root,
             cluster_size,
@@ -145,7 +150,7 @@ impl O2Fuse {
     /// Runs `f` on the mounted core; commits its metadata; maps errors (a corruption may turn
     /// the mount read-only, as errors=remount-ro says). On a cluster mount `f` runs under a set
     /// of cluster locks taken outside the core's mutex: first the locks of `seeds` (EX for a
-    /// request that changes them, else PR), then, each time `f` meets a block whose lock the
+    /// request that changes them, with this node's local-alloc window, else PR), then, each time `f` meets a block whose lock the
     /// set lacks, `f` is undone and run again with the grown set (`lockset::run_locked`).
     fn with<T>(
         &self,
@@ -163,6 +168,9 @@ impl O2Fuse {
         let mut set = LockSet::default();
         for &res in seeds {
             set.want(res, mode);
+        }
+        if mutating {
+            set.want(self.local_alloc, LockMode::Ex);
         }
         run_locked(&**locks, &mut set, |held| attempt(&self.state, held, &mut f)).map_err(|e| self.failed(e))
     }
@@ -329,13 +337,11 @@ fn caller(req: &Request) -> Caller {
 impl Filesystem for O2Fuse {
     fn destroy(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // A cluster mount gives its local-alloc window back under the global bitmap's lock
-        // (unmount then finds it closed), and changes the slot map under the super lock.
-        if self.cluster.is_some() {
-            let own = |m: &mut Mounted, _: &mut HashMap<u64, u32>| m.core.close_local_alloc(m.core.sys.slot);
-            if let Err(e) = self.with(false, &[], own) {
-                tracing::error!("unmount: closing the local-alloc window: {e:?}");
-            }
+        // The local-alloc window goes back as an ordinary request (a cluster mount takes the
+        // window's and the global bitmap's locks); the rest changes the slot map, under the
+        // super lock on a cluster mount.
+        if let Err(e) = self.with(false, &[], |m, _| m.close_window()) {
+            tracing::error!("unmount: closing the local-alloc window: {e:?}");
         }
         let locked = self.cluster.as_ref().map(|l| (l.acquire(LockResource::Super, LockMode::Ex), l));
         if let Some((Err(e), _)) = &locked {
