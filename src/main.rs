@@ -422,6 +422,7 @@ fn serve_cluster(
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         node: stack.number as u32,
         live_nodes: Some(stack.members()),
+        locks: locks.clone(),
         ..Default::default()
     };
     let mounted = mount(dev, &cfg);

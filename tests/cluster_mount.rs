@@ -7,7 +7,7 @@ mod common;
 use common::netns::VethPair;
 use common::nodes::{read, write_synced, OnMirror, Shared};
 use common::{bin, run, Mount};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
@@ -249,6 +249,142 @@ fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_
     }
     s.wait_both_in_sync();
     s.unmount_and_compare(&mut m0, &mut m1);
+}
+
+/// Messages node `i`'s lock service has sent since it started (its admin socket's `status`).
+fn lock_messages(s: &Shared, i: usize) -> u64 {
+    let sock = s.dir.path().join(format!("n{i}.sock"));
+    let reply =
+        o2fs::net::admin::request(&sock, &serde_json::json!({"cmd": "status"}), std::time::Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("status of n{i}: {e}"));
+    reply["lock_messages_sent"].as_u64().unwrap_or_else(|| panic!("no lock_messages_sent in {reply}"))
+}
+
+/// Per-inode cluster locks: two nodes working in separate directories at once need no lock
+/// traffic once each caches the locks of its own files (with one volume-wide lock every
+/// request of one node took it from the other), and still see each other's changes at once.
+#[test]
+fn nodes_in_separate_directories_work_without_lock_traffic() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let s = Shared::new("127.0.31");
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    const SIZE: usize = 64 << 10;
+    let work = |d: &Path, tag: u8, rounds: usize| {
+        let dir = d.join(format!("dir{tag}"));
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("data")).unwrap();
+        for r in 0..rounds {
+            let block = vec![tag.wrapping_add(r as u8); 4096];
+            let off = (r % (SIZE / 4096) * 4096) as u64;
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.write_all(&block).unwrap();
+            let mut back = vec![0u8; 4096];
+            f.seek(SeekFrom::Start(off)).unwrap();
+            f.read_exact(&mut back).unwrap();
+            assert_eq!(back, block);
+            std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o600 | (r as u32 % 2) << 2))
+                .unwrap();
+            assert_eq!(std::fs::metadata(dir.join("data")).unwrap().len(), SIZE as u64);
+            std::fs::rename(dir.join("name-a"), dir.join("name-b")).unwrap();
+            std::fs::rename(dir.join("name-b"), dir.join("name-a")).unwrap();
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        }
+    };
+    // Warm-up: each node makes its directory and file, then takes their locks (and the root
+    // directory's, shared) once.
+    for (d, tag) in [(&d0, 0u8), (&d1, 1u8)] {
+        let dir = d.join(format!("dir{tag}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("data"), vec![tag; SIZE]).unwrap();
+        std::fs::write(dir.join("name-a"), b"a name that moves").unwrap();
+    }
+    work(&d0, 0, 2);
+    work(&d1, 1, 2);
+    let before = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    std::thread::scope(|sc| {
+        sc.spawn(|| work(&d0, 0, 100));
+        sc.spawn(|| work(&d1, 1, 100));
+    });
+    let after = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    assert_eq!(before, after, "lock messages sent by n0 and n1 while each worked in its own directory");
+    // Coherence holds: each node reads what the other just wrote, and it costs lock traffic.
+    for (d, other, tag) in [(&d0, &d1, 1u8), (&d1, &d0, 0u8)] {
+        let theirs = read(&d.join(format!("dir{tag}/data")));
+        assert_eq!(theirs, read(&other.join(format!("dir{tag}/data"))));
+        assert_eq!(theirs[99 % (SIZE / 4096) * 4096], tag.wrapping_add(99));
+        let mode = std::fs::metadata(d.join(format!("dir{tag}/data"))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o604, "mode set last by the other node");
+    }
+    assert!(lock_messages(&s, 1) > after[1], "reading n0's files took n0's locks");
+    // Both create files in their own directories at once: all seen on both.
+    const N: usize = 200;
+    std::thread::scope(|sc| {
+        for (d, tag) in [(&d0, 0u8), (&d1, 1u8)] {
+            sc.spawn(move || {
+                for i in 0..N {
+                    std::fs::write(d.join(format!("dir{tag}/f{i}")), format!("{tag}:{i}")).unwrap();
+                }
+            });
+        }
+    });
+    for d in [&d0, &d1] {
+        for tag in 0..2u8 {
+            assert_eq!(std::fs::read_dir(d.join(format!("dir{tag}"))).unwrap().count(), N + 2);
+            assert_eq!(read(&d.join(format!("dir{tag}/f{}", N - 1))), format!("{tag}:{}", N - 1).as_bytes());
+        }
+    }
+    m1.unmount().unwrap();
+    m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}
+
+/// The number after `what` in a daemon's log (its lines carry colour codes).
+fn logged_number(log: &str, what: &str) -> Option<u64> {
+    let at = log.find(what)? + what.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+/// Recovery in two halves: the survivor replays a killed node's journal while the DLM still
+/// holds its locks, then finishes its slot as an ordinary request under per-inode locks — the
+/// file it had open and unlinked is freed, its local-alloc window goes back — with nobody
+/// mounting in that slot again.
+#[test]
+fn survivor_finishes_a_killed_nodes_slot() {
+    use std::io::Write;
+    let s = Shared::new("127.0.32");
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    let slot = logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
+    let mut kept = std::fs::File::create(d1.join("kept")).unwrap();
+    kept.write_all(&vec![3u8; 1 << 20]).unwrap();
+    kept.sync_all().unwrap();
+    let mut held = std::fs::File::create(d1.join("held")).unwrap();
+    held.write_all(&vec![4u8; 1 << 20]).unwrap();
+    std::fs::remove_file(d1.join("held")).unwrap();
+    held.sync_all().unwrap();
+    m1.kill();
+    drop((kept, held));
+    // The survivor waits for the replay, then carries on; the second half follows.
+    std::fs::write(d0.join("after"), b"survivor").unwrap();
+    assert_eq!(read(&d0.join("kept")), vec![3u8; 1 << 20], "n1's fsynced data survives");
+    assert!(!d0.join("held").exists());
+    let finished = format!("slot {slot} recovered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !m0.stderr().contains(&finished) {
+        assert!(std::time::Instant::now() < deadline, "n0 never finished slot {slot}:\n{}", m0.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    m0.unmount().unwrap();
+    let orphans = common::debugfs(&s.image, &format!("ls //orphan_dir:{slot:04}"));
+    let names: Vec<&str> = orphans.split_whitespace().filter(|w| w.starts_with("0000")).collect();
+    assert!(names.is_empty(), "orphans left in slot {slot}: {orphans}");
+    let dev: std::sync::Arc<dyn o2fs::dev::BlockDevice> =
+        std::sync::Arc::new(o2fs::dev::FileDevice::open(&s.image, false).unwrap());
+    let vol = o2fs::fs::Volume::open(dev).unwrap();
+    let la = vol.system_file_blkno(o2fs::fs::sysfile::SystemFile::LocalAlloc(slot as u16)).unwrap();
+    assert_eq!(vol.read_inode(la).unwrap().bitmap_total(), 0, "slot {slot}'s local-alloc window is closed");
+    common::assert_fsck_ocfs2_clean(&s.image);
 }
 
 /// O_CREAT|O_EXCL is cluster-wide (README: the dotlock files mail software uses): in each round

@@ -307,7 +307,11 @@ async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mirror: Opti
     while let Ok(Some(req)) = conn.recv().await {
         let reply = match (req["cmd"].as_str(), &mirror) {
             (Some("status"), _) => {
-                let mut reply = admin::ok(json!({ "cluster": cluster.status(), "cached_locks": svc.cached().len() }));
+                let mut reply = admin::ok(json!({
+                    "cluster": cluster.status(),
+                    "cached_locks": svc.cached().len(),
+                    "lock_messages_sent": svc.messages_sent(),
+                }));
                 if let Some(m) = &mirror {
                     let section = super::mirror::answer(m, req.clone()).await["mirror"].take();
                     reply["mirror"] = section;

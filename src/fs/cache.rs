@@ -5,14 +5,20 @@
 //! to the journal. Until they are checkpointed the journal holds their latest copies, and a read
 //! that misses the cache asks it before the device, so it never sees an older copy.
 //! Clean blocks live in an LRU bounded by the `cache=` mount option.
+//!
+//! Every block is read and written for an owner (the inode or allocator it belongs to): on a
+//! cluster mount the owner's covering lock must be held (`rights`), and a downconvert drops
+//! exactly the blocks of the inode whose lock goes (`drop_owner`).
 
 use super::error::{FsError, Result};
+use super::lock::LockMode;
+use super::rights::Rights;
 use crate::dev::BlockDevice;
 use crate::format::extent::ExtentBlock;
 use crate::format::group::GroupDesc;
 use crate::format::inode::Inode;
 use lru::LruCache;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -43,9 +49,13 @@ pub struct MetaCache {
     /// None on a read-only mount.
     sink: Option<Box<dyn MetaSink>>,
     read_only: bool,
-    /// Whether this node may change metadata now: always on a single-node mount; on a cluster
-    /// mount only while it holds the metadata lock exclusive.
-    exclusive: bool,
+    /// The owner each cached block was read or written for. A clean block asked for by another
+    /// owner is read again: its cluster was freed and reused since, maybe by another node.
+    owners: HashMap<u64, u64>,
+    /// Which lock covers each owner's blocks, and which the running request holds.
+    rights: Rights,
+    /// Owners with blocks changed since the last checkpoint (running or logged, not in place).
+    unwritten: HashSet<u64>,
     /// Undo log of the current operation: each block's dirty copy before the operation first
     /// changed it (None: it was not dirty). `abort_op` puts these back.
     undo: BTreeMap<u64, Option<Vec<u8>>>,
@@ -69,7 +79,9 @@ impl MetaCache {
             clean: LruCache::new(cap),
             dirty: BTreeMap::new(),
             read_only: sink.is_none(),
-            exclusive: true,
+            owners: HashMap::new(),
+            rights: Rights::default(),
+            unwritten: HashSet::new(),
             sink,
             undo: BTreeMap::new(),
         }
@@ -79,15 +91,44 @@ impl MetaCache {
         self.read_only = ro;
     }
 
-    /// See `exclusive`: a write while not exclusive fails with [`FsError::NeedExclusive`].
-    pub fn set_exclusive(&mut self, ex: bool) {
-        self.exclusive = ex;
+    pub fn set_rights(&mut self, rights: Rights) {
+        self.rights = rights;
+    }
+    pub fn rights(&mut self) -> &mut Rights {
+        &mut self.rights
     }
 
-    /// Forgets every clean block: another node may change them once this node gives up its
-    /// cluster lock. Dirty and logged blocks must have been checkpointed first.
+    /// Ok when the running request may use `owner`'s blocks at `mode` (see `rights`).
+    pub fn check(&self, owner: u64, mode: LockMode) -> Result<()> {
+        self.rights.check(owner, mode)
+    }
+
+    /// Forgets every clean block (another node may change any of them now). Dirty and logged
+    /// blocks must have been checkpointed first.
     pub fn drop_clean(&mut self) {
         self.clean.clear();
+        let dirty = &self.dirty;
+        self.owners.retain(|b, _| dirty.contains_key(b));
+    }
+
+    /// Forgets the clean blocks of `owner`, whose lock this node gives up (checkpointed first).
+    pub fn drop_owner(&mut self, owner: u64) {
+        let gone: Vec<u64> =
+            self.owners.iter().filter(|&(b, &o)| o == owner && !self.dirty.contains_key(b)).map(|(&b, _)| b).collect();
+        for b in gone {
+            self.clean.pop(&b);
+            self.owners.remove(&b);
+        }
+    }
+
+    /// Keeps a clean copy of `blkno` for `owner`, forgetting the owner of the block it evicts.
+    fn keep_clean(&mut self, blkno: u64, owner: u64, data: Vec<u8>) {
+        self.owners.insert(blkno, owner);
+        if let Some((old, _)) = self.clean.push(blkno, data) {
+            if old != blkno && !self.dirty.contains_key(&old) {
+                self.owners.remove(&old);
+            }
+        }
     }
     pub fn block_size(&self) -> usize {
         self.block_size
@@ -96,43 +137,47 @@ impl MetaCache {
         &self.dev
     }
 
-    /// A copy of block `blkno`, newest version first.
-    pub fn read(&mut self, blkno: u64) -> Result<Vec<u8>> {
+    /// A copy of block `blkno` of `owner`, newest version first.
+    pub fn read(&mut self, blkno: u64, owner: u64) -> Result<Vec<u8>> {
+        self.rights.check(owner, LockMode::Pr)?;
         if let Some(b) = self.dirty.get(&blkno) {
             return Ok(b.clone());
         }
-        if let Some(b) = self.clean.get(&blkno) {
-            return Ok(b.clone());
+        if self.owners.get(&blkno) == Some(&owner) {
+            if let Some(b) = self.clean.get(&blkno) {
+                return Ok(b.clone());
+            }
         }
-        if let Some(b) = self.sink.as_ref().and_then(|s| s.pending(blkno)) {
-            let b = b.to_vec();
-            self.clean.put(blkno, b.clone());
-            return Ok(b);
-        }
-        if blkno >= self.total_blocks {
-            return Err(FsError::Corrupt {
-                blkno,
-                what: format!("block past the end of the volume ({} blocks)", self.total_blocks),
-            });
-        }
-        let mut buf = vec![0u8; self.block_size];
-        self.dev.read_block(blkno, &mut buf)?;
-        self.clean.put(blkno, buf.clone());
+        let buf = match self.sink.as_ref().and_then(|s| s.pending(blkno)) {
+            Some(b) => b.to_vec(),
+            None => {
+                if blkno >= self.total_blocks {
+                    return Err(FsError::Corrupt {
+                        blkno,
+                        what: format!("block past the end of the volume ({} blocks)", self.total_blocks),
+                    });
+                }
+                let mut buf = vec![0u8; self.block_size];
+                self.dev.read_block(blkno, &mut buf)?;
+                buf
+            }
+        };
+        self.keep_clean(blkno, owner, buf.clone());
         Ok(buf)
     }
 
-    /// Replaces block `blkno` in the running transaction.
-    pub fn write(&mut self, blkno: u64, data: Vec<u8>) -> Result<()> {
+    /// Replaces block `blkno` of `owner` in the running transaction.
+    pub fn write(&mut self, blkno: u64, owner: u64, data: Vec<u8>) -> Result<()> {
         if self.read_only {
             return Err(FsError::ReadOnly);
         }
-        if !self.exclusive {
-            return Err(FsError::NeedExclusive);
-        }
+        self.rights.check(owner, LockMode::Ex)?;
         if blkno >= self.total_blocks || data.len() != self.block_size {
             return Err(FsError::Corrupt { blkno, what: "write of a block outside the volume".into() });
         }
         self.clean.pop(&blkno);
+        self.owners.insert(blkno, owner);
+        self.unwritten.insert(owner);
         let before = self.dirty.insert(blkno, data);
         self.undo.entry(blkno).or_insert(before);
         Ok(())
@@ -141,6 +186,7 @@ impl MetaCache {
     /// Forgets a block that is no longer metadata (freed), so a stale copy is never written.
     pub fn forget(&mut self, blkno: u64) {
         self.clean.pop(&blkno);
+        self.owners.remove(&blkno);
         if let Some(before) = self.dirty.remove(&blkno) {
             self.undo.entry(blkno).or_insert(Some(before));
         }
@@ -153,10 +199,8 @@ impl MetaCache {
 
     /// Undoes every change of the current operation (it failed part-way), so a half-done
     /// operation never reaches the journal.
-    /// Returns whether the operation had changed anything.
-    pub fn abort_op(&mut self) -> bool {
+    pub fn abort_op(&mut self) {
         let undo = std::mem::take(&mut self.undo);
-        let changed = !undo.is_empty();
         for (blkno, before) in undo {
             self.clean.pop(&blkno);
             match before {
@@ -168,11 +212,10 @@ impl MetaCache {
                 }
             }
         }
-        changed
     }
 
     pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {
-        let buf = self.read(blkno)?;
+        let buf = self.read(blkno, blkno)?;
         let inode = Inode::decode(&buf, blkno)?;
         inode.check_identity(blkno, self.fs_generation)?;
         Ok(inode)
@@ -181,11 +224,12 @@ impl MetaCache {
     pub fn write_inode(&mut self, inode: &Inode) -> Result<()> {
         let mut b = vec![0u8; self.block_size];
         inode.encode(&mut b);
-        self.write(inode.blkno, b)
+        self.write(inode.blkno, inode.blkno, b)
     }
 
-    pub fn read_group(&mut self, blkno: u64) -> Result<GroupDesc> {
-        let gd = GroupDesc::decode(&self.read(blkno)?, blkno)?;
+    /// A group descriptor of allocator `alloc`.
+    pub fn read_group(&mut self, blkno: u64, alloc: u64) -> Result<GroupDesc> {
+        let gd = GroupDesc::decode(&self.read(blkno, alloc)?, blkno)?;
         gd.check_identity(blkno, self.fs_generation)?;
         Ok(gd)
     }
@@ -193,23 +237,24 @@ impl MetaCache {
     pub fn write_group(&mut self, gd: &GroupDesc) -> Result<()> {
         let mut b = vec![0u8; self.block_size];
         gd.encode(&mut b);
-        self.write(gd.blkno, b)
+        self.write(gd.blkno, gd.parent_dinode, b)
     }
 
-    pub fn read_extent_block(&mut self, blkno: u64) -> Result<ExtentBlock> {
-        let eb = ExtentBlock::decode(&self.read(blkno)?, blkno)?;
+    /// An extent block of inode `owner`'s tree.
+    pub fn read_extent_block(&mut self, blkno: u64, owner: u64) -> Result<ExtentBlock> {
+        let eb = ExtentBlock::decode(&self.read(blkno, owner)?, blkno)?;
         eb.check_identity(blkno, self.fs_generation)?;
         Ok(eb)
     }
 
-    pub fn write_extent_block(&mut self, eb: &ExtentBlock) -> Result<()> {
-        let mut b = vec![0u8; self.block_size];
-        eb.encode(&mut b);
-        self.write(eb.blkno, b)
-    }
-
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// True when a block of `owner` changed since the last checkpoint (it is not in place on
+    /// the device yet).
+    pub fn unwritten(&self, owner: u64) -> bool {
+        self.unwritten.contains(&owner)
     }
 
     /// True when the running transaction should be committed before it grows further.
@@ -228,7 +273,10 @@ impl MetaCache {
         let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
         sink.commit(blocks.clone())?;
         for (blkno, data) in blocks {
-            self.clean.put(blkno, data);
+            // A block forgotten and then restored by an undo has no owner: not kept.
+            if let Some(&owner) = self.owners.get(&blkno) {
+                self.keep_clean(blkno, owner, data);
+            }
         }
         Ok(())
     }
@@ -251,6 +299,7 @@ impl MetaCache {
         if let Some(sink) = self.sink.as_mut() {
             sink.checkpoint()?;
         }
+        self.unwritten.clear();
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The filesystem core's state: the metadata cache, geometry, this node's system files, and the
 //! in-memory directory indexes. Its operations live in `dir`, `file`, `namei` and `inode_ops`,
-//! each an `impl Core` block. The caller (the mount) serialises calls; cluster locks are taken
-//! through `ClusterLocks` by the caller before it touches an inode.
+//! each an `impl Core` block. The caller (the mount) serialises calls and runs each with the
+//! cluster locks of a `LockSet`, taken before; a block whose lock the set lacks fails the call
+//! with `FsError::NeedLock` (see `rights` and `lockset`).
 
 use super::alloc::allocator::{alloc_block, alloc_clusters, free_block, free_clusters};
 use super::alloc::local_alloc;
@@ -10,14 +11,14 @@ use super::dir::DirIndex;
 use super::error::{FsError, Result};
 use super::extent_tree::{self, Tree};
 use super::geometry::Geometry;
-use super::lock::{ClusterLocks, LockMode, LockResource};
+use super::lock::LockMode;
+use super::lockset::LockSet;
 use super::sysfiles::SysFiles;
 use crate::format::extent::ExtentList;
 use crate::format::features::{Features, INCOMPAT_INLINE_DATA, INCOMPAT_SPARSE_ALLOC, RO_COMPAT_UNWRITTEN};
 use crate::format::inline::InlineData;
 use crate::format::inode::*;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// A moment with nanoseconds, as inodes store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +50,8 @@ pub struct Core {
     /// reused for file data at once, so the log must be checkpointed before a replay could write
     /// the old copies over that data.
     pub checkpoint_wanted: bool,
-    /// The cluster-lock seam: every inode is locked (PR to read, EX to change) before the core
-    /// touches it, and the locks of an operation are released when it ends (`end_op`).
-    locks: Arc<dyn ClusterLocks>,
-    held: HashMap<LockResource, LockMode>,
+    /// Directories whose entries the running operation changed: their indexes go if it fails.
+    dirs_changed: Vec<u64>,
     /// Size of the local-alloc window in clusters (0: allocate from the global bitmap).
     pub window_clusters: u32,
 }
@@ -67,7 +66,6 @@ impl Core {
         root: u64,
         sysdir: u64,
         features: Features,
-        locks: Arc<dyn ClusterLocks>,
     ) -> Self {
         let seed = Time::now();
         Core {
@@ -81,8 +79,7 @@ impl Core {
             dirs: HashMap::new(),
             next_generation: seed.nsec ^ seed.sec as u32,
             checkpoint_wanted: false,
-            locks,
-            held: HashMap::new(),
+            dirs_changed: Vec::new(),
             window_clusters: 0,
         }
     }
@@ -103,17 +100,6 @@ impl Core {
         self.geo.cluster_size as u64
     }
 
-    /// Takes `res` at `mode` for the rest of the operation (cached: a lock already held at that
-    /// mode or stronger costs nothing).
-    pub fn lock(&mut self, res: LockResource, mode: LockMode) -> Result<()> {
-        if self.held.get(&res).is_some_and(|&m| m >= mode) {
-            return Ok(());
-        }
-        self.locks.acquire(res, mode)?;
-        self.held.insert(res, mode);
-        Ok(())
-    }
-
     /// Forgets all cached metadata (a cluster mount that gave up its lock: other nodes may now
     /// change any of it). Everything changed here must have been checkpointed.
     pub fn drop_caches(&mut self) {
@@ -121,30 +107,44 @@ impl Core {
         self.dirs.clear();
     }
 
-    /// Starts an operation (its metadata changes can be undone until it ends).
-    pub fn begin_op(&mut self) {
+    /// Forgets what is cached of `owner` (an inode or system file whose lock this node gives
+    /// up); its changes must have been checkpointed.
+    pub fn drop_owner(&mut self, owner: u64) {
+        self.cache.drop_owner(owner);
+        self.dirs.remove(&owner);
+    }
+
+    /// Starts an operation under the cluster locks `held` (its metadata changes can be undone
+    /// until it ends).
+    pub fn begin_op(&mut self, held: &LockSet) {
         self.cache.begin_op();
+        self.cache.rights().hold(held.locks());
+        self.dirs_changed.clear();
     }
 
-    /// Undoes a failed operation's metadata changes; directory indexes are rebuilt on next use
-    /// since they may describe blocks that were just rolled back.
+    /// Undoes a failed operation's metadata changes, and forgets the indexes of the directories
+    /// it changed (the others stay: rebuilding a big directory's index scans all its blocks).
     pub fn abort_op(&mut self) {
-        // A failed lookup changed nothing: keep the indexes (rebuilding a big directory's costs
-        // a scan of all its blocks).
-        if self.cache.abort_op() {
-            self.dirs.clear();
+        self.cache.abort_op();
+        for d in std::mem::take(&mut self.dirs_changed) {
+            self.dirs.remove(&d);
         }
     }
 
-    /// Ends an operation: releases every lock it took.
+    /// Ends an operation: its locks are no longer held.
     pub fn end_op(&mut self) {
-        for (res, mode) in self.held.drain() {
-            self.locks.release(res, mode);
-        }
+        self.cache.rights().hold(&Default::default());
+    }
+
+    /// Before the entries of directory `dir` change: the operation must hold its lock
+    /// exclusive, and the directory's index goes if the operation fails.
+    pub(super) fn changing_dir(&mut self, dir: u64) -> Result<()> {
+        self.cache.check(dir, LockMode::Ex)?;
+        self.dirs_changed.push(dir);
+        Ok(())
     }
 
     pub fn read_inode(&mut self, blkno: u64) -> Result<Inode> {
-        self.lock(LockResource::InodeMeta { blkno }, LockMode::Pr)?;
         let inode = self.cache.read_inode(blkno)?;
         if !inode.is_valid() {
             return Err(FsError::NotFound);
@@ -153,7 +153,6 @@ impl Core {
     }
 
     pub fn write_inode(&mut self, inode: &Inode) -> Result<()> {
-        self.lock(LockResource::InodeMeta { blkno: inode.blkno }, LockMode::Ex)?;
         self.cache.write_inode(inode)
     }
 
@@ -163,9 +162,6 @@ impl Core {
     pub fn alloc_clusters(&mut self, want: u64, goal: Option<u64>) -> Result<(u64, u64)> {
         let want = want.clamp(1, u16::MAX as u64) as u32;
         let la = self.sys.local_alloc[self.sys.slot as usize];
-        self.lock(LockResource::System { blkno: la }, LockMode::Ex)?;
-        // Refilling the window takes the global bitmap lock; so does allocating without one.
-        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         if let Some((c, n)) = local_alloc::alloc(
             &mut self.cache,
             &self.geo,
@@ -203,12 +199,10 @@ impl Core {
     /// Returns the unused clusters of a slot's local-alloc window to the global bitmap.
     pub fn close_local_alloc(&mut self, slot: u16) -> Result<()> {
         let la = self.sys.local_alloc[slot as usize];
-        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         local_alloc::close(&mut self.cache, &self.geo, la, self.sys.global_bitmap)
     }
 
     pub fn free_clusters(&mut self, start_blkno: u64, clusters: u64) -> Result<()> {
-        self.lock(LockResource::System { blkno: self.sys.global_bitmap }, LockMode::Ex)?;
         let c = self.geo.blkno_to_cluster(start_blkno);
         free_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, c, clusters)
     }

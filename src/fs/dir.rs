@@ -62,7 +62,7 @@ impl Core {
                     blkno: dir.blkno,
                     what: format!("directory block {lblk} is not mapped"),
                 })?;
-                self.cache.read(p)
+                self.cache.read(p, dir.blkno)
             }
         }
     }
@@ -74,7 +74,7 @@ impl Core {
                 d.data = data;
                 Ok(())
             }
-            (_, Some(p)) => self.cache.write(p, data),
+            (_, Some(p)) => self.cache.write(p, dir.blkno, data),
             _ => Err(FsError::Corrupt { blkno: dir.blkno, what: "directory block without a location".into() }),
         }
     }
@@ -140,6 +140,7 @@ impl Core {
     /// Adds `name` → `ino`. The caller has checked the name is not present and writes `dir`.
     pub fn dir_add(&mut self, dir: &mut Inode, name: &[u8], ino: u64, file_type: u8) -> Result<()> {
         validate_name(name)?;
+        self.changing_dir(dir.blkno)?;
         let need = rec_len_for(name.len());
         let snapshot = dir.clone();
         self.with_index(&snapshot, |core, idx| loop {
@@ -207,7 +208,7 @@ impl Core {
         let (cluster, _) = self.alloc_clusters(1, None)?;
         let blkno = self.geo.cluster_to_blkno(cluster);
         self.zero_clusters(blkno, 1)?;
-        self.cache.write(blkno, block.clone())?;
+        self.cache.write(blkno, dir.blkno, block.clone())?;
         dir.dyn_features &= !INLINE_DATA_FL;
         dir.id2 = Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(bs)));
         let mut tree = self.load_tree(dir)?;
@@ -244,7 +245,7 @@ impl Core {
             blkno
         };
         let block = build_area(bs, &[]).ok_or(FsError::Invalid("block size"))?;
-        self.cache.write(pblk, block)?;
+        self.cache.write(pblk, dir.blkno, block)?;
         dir.size = (lblk + 1) * bs as u64;
         idx.pblk.push(pblk);
         idx.free.push(bs as u16);
@@ -253,6 +254,7 @@ impl Core {
 
     /// Removes `name` from `dir` (the caller writes `dir`). Returns the inode it named.
     pub fn dir_remove(&mut self, dir: &mut Inode, name: &[u8]) -> Result<u64> {
+        self.changing_dir(dir.blkno)?;
         let snapshot = dir.clone();
         self.with_index(&snapshot, |core, idx| {
             let (loc, ino, _) = idx.names.remove(name).ok_or(FsError::NotFound)?;
@@ -277,6 +279,7 @@ impl Core {
 
     /// Points an existing entry at another inode (rename over an existing name, `..` fix-ups).
     pub fn dir_retarget(&mut self, dir: &mut Inode, name: &[u8], ino: u64, file_type: u8) -> Result<()> {
+        self.changing_dir(dir.blkno)?;
         let snapshot = dir.clone();
         self.with_index(&snapshot, |core, idx| {
             let entry = idx.names.get_mut(name).ok_or(FsError::NotFound)?;
@@ -340,7 +343,7 @@ impl Core {
         let (cluster, _) = self.alloc_clusters(1, None)?;
         let blkno = self.geo.cluster_to_blkno(cluster);
         self.zero_clusters(blkno, 1)?;
-        self.cache.write(blkno, build_area(bs, &entries).ok_or(FsError::Invalid("block size"))?)?;
+        self.cache.write(blkno, dir.blkno, build_area(bs, &entries).ok_or(FsError::Invalid("block size"))?)?;
         let mut tree = self.load_tree(dir)?;
         extent_map::insert(&mut tree.recs, 0, 1, blkno, 0, self.geo.bpc());
         self.store_tree(dir, &mut tree)?;

@@ -111,7 +111,17 @@ impl ClusterLocks for DlmLocks {
     }
 
     fn release(&self, res: LockResource, mode: LockMode) {
-        let guard = self.held.lock().get_mut(&(res, mode)).and_then(Vec::pop);
+        let guard = {
+            let mut held = self.held.lock();
+            let Some(guards) = held.get_mut(&(res, mode)) else { return };
+            let guard = guards.pop();
+            // One entry per lock held now, not per inode ever locked.
+            if guards.is_empty() {
+                held.remove(&(res, mode));
+            }
+            guard
+        };
+        // Dropped outside `held`: releasing may run a downconvert callback.
         drop(guard);
     }
 

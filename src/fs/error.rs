@@ -45,10 +45,11 @@ pub enum FsError {
     Access,
     #[error("read-only filesystem")]
     ReadOnly,
-    /// A cluster mount changed metadata while holding the metadata lock only shared; the caller
-    /// retries the operation with the lock exclusive (never reaches a user).
-    #[error("metadata change under a shared cluster lock")]
-    NeedExclusive,
+    /// A cluster mount met a block whose covering lock the request does not hold at this mode;
+    /// the caller undoes the request, takes the lock with the others and runs it again
+    /// (`lockset::run_locked`; never reaches a user).
+    #[error("cluster lock {0:?} needed at {1:?}")]
+    NeedLock(super::lock::LockResource, super::lock::LockMode),
     #[error("operation not supported")]
     NotSupported,
     #[error("no data or hole past this offset")]

@@ -35,16 +35,19 @@ pub fn load(cache: &mut MetaCache, inode: &Inode) -> Result<Tree> {
     let mut ebs: Vec<Vec<Eb>> = vec![Vec::new(); root.tree_depth as usize];
     let mut recs = Vec::new();
     let mut visits = std::collections::HashSet::new();
-    walk(cache, root, inode.blkno, &mut recs, &mut ebs, &mut visits)?;
+    walk(cache, root, inode.blkno, inode.blkno, &mut recs, &mut ebs, &mut visits)?;
     // The device bounds the volume (checked at mount), which is all the cache lets us see here.
     let limit = cache.dev().size() / cache.block_size() as u64;
     super::extent_map::check_leaves(&recs, inode.blkno, limit)?;
     Ok(Tree { recs, ebs })
 }
 
+/// `parent`: the block holding `list` (for errors); `owner`: the inode whose tree it is.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     cache: &mut MetaCache,
     list: &ExtentList,
+    parent: u64,
     owner: u64,
     recs: &mut Vec<ExtentRec>,
     ebs: &mut Vec<Vec<Eb>>,
@@ -59,11 +62,11 @@ fn walk(
         // again make a single load read millions of blocks before it failed.
         if !visits.insert(rec.blkno) {
             return Err(FsError::Corrupt {
-                blkno: owner,
+                blkno: parent,
                 what: format!("extent block {} appears twice in the tree", rec.blkno),
             });
         }
-        let eb = cache.read_extent_block(rec.blkno)?;
+        let eb = cache.read_extent_block(rec.blkno, owner)?;
         if eb.list.tree_depth + 1 != list.tree_depth {
             return Err(FsError::Corrupt {
                 blkno: rec.blkno,
@@ -73,7 +76,7 @@ fn walk(
         if let Some(level) = ebs.get_mut(eb.list.tree_depth as usize) {
             level.push(Eb { blkno: eb.blkno, slot: eb.suballoc_slot, bit: eb.suballoc_bit, loc: eb.suballoc_loc });
         }
-        walk(cache, &eb.list, rec.blkno, recs, ebs, visits)?;
+        walk(cache, &eb.list, rec.blkno, owner, recs, ebs, visits)?;
     }
     Ok(())
 }
@@ -154,8 +157,8 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
             };
             let mut bytes = vec![0u8; bs];
             block.encode(&mut bytes);
-            if cache.read(eb.blkno).ok().as_deref() != Some(&bytes[..]) {
-                cache.write(eb.blkno, bytes)?;
+            if cache.read(eb.blkno, inode.blkno).ok().as_deref() != Some(&bytes[..]) {
+                cache.write(eb.blkno, inode.blkno, bytes)?;
             }
         }
         let children: Vec<(u64, &Node)> = placed.iter().map(|e| e.blkno).zip(level.iter()).collect();

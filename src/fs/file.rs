@@ -5,6 +5,7 @@
 use super::core::{Core, Time};
 use super::error::{FsError, Result};
 use super::extent_map;
+use super::lock::LockMode;
 use crate::format::extent::{ExtentList, ExtentRec, EXT_UNWRITTEN};
 use crate::format::inline::inline_capacity;
 use crate::format::inode::{Id2, Inode, INLINE_DATA_FL, S_IFMT, S_IFREG};
@@ -56,6 +57,9 @@ impl Core {
     /// Writes `data` at `off`, allocating what is missing; updates size and times in `inode`
     /// (the caller writes it).
     pub fn file_write(&mut self, inode: &mut Inode, off: u64, data: &[u8], now: Time) -> Result<()> {
+        // Data goes to the device before the inode is written: only under the inode's lock
+        // exclusive (so does every data change below).
+        self.cache.check(inode.blkno, LockMode::Ex)?;
         let end = off.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
         if end > self.max_file_size() {
             return Err(FsError::TooBig);
@@ -157,6 +161,7 @@ impl Core {
         if size > self.max_file_size() {
             return Err(FsError::TooBig);
         }
+        self.cache.check(inode.blkno, LockMode::Ex)?;
         if let Id2::Inline(d) = &mut inode.id2 {
             if size as usize <= d.data.len() {
                 let from = (size as usize).min(inode.size as usize);
@@ -215,6 +220,7 @@ impl Core {
         if inode.mode & S_IFMT != S_IFREG {
             return Err(FsError::NotSupported);
         }
+        self.cache.check(inode.blkno, LockMode::Ex)?;
         // On a sparse volume i_size must reach into the last allocated cluster (fsck.ocfs2's
         // INODE_SPARSE_SIZE, ocfs2-format.md §15): clusters wholly past the end of the file
         // cannot be kept, so KEEP_SIZE may only allocate up to the cluster holding i_size.

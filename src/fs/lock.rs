@@ -12,11 +12,15 @@ pub enum LockMode {
     Ex,
 }
 
-/// Lock resources, named by type and block number as OCFS2 names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Lock resources, named by type and block number as OCFS2 names them. Their order is the
+/// global order in which a request takes a set of them (`lockset`): the super lock first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LockResource {
-    /// The superblock (mount/unmount, slot map).
+    /// The superblock: mount, unmount, the slot map and a dead node's recovery.
     Super,
+    /// A system file such as the global bitmap. Before the inode locks: a request mostly
+    /// discovers inodes (a child, a new inode) after its system files.
+    System { blkno: u64 },
     /// Metadata and cached data of one inode.
     InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
@@ -25,8 +29,6 @@ pub enum LockResource {
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
-    /// A system file such as the global bitmap.
-    System { blkno: u64 },
     /// A slot's journal: held at EX by the node mounted in that slot.
     Journal { slot: u16 },
 }

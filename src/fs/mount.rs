@@ -8,6 +8,8 @@ use super::core::Core;
 use super::error::{FsError, Result};
 use super::journal_sink::{open_journal, recover_slot, set_dirty_flag, JournalSink};
 use super::lock::{ClusterLocks, LocalLocks};
+use super::lockset::{run_locked, LockSet};
+use super::rights::Rights;
 use super::sysfiles::SysFiles;
 use super::volume::Volume;
 use crate::dev::BlockDevice;
@@ -24,13 +26,15 @@ pub struct MountConfig {
     pub node: u32,
     /// data=ordered: file data reaches the device before the metadata pointing at it commits.
     pub data_ordered: bool,
-    /// Cluster locks (LocalLocks for a single-node mount).
+    /// Cluster locks (LocalLocks for a single-node mount); the mount's own changes are made
+    /// under them (the caller holds the super lock exclusive).
     pub locks: Arc<dyn ClusterLocks>,
     /// Local-alloc window size in bytes (0: allocate from the global bitmap directly).
     pub local_alloc_bytes: u64,
     /// Cluster mount: the nodes alive in the cluster (this one included). Slots they occupy are
-    /// theirs; only other occupied slots are crashes to recover. None: a single-node mount, where
-    /// every dirty journal and occupied slot is a crash.
+    /// theirs; only other occupied slots are crashes to recover; every metadata block is used
+    /// under its cluster lock (`rights`). None: a single-node mount, where every dirty journal
+    /// and occupied slot is a crash.
     pub live_nodes: Option<Vec<u32>>,
 }
 
@@ -95,7 +99,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
         return Ok(Mounted { core, vol, read_only: true, slot_map: None });
     }
     let slot_map = SlotMapLoc::find(&vol, sys0.slot_map, sb.max_slots as usize, extended)?;
-    let mut map = SlotMap::decode(&vol.dev_read(slot_map.blkno, slot_map.blocks)?, slot_map.slots, extended);
+    let map = SlotMap::decode(&vol.dev_read(slot_map.blkno, slot_map.blocks)?, slot_map.slots, extended);
     let alive = |node: u32| node != cfg.node && cfg.live_nodes.as_ref().is_some_and(|l| l.contains(&node));
     // Every dirty journal of a slot no live node holds is a crash to recover, ours included
     // (§13.8). Replay happens in place before anything else reads the volume.
@@ -119,39 +123,57 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let mut core = new_core(&vol, sys0, cfg, Some(Box::new(sink)));
     core.sys.slot = slot as u16;
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
+    if cfg.live_nodes.is_some() {
+        core.cache.set_rights(Rights::cluster(&core.sys));
+    }
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
     // their local-alloc windows and truncate logs back and free them. Our own slot's window is
     // closed too (it may be left from a crash); a fresh one opens at the first allocation.
-    for (dead, node) in map.occupied().collect::<Vec<_>>() {
-        if node != cfg.node && !alive(node) {
-            tracing::warn!("slot {dead} was left in use by node {node}, which is not alive: recovering it");
-            release_slot(&mut core, &mut map, dead)?;
+    // All of it is undone and run again when it needs one more cluster lock; the slot map is
+    // written in place once it is committed.
+    let map = run_locked(&*cfg.locks, &mut LockSet::default(), |held| {
+        core.begin_op(held);
+        let mut map = map.clone();
+        let r = settle_slots(&mut core, &mut map, slot, cfg.node, alive).and_then(|()| core.cache.commit());
+        match r {
+            Ok(()) => Ok(map),
+            Err(e) => {
+                core.abort_op();
+                Err(e)
+            }
         }
-    }
-    core.close_local_alloc(slot as u16)?;
-    core.flush_truncate_log(slot as u16)?;
-    map.slots[slot] = Some(cfg.node);
+    })?;
+    core.end_op();
     slot_map.write(&mut core, &map)?;
-    for ino in core.orphans_of(slot as u16)? {
-        core.reap_orphan(ino)?;
-    }
-    core.cache.commit()?;
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");
     Ok(Mounted { core, vol, read_only: false, slot_map: Some(slot_map) })
 }
 
-/// Finishes a dead node's slot whose journal was replayed: its orphans, local-alloc window and
-/// truncate log go back, and the slot is marked free in `map` (the caller writes the map).
-fn release_slot(core: &mut Core, map: &mut SlotMap, slot: usize) -> Result<()> {
+/// The mount's changes before it claims `slot` in `map`: crashed slots released, our own
+/// slot's window, truncate log and orphans finished.
+fn settle_slots(core: &mut Core, map: &mut SlotMap, slot: usize, node: u32, alive: impl Fn(u32) -> bool) -> Result<()> {
+    for (dead, owner) in map.occupied().collect::<Vec<_>>() {
+        if owner != node && !alive(owner) {
+            tracing::warn!("slot {dead} was left in use by node {owner}, which is not alive: recovering it");
+            finish_slot(core, dead)?;
+            map.slots[dead] = None;
+        }
+    }
+    finish_slot(core, slot)?;
+    map.slots[slot] = Some(node);
+    Ok(())
+}
+
+/// Finishes what a slot's last user left (its journal replayed): its orphans, local-alloc
+/// window and truncate log go back.
+fn finish_slot(core: &mut Core, slot: usize) -> Result<()> {
     for ino in core.orphans_of(slot as u16)? {
         core.reap_orphan(ino)?;
     }
     core.close_local_alloc(slot as u16)?;
-    core.flush_truncate_log(slot as u16)?;
-    map.slots[slot] = None;
-    Ok(())
+    core.flush_truncate_log(slot as u16)
 }
 
 /// The core over a volume; `sink` None makes it read-only.
@@ -165,16 +187,7 @@ fn new_core(vol: &Volume, sys: SysFiles, cfg: &MountConfig, sink: Option<Box<dyn
         sink,
     );
     let sb = vol.sb();
-    Core::new(
-        cache,
-        vol.geo,
-        sys,
-        vol.fs_generation(),
-        sb.root_blkno,
-        sb.system_dir_blkno,
-        sb.features,
-        cfg.locks.clone(),
-    )
+    Core::new(cache, vol.geo, sys, vol.fs_generation(), sb.root_blkno, sb.system_dir_blkno, sb.features)
 }
 
 /// Where the slot map's entries live: the first blocks of its first extent (§12.1).
@@ -235,42 +248,71 @@ impl Mounted {
         self.core.cache.flush()
     }
 
-    /// Recovers the slot of `node`, which died while the cluster ran (the caller holds the
-    /// metadata lock exclusive): replays its journal, finishes its orphans, returns its
-    /// local-alloc window and truncate log, frees its slot. Returns whether it held a slot.
-    pub fn recover_node(&mut self, node: u32) -> Result<bool> {
-        let Some(loc) = self.slot_map.take() else { return Ok(false) };
-        let r = self.recover_node_at(&loc, node);
-        self.slot_map = Some(loc);
-        r
+    /// Before this node's cluster lock on `owner`'s blocks goes down: our changes to them reach
+    /// their place on the device, where the next holder reads them (the whole journal is
+    /// checkpointed, when they have any); losing read rights too, what we cached of `owner` goes.
+    pub fn yield_lock(&mut self, owner: u64, keep_read: bool) -> Result<()> {
+        // The journal's checkpoint flushes what it wrote in place; the other node reads the
+        // device, so no further flush of ours is needed for it to see the changes.
+        if self.core.cache.unwritten(owner) {
+            self.core.cache.checkpoint()?;
+        }
+        if !keep_read {
+            self.core.drop_owner(owner);
+        }
+        Ok(())
     }
 
-    fn recover_node_at(&mut self, loc: &SlotMapLoc, node: u32) -> Result<bool> {
-        // Replay writes in place: first our own changes, then forget what we cached.
-        self.checkpoint()?;
-        self.core.drop_caches();
+    /// First half of recovering `node`, which died while the cluster ran, while the DLM still
+    /// keeps its locks from everyone (the caller holds the super lock exclusive): replays the
+    /// journal of its slot in place and marks the slot free. Every block in that journal is
+    /// covered by a lock the dead node held exclusive, so nobody has them cached; our caches go
+    /// anyway. Returns the slot, if it held one.
+    pub fn replay_node(&mut self, node: u32) -> Result<Option<usize>> {
+        let Some(loc) = &self.slot_map else { return Ok(None) };
         let mut map = loc.read(&mut self.core)?;
-        let Some(slot) = map.slots.iter().position(|s| *s == Some(node)) else { return Ok(false) };
-        tracing::warn!("node {node} died: recovering its slot {slot}");
+        let Some(slot) = map.slots.iter().position(|s| *s == Some(node)) else { return Ok(None) };
+        tracing::warn!("node {node} died: replaying the journal of its slot {slot}");
         recover_slot(&self.vol, self.core.sys.journal[slot])?;
-        self.core.drop_caches();
-        release_slot(&mut self.core, &mut map, slot)?;
+        map.slots[slot] = None;
         loc.write(&mut self.core, &map)?;
-        self.checkpoint()?;
-        tracing::info!("slot {slot} of node {node} recovered");
+        self.core.drop_caches();
+        Ok(Some(slot))
+    }
+
+    /// Second half, as an ordinary operation under cluster locks once the cluster runs again
+    /// (as OCFS2's ocfs2_complete_recovery), with the super lock exclusive among them: the dead
+    /// node's orphans, local-alloc window and truncate log go back — unless a node mounted in
+    /// the slot meanwhile, which did that at its mount. Returns whether it did.
+    pub fn finish_recovery(&mut self, slot: usize) -> Result<bool> {
+        let Some(loc) = &self.slot_map else { return Ok(false) };
+        if loc.read(&mut self.core)?.slots.get(slot).copied().flatten().is_some() {
+            return Ok(false);
+        }
+        finish_slot(&mut self.core, slot)?;
+        tracing::info!("slot {slot} recovered");
         Ok(true)
     }
 
-    /// Clean unmount: checkpoint, release the slot, mark the journal clean (§13.9 step 5).
+    /// First step of a clean unmount, an ordinary operation (on a cluster mount under the locks
+    /// of the window and the global bitmap): this node's local-alloc window goes back.
+    pub fn close_window(&mut self) -> Result<()> {
+        if self.slot_map.is_none() {
+            return Ok(());
+        }
+        self.core.close_local_alloc(self.core.sys.slot)
+    }
+
+    /// Clean unmount once the window is closed (`close_window`): checkpoint, release the slot,
+    /// mark the journal clean (§13.9 step 5).
     pub fn unmount(mut self) -> Result<()> {
         let Some(loc) = self.slot_map.take() else { return Ok(()) };
+        self.checkpoint()?;
         let mut map = loc.read(&mut self.core)?;
         if let Some(s) = map.slots.get_mut(self.core.sys.slot as usize) {
             *s = None;
         }
         loc.write(&mut self.core, &map)?;
-        self.core.close_local_alloc(self.core.sys.slot)?;
-        self.checkpoint()?;
         set_dirty_flag(&self.vol, self.core.sys.journal[self.core.sys.slot as usize], false)?;
         tracing::info!("unmounted cleanly");
         Ok(())

@@ -6,6 +6,7 @@
 use super::core::{Core, Time};
 use super::dir::validate_name;
 use super::error::{FsError, Result};
+use super::lock::LockMode;
 use crate::format::dirent::{file_type_of_mode, FT_DIR};
 use crate::format::extent::ExtentList;
 use crate::format::inode::*;
@@ -161,6 +162,7 @@ impl Core {
         if inode.is_dir() {
             return Err(FsError::NotPermitted);
         }
+        self.cache.check(ino, LockMode::Ex)?;
         if inode.links_count >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
@@ -175,6 +177,22 @@ impl Core {
         set_ctime(&mut inode, now);
         self.write_inode(&inode)?;
         Ok(inode)
+    }
+
+    /// Checks the cluster locks `drop_link` will need, before the operation changes any
+    /// directory: a request that needs one more lock reruns, and the directories it changed
+    /// lose their indexes (a big one's rebuild scans all its blocks).
+    fn check_drop_link(&self, inode: &Inode, open: bool) -> Result<()> {
+        self.cache.check(inode.blkno, LockMode::Ex)?;
+        if (inode.is_dir() || inode.links_count <= 1) && !open {
+            if let Some(alloc) = self.sys.inode_alloc_of(inode.suballoc_slot) {
+                self.cache.check(alloc, LockMode::Ex)?;
+            }
+            if inode.clusters > 0 {
+                self.cache.check(self.sys.global_bitmap, LockMode::Ex)?;
+            }
+        }
+        Ok(())
     }
 
     /// Drops one link of `inode`; at zero links it is deleted, or orphaned while `open` says it
@@ -235,10 +253,13 @@ impl Core {
     pub fn unlink(&mut self, parent: u64, name: &[u8], is_open: impl Fn(u64) -> bool, now: Time) -> Result<()> {
         let mut dir = self.dir_inode(parent)?;
         let (ino, _) = self.dir_lookup(&dir, name)?.ok_or(FsError::NotFound)?;
+        // It changes: ask for its lock exclusive at once rather than shared first.
+        self.cache.check(ino, LockMode::Ex)?;
         let inode = self.read_inode(ino)?;
         if inode.is_dir() {
             return Err(FsError::IsDir);
         }
+        self.check_drop_link(&inode, is_open(ino))?;
         self.dir_remove(&mut dir, name)?;
         set_mtime(&mut dir, now);
         self.write_inode(&dir)?;
@@ -254,6 +275,7 @@ impl Core {
         }
         let mut dir = self.dir_inode(parent)?;
         let (ino, _) = self.dir_lookup(&dir, name)?.ok_or(FsError::NotFound)?;
+        self.cache.check(ino, LockMode::Ex)?;
         let inode = self.read_inode(ino)?;
         if !inode.is_dir() {
             return Err(FsError::NotDir);
@@ -261,6 +283,7 @@ impl Core {
         if !self.dir_is_empty(&inode)? {
             return Err(FsError::NotEmpty);
         }
+        self.check_drop_link(&inode, false)?;
         self.dir_remove(&mut dir, name)?;
         dir.links_count = dir.links_count.saturating_sub(1);
         set_mtime(&mut dir, now);
@@ -311,12 +334,14 @@ impl Core {
         if src.is_dir() && from_dir != to_dir && self.is_ancestor(src_ino, to_dir)? {
             return Err(FsError::Invalid("a directory cannot move into itself"));
         }
+        self.cache.check(src_ino, LockMode::Ex)?;
         if flags.exchange {
             let (dst_ino, dst_ft) = dst.ok_or(FsError::NotFound)?;
             let other = self.read_inode(dst_ino)?;
             if other.is_dir() && from_dir != to_dir && self.is_ancestor(dst_ino, from_dir)? {
                 return Err(FsError::Invalid("a directory cannot move into itself"));
             }
+            self.cache.check(dst_ino, LockMode::Ex)?;
             let mut sd = self.read_inode(from_dir)?;
             self.dir_retarget(&mut sd, from, dst_ino, dst_ft)?;
             self.write_inode(&sd)?;
@@ -350,6 +375,7 @@ impl Core {
                 (true, true) if !self.dir_is_empty(&victim)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
+            self.check_drop_link(&victim, is_open(dst_ino))?;
             let mut dd = self.read_inode(to_dir)?;
             self.dir_retarget(&mut dd, to, src_ino, src_ft)?;
             if victim.is_dir() {

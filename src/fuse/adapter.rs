@@ -11,6 +11,7 @@ use crate::fs::core::Time;
 use crate::fs::error::FsError;
 use crate::fs::file::Seek;
 use crate::fs::lock::{ClusterLocks, LockMode, LockResource};
+use crate::fs::lockset::{run_locked, LockSet};
 use crate::fs::mount::Mounted;
 use crate::fs::namei::{Caller, RenameFlags as CoreRename, SetAttr};
 use fuser::*;
@@ -43,6 +44,11 @@ pub struct O2Fuse {
     state: Arc<Mutex<State>>,
     /// Set on a cluster mount: the locks every request takes first.
     cluster: Option<Arc<dyn ClusterLocks>>,
+    /// The lock of this node's inode allocator, which creates take (and removals, which
+    /// mostly free inodes this node made).
+    inode_alloc: LockResource,
+    /// The lock of this node's local-alloc window, which every change may allocate from.
+    local_alloc: LockResource,
     ttl: Duration,
     root: u64,
     cluster_size: u64,
@@ -82,10 +88,10 @@ impl O2Fuse {
         Self::build(mounted, opts, None)
     }
 
-    /// A cluster mount: every request first takes the volume's metadata lock through `locks`
-    /// (one lock over all metadata for now; per-inode locks are the next step) — PR to read, EX
-    /// to change. Before the lock is given up, this node's changes are checkpointed in place
-    /// and, when it loses read rights, its caches dropped; a dead node's slot is recovered here
+    /// A cluster mount: every request runs under the cluster locks of the inodes and system
+    /// files it touches, taken through `locks` (PR to read, EX to change; see `with`). Before a
+    /// lock is given up this node's changes are checkpointed in place and, when it loses read
+    /// rights, what it cached under the lock is dropped; a dead node's slot is recovered here
     /// when the cluster picks this node to do it.
     pub fn new_clustered(mounted: Mounted, opts: &MountOptions, locks: Arc<dyn ClusterLocks>) -> Self {
         Self::build(mounted, opts, Some(locks))
@@ -93,6 +99,9 @@ impl O2Fuse {
 
     fn build(mounted: Mounted, opts: &MountOptions, cluster: Option<Arc<dyn ClusterLocks>>) -> Self {
         let root = mounted.core.root;
+        let slot = mounted.core.sys.slot as usize;
+        let inode_alloc = LockResource::System { blkno: mounted.core.sys.inode_alloc[slot] };
+        let local_alloc = LockResource::System { blkno: mounted.core.sys.local_alloc[slot] };
         let cluster_size = mounted.core.cs();
         let read_only = mounted.read_only;
         let state = Arc::new(Mutex::new(State { mounted: Some(mounted), open: HashMap::new() }));
@@ -105,6 +114,8 @@ impl O2Fuse {
         O2Fuse {
             state,
             cluster,
+            inode_alloc,
+            local_alloc,
             ttl,
             root,
             cluster_size,
@@ -137,73 +148,31 @@ impl O2Fuse {
     }
 
     /// Runs `f` on the mounted core; commits its metadata; maps errors (a corruption may turn
-    /// the mount read-only, as errors=remount-ro says). On a cluster mount the volume's metadata
-    /// lock is taken first, outside the core's mutex (PR for a request that only reads, EX for
-    /// one that changes); a request that turns out to change metadata under PR is undone and
-    /// run again under EX.
+    /// the mount read-only, as errors=remount-ro says). On a cluster mount `f` runs under a set
+    /// of cluster locks taken outside the core's mutex: first the locks of `seeds` (EX for a
+    /// request that changes them, with this node's local-alloc window, else PR), then, each time `f` meets a block whose lock the
+    /// set lacks, `f` is undone and run again with the grown set (`lockset::run_locked`).
     fn with<T>(
         &self,
         mutating: bool,
+        seeds: &[LockResource],
         mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
     ) -> Result<T, Errno> {
         if mutating && self.read_only.load(Ordering::Relaxed) {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
-        let mut exclusive = mutating;
-        loop {
-            let Some(locks) = &self.cluster else { return self.attempt(true, &mut f).map_err(|e| self.failed(e)) };
-            let mode = if exclusive { LockMode::Ex } else { LockMode::Pr };
-            locks.acquire(LockResource::Super, mode).map_err(|e| self.failed(e))?;
-            let r = self.attempt(exclusive, &mut f);
-            locks.release(LockResource::Super, mode);
-            match r {
-                Err(FsError::NeedExclusive) if !exclusive => exclusive = true,
-                r => return r.map_err(|e| self.failed(e)),
-            }
+        let Some(locks) = &self.cluster else {
+            return attempt(&self.state, &LockSet::default(), &mut f).map_err(|e| self.failed(e));
+        };
+        let mode = if mutating { LockMode::Ex } else { LockMode::Pr };
+        let mut set = LockSet::default();
+        for &res in seeds {
+            set.want(res, mode);
         }
-    }
-
-    /// One run of a request on the core, undone if it fails.
-    fn attempt<T>(
-        &self,
-        exclusive: bool,
-        f: &mut impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
-    ) -> crate::fs::Result<T> {
-        let mut st = self.state.lock();
-        let State { mounted, open } = &mut *st;
-        let Some(m) = mounted.as_mut() else { return Err(FsError::Dev(crate::dev::DevError::Fenced)) };
-        m.core.cache.set_exclusive(exclusive);
-        // Operations join the running transaction; it commits every `commit=` seconds, at
-        // fsync, when it grows large, or at once with a checkpoint when freed clusters held
-        // journaled metadata (see Core::checkpoint_wanted).
-        m.core.begin_op();
-        // A bug must not take the daemon down: a panicking operation fails with EIO, its
-        // changes are undone, and the mount turns read-only since in-memory state is suspect.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *m, &mut *open))).unwrap_or_else(|p| {
-            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-            Err(FsError::Corrupt { blkno: 0, what: format!("internal error: {}", what.unwrap_or_default()) })
-        });
-        // A failed operation leaves nothing behind: its metadata changes are undone (the
-        // clusters it allocated are back in the bitmap with them).
-        if let Err(e) = &r {
-            m.core.abort_op();
-            // A change refused half-way may have reached the in-memory indexes already.
-            if matches!(e, FsError::NeedExclusive) {
-                m.core.drop_caches();
-            }
+        if mutating {
+            set.want(self.local_alloc, LockMode::Ex);
         }
-        let r = r.and_then(|v| {
-            if m.core.checkpoint_wanted || m.core.cache.checkpoint_due() {
-                m.core.checkpoint_wanted = false;
-                m.checkpoint()?;
-            } else if m.core.cache.transaction_full() {
-                m.core.cache.commit()?;
-            }
-            Ok(v)
-        });
-        m.core.end_op();
-        m.core.cache.set_exclusive(true);
-        r
+        run_locked(&**locks, &mut set, |held| attempt(&self.state, held, &mut f)).map_err(|e| self.failed(e))
     }
 
     /// Maps a failed request's error; a corruption may turn the mount read-only
@@ -245,38 +214,86 @@ impl O2Fuse {
     }
 }
 
-/// The cluster mount's side of its locks: checkpoint before the metadata lock goes (others
-/// read the volume next), forget the caches when read rights go too, and recover dead nodes'
-/// slots under the lock taken exclusive.
+/// One run of a request on the core under the cluster locks `held`, undone if it fails.
+fn attempt<T>(
+    state: &Mutex<State>,
+    held: &LockSet,
+    f: &mut impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+) -> crate::fs::Result<T> {
+    let mut st = state.lock();
+    let State { mounted, open } = &mut *st;
+    let Some(m) = mounted.as_mut() else { return Err(FsError::Dev(crate::dev::DevError::Fenced)) };
+    // Operations join the running transaction; it commits every `commit=` seconds, at
+    // fsync, when it grows large, or at once with a checkpoint when freed clusters held
+    // journaled metadata (see Core::checkpoint_wanted).
+    m.core.begin_op(held);
+    // A bug must not take the daemon down: a panicking operation fails with EIO, its
+    // changes are undone, and the mount turns read-only since in-memory state is suspect.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *m, &mut *open))).unwrap_or_else(|p| {
+        let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        Err(FsError::Corrupt { blkno: 0, what: format!("internal error: {}", what.unwrap_or_default()) })
+    });
+    // A failed operation leaves nothing behind: its metadata changes are undone (the
+    // clusters it allocated are back in the bitmap with them).
+    if r.is_err() {
+        m.core.abort_op();
+    }
+    let r = r.and_then(|v| {
+        if m.core.checkpoint_wanted || m.core.cache.checkpoint_due() {
+            m.core.checkpoint_wanted = false;
+            m.checkpoint()?;
+        } else if m.core.cache.transaction_full() {
+            m.core.cache.commit()?;
+        }
+        Ok(v)
+    });
+    m.core.end_op();
+    r
+}
+
+/// The cluster mount's side of its locks: before a lock on an inode or system file goes down,
+/// this node's changes go in place (others read them there next) and, when read rights go
+/// too, what it cached of that inode goes; a dead node's slot is recovered here when the cluster
+/// picks this node to do it.
 fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<State>>) {
     let st = state.clone();
     locks.on_downconvert(Box::new(move |res, mode| {
-        if res != LockResource::Super {
-            return;
-        }
-        tracing::debug!(?mode, "metadata lock wanted elsewhere: checkpointing before the downconvert");
+        // The super lock covers only the slot map, which is never cached.
+        let (LockResource::InodeMeta { blkno } | LockResource::System { blkno }) = res else { return };
+        tracing::trace!(?res, ?mode, "cluster lock wanted elsewhere");
         if let Some(m) = st.lock().mounted.as_mut() {
-            if let Err(e) = m.checkpoint() {
-                tracing::error!("checkpoint before giving up the metadata lock: {e}");
-            }
-            if mode == LockMode::Nl {
-                m.core.drop_caches();
+            if let Err(e) = m.yield_lock(blkno, mode != LockMode::Nl) {
+                tracing::error!("checkpoint before giving up {res:?}: {e}");
             }
         }
     }));
     let (st, weak) = (state.clone(), Arc::downgrade(locks));
     locks.on_recovery(Box::new(move |node| {
         let Some(locks) = weak.upgrade() else { return };
+        // The DLM keeps the dead node's locks from everyone until this returns: replay its
+        // journal now, under the super lock...
         if let Err(e) = locks.acquire(LockResource::Super, LockMode::Ex) {
             tracing::error!("recovering node {node}: {e}");
             return;
         }
-        if let Some(m) = st.lock().mounted.as_mut() {
-            if let Err(e) = m.recover_node(node) {
+        let replayed = st.lock().mounted.as_mut().map(|m| m.replay_node(node));
+        locks.release(LockResource::Super, LockMode::Ex);
+        let slot = match replayed {
+            Some(Ok(Some(slot))) => slot,
+            Some(Err(e)) => return tracing::error!("recovering node {node}: {e}"),
+            _ => return,
+        };
+        // ...and finish its slot as an ordinary request once the cluster runs again: it needs
+        // the locks of the inodes and allocators it touches, which may wait for others.
+        let st = st.clone();
+        std::thread::spawn(move || {
+            let mut set = LockSet::default();
+            set.want(LockResource::Super, LockMode::Ex);
+            let finish = &mut |m: &mut Mounted, _: &mut HashMap<u64, u32>| m.finish_recovery(slot);
+            if let Err(e) = run_locked(&*locks, &mut set, |held| attempt(&st, held, finish)) {
                 tracing::error!("recovering node {node}: {e}");
             }
-        }
-        locks.release(LockResource::Super, LockMode::Ex);
+        });
     }));
 }
 
@@ -308,6 +325,11 @@ fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval
     });
 }
 
+/// The lock of inode `blkno`'s metadata.
+fn meta(blkno: u64) -> LockResource {
+    LockResource::InodeMeta { blkno }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
@@ -315,7 +337,12 @@ fn caller(req: &Request) -> Caller {
 impl Filesystem for O2Fuse {
     fn destroy(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // A cluster mount changes the slot map on its way out: under the metadata lock.
+        // The local-alloc window goes back as an ordinary request (a cluster mount takes the
+        // window's and the global bitmap's locks); the rest changes the slot map, under the
+        // super lock on a cluster mount.
+        if let Err(e) = self.with(false, &[], |m, _| m.close_window()) {
+            tracing::error!("unmount: closing the local-alloc window: {e:?}");
+        }
         let locked = self.cluster.as_ref().map(|l| (l.acquire(LockResource::Super, LockMode::Ex), l));
         if let Some((Err(e), _)) = &locked {
             tracing::error!("unmount: {e}");
@@ -334,7 +361,7 @@ impl Filesystem for O2Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = self.blk(parent);
-        match self.with(false, |m, _| m.core.lookup(parent, name.as_bytes())) {
+        match self.with(false, &[meta(parent)], |m, _| m.core.lookup(parent, name.as_bytes())) {
             Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
@@ -342,7 +369,7 @@ impl Filesystem for O2Fuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let blk = self.blk(ino);
-        match self.with(false, |m, _| m.core.read_inode(blk)) {
+        match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
             Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
@@ -377,7 +404,7 @@ impl Filesystem for O2Fuse {
             mtime: time_or_now(mtime, now),
             ctime: ctime.map(to_time),
         };
-        match self.with(true, |m, _| m.core.setattr(blk, change, now)) {
+        match self.with(true, &[meta(blk)], |m, _| m.core.setattr(blk, change, now)) {
             Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
@@ -385,7 +412,7 @@ impl Filesystem for O2Fuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let blk = self.blk(ino);
-        match self.with(false, |m, _| m.core.readlink(blk)) {
+        match self.with(false, &[meta(blk)], |m, _| m.core.readlink(blk)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -395,7 +422,9 @@ impl Filesystem for O2Fuse {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = (mode & !umask & 0o7777) as u16 | (mode as u16 & S_IFMT);
-        match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, rdev as u64, who, Time::now())) {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
+            m.core.create(parent, name.as_bytes(), mode, rdev as u64, who, Time::now())
+        }) {
             Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
@@ -405,7 +434,9 @@ impl Filesystem for O2Fuse {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = crate::format::inode::S_IFDIR | (mode & !umask & 0o7777) as u16;
-        match self.with(true, |m, _| m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())) {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
+            m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())
+        }) {
             Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
@@ -413,8 +444,9 @@ impl Filesystem for O2Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
-        match self.with(true, |m, open| m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now()))
-        {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
+            m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now())
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -422,7 +454,9 @@ impl Filesystem for O2Fuse {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
-        match self.with(true, |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now())) {
+        match self
+            .with(true, &[meta(parent), self.inode_alloc], |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now()))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -431,7 +465,7 @@ impl Filesystem for O2Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let parent = self.blk(parent);
         let who = caller(req);
-        match self.with(true, |m, _| {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
             m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())
         }) {
             Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
@@ -457,7 +491,7 @@ impl Filesystem for O2Fuse {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        match self.with(true, |m, open| {
+        match self.with(true, &[meta(p), meta(np), self.inode_alloc], |m, open| {
             m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())
         }) {
             Ok(()) => reply.ok(),
@@ -467,7 +501,7 @@ impl Filesystem for O2Fuse {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let (blk, np) = (self.blk(ino), self.blk(newparent));
-        match self.with(true, |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
+        match self.with(true, &[meta(blk), meta(np)], |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
             Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
             Err(e) => reply.error(e),
         }
@@ -475,7 +509,7 @@ impl Filesystem for O2Fuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let blk = self.blk(ino);
-        match self.with(false, |m, open| {
+        match self.with(false, &[meta(blk)], |m, open| {
             m.core.read_inode(blk)?;
             *open.entry(blk).or_insert(0) += 1;
             Ok(())
@@ -497,7 +531,7 @@ impl Filesystem for O2Fuse {
         reply: ReplyData,
     ) {
         let blk = self.blk(ino);
-        match self.with(false, |m, _| {
+        match self.with(false, &[meta(blk)], |m, _| {
             let inode = m.core.read_inode(blk)?;
             m.core.file_read(&inode, offset, size as u64)
         }) {
@@ -522,7 +556,7 @@ impl Filesystem for O2Fuse {
         // O_APPEND: the end of the file as the volume has it now, under the lock, rather than
         // the size the kernel knew (on a cluster mount another node may have appended since).
         let append = flags.0 & O_APPEND != 0;
-        match self.with(true, |m, _| {
+        match self.with(true, &[meta(blk)], |m, _| {
             let mut inode = m.core.read_inode(blk)?;
             if inode.mode & S_IFMT != S_IFREG {
                 return Err(FsError::Invalid("write to a non-regular file"));
@@ -551,7 +585,7 @@ impl Filesystem for O2Fuse {
         reply: ReplyEmpty,
     ) {
         let blk = self.blk(ino);
-        let r = self.with(false, |m, open| {
+        let r = self.with(false, &[meta(blk)], |m, open| {
             let last = match open.get_mut(&blk) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -577,7 +611,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.with(false, |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
+        match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -585,7 +619,7 @@ impl Filesystem for O2Fuse {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let blk = self.blk(ino);
-        match self.with(false, |m, _| {
+        match self.with(false, &[meta(blk)], |m, _| {
             let dir = m.core.read_inode(blk)?;
             m.core.dir_list(&dir, offset)
         }) {
@@ -607,14 +641,14 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.with(false, |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
+        match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.with(false, |m, _| m.core.statfs()) {
+        match self.with(false, &[], |m, _| m.core.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks,
                 s.free,
@@ -654,7 +688,7 @@ impl Filesystem for O2Fuse {
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let blk = self.blk(ino);
         let (uid, gid) = (req.uid(), req.gid());
-        match self.with(false, |m, _| m.core.read_inode(blk)) {
+        match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
             Ok(inode) => {
                 let want = mask.bits() as u16 & 0o7;
                 let bits = if uid == 0 {
@@ -694,7 +728,7 @@ impl Filesystem for O2Fuse {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
-        match self.with(true, |m, open| {
+        match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
             let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
             *open.entry(inode.blkno).or_insert(0) += 1;
             Ok(inode)
@@ -726,7 +760,7 @@ impl Filesystem for O2Fuse {
         {
             return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
         }
-        match self.with(true, |m, _| {
+        match self.with(true, &[meta(blk)], |m, _| {
             let mut inode = m.core.read_inode(blk)?;
             m.core.file_fallocate(
                 &mut inode,
@@ -750,7 +784,7 @@ impl Filesystem for O2Fuse {
             SEEK_HOLE => Seek::Hole,
             _ => return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL)),
         };
-        match self.with(false, |m, _| {
+        match self.with(false, &[meta(blk)], |m, _| {
             let inode = m.core.read_inode(blk)?;
             m.core.file_seek(&inode, offset.max(0) as u64, what)
         }) {

@@ -29,7 +29,7 @@ pub fn groups_of(cache: &mut MetaCache, alloc: &Inode) -> Result<Vec<u64>> {
                 return Err(FsError::Corrupt { blkno: alloc.blkno, what: "chain loops".into() });
             }
             out.push(blkno);
-            blkno = cache.read_group(blkno)?.next_group;
+            blkno = cache.read_group(blkno, alloc.blkno)?.next_group;
         }
     }
     Ok(out)
@@ -49,7 +49,7 @@ pub fn alloc_bits(
     let mut groups = preferred.to_vec();
     groups.extend(groups_of(cache, &alloc)?);
     for gblk in groups {
-        let mut gd = cache.read_group(gblk)?;
+        let mut gd = cache.read_group(gblk, alloc_blkno)?;
         if gd.parent_dinode != alloc_blkno || (gd.free_bits_count as u32) < min {
             continue;
         }
@@ -78,7 +78,7 @@ pub fn alloc_bits(
 /// Clears `count` bits from `bit` in group `gblk` of allocator `alloc_blkno`.
 pub fn free_bits(cache: &mut MetaCache, alloc_blkno: u64, gblk: u64, bit: u32, count: u32) -> Result<()> {
     let mut alloc = cache.read_inode(alloc_blkno)?;
-    let mut gd = cache.read_group(gblk)?;
+    let mut gd = cache.read_group(gblk, alloc_blkno)?;
     if gd.parent_dinode != alloc_blkno {
         return Err(FsError::Corrupt {
             blkno: gblk,
