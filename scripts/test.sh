@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --locked
-cargo test --workspace --locked -- --test-threads=2
+# The issue's full figure for the two-node creates (tests/cluster_workloads.rs; quicker default).
+O2FS_CREATES=10000 cargo test --workspace --locked -- --test-threads=2
