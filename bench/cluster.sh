@@ -265,13 +265,5 @@ echo
 echo "$notes"
 
 if [ "$record" = 1 ]; then
-  {
-    echo
-    echo "## Two nodes, $(date -u +%Y-%m-%d), $(nproc) cores (\`bench/cluster.sh\`$([ "${QUICK:-0}" = 1 ] && echo ', QUICK=1'))"
-    echo
-    echo "$table"
-    echo
-    echo "$notes"
-  } >>bench/RESULTS.md
-  echo "recorded in bench/RESULTS.md"
+  record_results "Two nodes, $(date -u +%Y-%m-%d), $(nproc) cores (\`bench/cluster.sh\`$([ "${QUICK:-0}" = 1 ] && echo ', QUICK=1'))"
 fi

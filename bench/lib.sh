@@ -73,6 +73,21 @@ forget_pid() { # PID: reaped, so cleanup must never signal it (the number may be
   pids=("${keep[@]}")
 }
 
+record_results() { # HEADING [LINE...]: appends to bench/RESULTS.md the heading, the lines, $table and $notes
+  local heading=$1
+  shift
+  {
+    echo
+    echo "## $heading"
+    echo
+    if [ $# -gt 0 ]; then printf '%s\n' "$@"; echo; fi
+    echo "$table"
+    echo
+    echo "$notes"
+  } >>bench/RESULTS.md
+  echo "recorded in bench/RESULTS.md"
+}
+
 cleanup() {
   local i
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do unmount "${mounts[i]}"; done

@@ -283,16 +283,7 @@ if [ "$record" = 1 ]; then
   mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
   cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   fs=$(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$work" | tr -s " ")
-  {
-    echo
-    echo "## FUSE workloads, $(date -u +%Y-%m-%d), $(nproc) cores (\`bench/run.sh\`$([ "${QUICK:-0}" = 1 ] && echo ', QUICK=1'))"
-    echo
-    echo "Machine: $cpu, $(nproc) cores, $mem RAM, kernel $(uname -r); images and the host directory on $fs."
-    echo "$(fio --version), $(dpkg-query -W -f '${Package} ${Version}' fuse2fs), libfuse3 $(pkg-config --modversion fuse3)."
-    echo
-    echo "$table"
-    echo
-    echo "$notes"
-  } >>bench/RESULTS.md
-  echo "recorded in bench/RESULTS.md"
+  record_results "FUSE workloads, $(date -u +%Y-%m-%d), $(nproc) cores (\`bench/run.sh\`$([ "${QUICK:-0}" = 1 ] && echo ', QUICK=1'))" \
+    "Machine: $cpu, $(nproc) cores, $mem RAM, kernel $(uname -r); images and the host directory on $fs." \
+    "$(fio --version), $(dpkg-query -W -f '${Package} ${Version}' fuse2fs), libfuse3 $(pkg-config --modversion fuse3)."
 fi

@@ -49,9 +49,7 @@ fn two_nodes_see_each_others_changes_at_once() {
     }
     assert_eq!(read(&d0.join("dir/y7")), b"y7");
     assert_eq!(read(&d1.join("dir/x7")), b"x7");
-    m1.unmount().unwrap();
-    m0.unmount().unwrap();
-    common::assert_fsck_ocfs2_clean(&s.image);
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
 
 #[test]
@@ -60,12 +58,7 @@ fn survivor_recovers_a_killed_node() {
     let (mut m0, d0) = s.mount(0);
     let (mut m1, d1) = s.mount(1);
     // n1 writes and fsyncs, then keeps writing without fsync, then dies.
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(d1.join("durable")).unwrap();
-        f.write_all(&vec![5u8; 100_000]).unwrap();
-        f.sync_all().unwrap();
-    }
+    write_synced(&d1.join("durable"), &vec![5u8; 100_000]).unwrap();
     for i in 0..50 {
         std::fs::write(d1.join(format!("f{i}")), vec![i as u8; 5000]).unwrap();
     }
@@ -79,9 +72,7 @@ fn survivor_recovers_a_killed_node() {
     // The dead node's slot is free again: it can mount anew.
     let (mut m1, d1b) = s.mount(1);
     assert_eq!(read(&d1b.join("after")), b"survivor");
-    m1.unmount().unwrap();
-    m0.unmount().unwrap();
-    common::assert_fsck_ocfs2_clean(&s.image);
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
 
 #[test]
@@ -127,10 +118,9 @@ fn three_nodes_and_a_shared_append_only_log() {
     for (_, dir) in &mounts {
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1 + 1 + 3 * 50, "lost+found, the log, 150 files");
     }
-    for (mut m, _) in mounts.into_iter().rev() {
-        m.unmount().unwrap();
-    }
-    common::assert_fsck_ocfs2_clean(&s.image);
+    let mut nodes: Vec<Mount> = mounts.into_iter().map(|(m, _)| m).collect();
+    let mut nodes: Vec<&mut Mount> = nodes.iter_mut().collect();
+    s.unmount_and_judge(&mut nodes);
 }
 
 #[test]
@@ -334,9 +324,7 @@ fn nodes_in_separate_directories_work_without_lock_traffic() {
             assert_eq!(read(&d.join(format!("dir{tag}/f{}", N - 1))), format!("{tag}:{}", N - 1).as_bytes());
         }
     }
-    m1.unmount().unwrap();
-    m0.unmount().unwrap();
-    common::assert_fsck_ocfs2_clean(&s.image);
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
 
 /// The number after `what` in a daemon's log (its lines carry colour codes).
@@ -428,7 +416,5 @@ fn exclusive_create_is_won_by_exactly_one_node() {
             won[1][round]
         );
     }
-    m1.unmount().unwrap();
-    m0.unmount().unwrap();
-    common::assert_fsck_ocfs2_clean(&s.image);
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }

@@ -36,8 +36,7 @@ fn a_second_daemon_with_a_running_nodes_name_is_refused() {
     // The running node is undisturbed, and the volume holds one mount.
     std::fs::write(d0.join("after"), b"still n0").unwrap();
     assert_eq!(read(&d0.join("before")), b"n0");
-    m0.unmount().unwrap();
-    common::assert_fsck_ocfs2_clean(&s.image);
+    s.unmount_and_judge(&mut [&mut m0]);
 }
 
 #[test]

@@ -78,6 +78,14 @@ impl Shared {
         let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
+
+    /// Unmounts every node (highest first) and judges the image with fsck.ocfs2.
+    pub fn unmount_and_judge(&self, mounts: &mut [&mut Mount]) {
+        for m in mounts.iter_mut().rev() {
+            m.unmount().unwrap();
+        }
+        super::assert_fsck_ocfs2_clean(&self.image);
+    }
 }
 
 /// Two nodes on the mirror: each mounts its own replica (`o2fs mount -r`), on `net`.1 and
