@@ -328,7 +328,7 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let unmount_failed = fs.unmount_failed();
-    let session = fuser::Session::new(fs, dir, &fuse_config(&source.name(), opts))
+    let session = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&source.name(), opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session_result(session.run(), &unmount_failed);
@@ -438,7 +438,7 @@ fn serve_cluster(
     locks.release(LockResource::Super, LockMode::Ex);
     let admin_mirror = mirror.as_ref().map(|(m, _)| m.clone());
     stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), admin_mirror)?;
-    let session = fuser::Session::new(fs, dir, &fuse_config(&name, opts))
+    let session = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&name, opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session_result(session.run(), &unmount_failed);

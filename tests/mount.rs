@@ -908,6 +908,19 @@ fn clustered_volume_heartbeats_while_mounted() {
     assert!(mounted(&v).contains("Not mounted"));
 }
 
+/// The kernel shows the mount as type fuse.o2fs (as fstab and `mount -t` name it), so
+/// `umount -t fuse.o2fs` finds it.
+#[test]
+fn mounts_as_type_fuse_o2fs() {
+    let v = Vol::new("4096", "4096", 64 * MIB, &[]);
+    let m = v.mount();
+    assert_eq!(mount_type(&v.mnt).as_deref(), Some("fuse.o2fs"));
+    let out = run(Command::new("umount").args(["-t", "fuse.o2fs"]).arg(&v.mnt));
+    assert!(out.status.success(), "umount -t fuse.o2fs: {}", text(&out));
+    // The daemon must still end cleanly (exit 0) and leave the volume clean.
+    unmount_and_check(m);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A truncate log left by another OCFS2 driver is flushed at mount.
 

@@ -663,6 +663,10 @@ impl Filesystem for O2Fuse {
         }
     }
 
+    // Extended attributes are not supported (no xattr feature). ENOSYS, not EOPNOTSUPP: the
+    // kernel then remembers it, answers EOPNOTSUPP itself and stops asking; otherwise every
+    // write costs a round trip for `security.capability` (the kernel's check before clearing
+    // setuid bits).
     fn setxattr(
         &self,
         _req: &Request,
@@ -673,16 +677,16 @@ impl Filesystem for O2Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+        reply.error(Errno::ENOSYS);
     }
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+        reply.error(Errno::ENOSYS);
     }
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+        reply.error(Errno::ENOSYS);
     }
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(crate::fs::error::libc_errno::EOPNOTSUPP));
+        reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod attr;
+pub mod kernel_mount;
 pub mod options;
 
 pub use adapter::O2Fuse;

@@ -171,11 +171,20 @@ pub fn set_journal_dirty(vol: &o2fs::fs::Volume, slot: u16, dirty: bool) {
     vol.dev.flush().expect("flush");
 }
 
-/// True when `dir` is a mountpoint in /proc/self/mountinfo (field 5, with octal escapes).
+/// True when `dir` is a mountpoint.
 pub fn is_mountpoint(dir: &Path) -> bool {
+    mount_type(dir).is_some()
+}
+
+/// The filesystem type of the mount on `dir`, from /proc/self/mountinfo (mount point in field
+/// 5, with octal escapes; the type follows the " - " separator).
+pub fn mount_type(dir: &Path) -> Option<String> {
     let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| Path::new(&unescape_mountinfo(mp)) == want)
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == want))
+        .filter_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(str::to_string))
+        .last()
 }
 
 fn unescape_mountinfo(s: &str) -> String {
