@@ -8,7 +8,7 @@ use o2fs::cluster::membership::Timing;
 use o2fs::cluster::node::{self, ClusterHandle, DiskHeartbeat, NodeSettings};
 use o2fs::dev::mirror::driver::Mirror;
 use o2fs::dev::FileDevice;
-use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError};
+use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError, TRY_FOR};
 use o2fs::dlm::{Mode, ResName, ResourceDump};
 use o2fs::net::admin::{self, AdminClient, AdminConn, AdminListener};
 use o2fs::net::NetConfig;
@@ -18,10 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::daemon;
-
-/// How long `o2fs lock --try` lets a node that only caches the lock yield it (a few round
-/// trips and a downconvert) before it calls the lock held elsewhere.
-const TRY_FOR: Duration = Duration::from_millis(300);
 
 /// Where to find a node's daemon.
 #[derive(clap::Args, Debug, Clone)]

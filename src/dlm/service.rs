@@ -37,7 +37,13 @@ pub enum ServiceError {
     Fenced(String),
     #[error("held elsewhere")]
     HeldElsewhere,
+    #[error("cannot wait for the lock: {0}")]
+    Runtime(String),
 }
+
+/// How long a try-lock lets a node that only caches the lock yield it (a few round trips and a
+/// downconvert) before the lock counts as held elsewhere.
+pub const TRY_FOR: Duration = Duration::from_millis(300);
 
 /// Between lock services (inside the cluster runtime's messages).
 #[derive(Debug, Serialize, Deserialize)]
@@ -251,6 +257,16 @@ impl LockService {
                 return Ok(guard);
             }
         }
+    }
+
+    /// A try-lock for synchronous callers (not on a tokio worker): [`lock`](Self::lock) given
+    /// [`TRY_FOR`], waited for on a small runtime of the caller's own.
+    pub fn try_lock_blocking(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<LockGuard, ServiceError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| ServiceError::Runtime(e.to_string()))?;
+        rt.block_on(self.lock(res, mode, Some(TRY_FOR)))
     }
 
     /// Blocks while this node recovers a dead node, unless called by that recovery.

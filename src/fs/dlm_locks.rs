@@ -4,7 +4,7 @@
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
-use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook};
+use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook, ServiceError};
 use crate::dlm::{Mode, ResName};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -79,24 +79,28 @@ impl DlmLocks {
             LockResource::Rename => ('R', 0, 0),
             LockResource::System { blkno } => ('M', blkno, 1),
             LockResource::Journal { slot } => ('J', slot as u64, 0),
+            LockResource::Flock { blkno } => ('F', blkno, 0),
         };
         ResName::ocfs2(kind, blkno, extra)
     }
 
-    /// Blocks until held (not from the lock service's own runtime threads).
-    fn take(&self, res: LockResource, mode: LockMode) -> Result<()> {
+    /// Blocks until held, or with `try_only` until held or found in use elsewhere (false); not
+    /// from the lock service's own runtime threads.
+    fn take(&self, res: LockResource, mode: LockMode, try_only: bool) -> Result<bool> {
         let svc = self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))?;
         let dlm_mode = match mode {
-            LockMode::Nl => return Ok(()),
+            LockMode::Nl => return Ok(true),
             LockMode::Pr => Mode::Pr,
             LockMode::Ex => Mode::Ex,
         };
         let name = self.names.lock().of(res);
-        match svc.lock_blocking(&name, dlm_mode) {
+        let taken = if try_only { svc.try_lock_blocking(&name, dlm_mode) } else { svc.lock_blocking(&name, dlm_mode) };
+        match taken {
             Ok(g) => {
                 self.held.lock().entry((res, mode)).or_default().push(g);
-                Ok(())
+                Ok(true)
             }
+            Err(ServiceError::HeldElsewhere) => Ok(false),
             Err(e) => {
                 tracing::warn!("cluster lock {}: {e}", name.as_str());
                 Err(FsError::Dev(crate::dev::DevError::Fenced))
@@ -107,7 +111,11 @@ impl DlmLocks {
 
 impl ClusterLocks for DlmLocks {
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()> {
-        self.take(res, mode)
+        self.take(res, mode, false).map(drop)
+    }
+
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool> {
+        self.take(res, mode, true)
     }
 
     fn release(&self, res: LockResource, mode: LockMode) {

@@ -31,6 +31,8 @@ pub enum LockResource {
     Rename,
     /// A slot's journal: held at EX by the node mounted in that slot.
     Journal { slot: u16 },
+    /// flock(2) on one inode across the cluster (never part of a request's lock set).
+    Flock { blkno: u64 },
 }
 
 /// Called before a cached lock is given up: flush (losing EX) or invalidate (losing PR).
@@ -42,6 +44,9 @@ pub type RecoveryFn = Box<dyn Fn(u32) + Send + Sync>;
 pub trait ClusterLocks: Send + Sync {
     /// Blocks until `res` is held at `mode` or stronger by this node.
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
+    /// Takes `res` at `mode` unless it is in use elsewhere (false); a node that merely caches
+    /// it is given the time to let it go.
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
@@ -58,6 +63,9 @@ pub struct LocalLocks;
 impl ClusterLocks for LocalLocks {
     fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
         Ok(())
+    }
+    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
+        Ok(true)
     }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
     fn on_downconvert(&self, _f: DownconvertFn) {}

@@ -5,6 +5,7 @@
 //! number is the OCFS2 inode's block number.
 
 use super::attr::{attr, kind_of_dirent};
+use super::flock::Flocks;
 use super::options::{ErrorsBehavior, MountOptions};
 use crate::format::inode::{Inode, ORPHANED_FL, S_IFMT, S_IFREG};
 use crate::fs::core::Time;
@@ -44,6 +45,8 @@ pub struct O2Fuse {
     state: Arc<Mutex<State>>,
     /// Set on a cluster mount: the locks every request takes first.
     cluster: Option<Arc<dyn ClusterLocks>>,
+    /// Cluster-wide flock(2), on a cluster mount (a single-node mount leaves flock to the kernel).
+    flocks: Option<Arc<Flocks>>,
     /// The lock of this node's inode allocator, which creates take (and removals, which
     /// mostly free inodes this node made).
     inode_alloc: LockResource,
@@ -113,6 +116,7 @@ impl O2Fuse {
         let ttl = if cluster.is_some() { Duration::ZERO } else { TTL };
         O2Fuse {
             state,
+            flocks: cluster.clone().map(Flocks::new),
             cluster,
             inode_alloc,
             local_alloc,
@@ -335,8 +339,19 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl Filesystem for O2Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.flocks.is_some() {
+            // flock requests come to us; fcntl locks stay with the kernel (node-local).
+            let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        }
+        Ok(())
+    }
+
     fn destroy(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(f) = &self.flocks {
+            f.unlock_all();
+        }
         // The local-alloc window goes back as an ordinary request (a cluster mount takes the
         // window's and the global bitmap's locks); the rest changes the slot map, under the
         // super lock on a cluster mount.
@@ -580,11 +595,15 @@ impl Filesystem for O2Fuse {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lo: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let blk = self.blk(ino);
+        // The last close of a file description that flocked the file (FUSE_RELEASE_FLOCK_UNLOCK).
+        if let (Some(f), Some(owner)) = (&self.flocks, lock_owner) {
+            f.unlock(blk, owner.0);
+        }
         let r = self.with(false, &[meta(blk)], |m, open| {
             let last = match open.get_mut(&blk) {
                 Some(n) if *n > 1 => {
@@ -607,6 +626,26 @@ impl Filesystem for O2Fuse {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
+        }
+    }
+
+    /// Only flock(2) comes here (FUSE_FLOCK_LOCKS without FUSE_POSIX_LOCKS), on cluster mounts.
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        match &self.flocks {
+            Some(f) => f.set(self.blk(ino), lock_owner.0, typ, sleep, reply),
+            None => reply.error(Errno::ENOSYS),
         }
     }
 

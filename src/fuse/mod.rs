@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod attr;
+pub mod flock;
 pub mod kernel_mount;
 pub mod options;
 
