@@ -56,7 +56,10 @@ impl Core {
 
     /// Writes `data` at `off`, allocating what is missing; updates size and times in `inode`
     /// (the caller writes it).
-    pub fn file_write(&mut self, inode: &mut Inode, off: u64, data: &[u8], now: Time) -> Result<()> {
+    /// Writes `data` at `off`; returns how many bytes went in: all of them, or fewer when the
+    /// volume filled up part-way (a short write, as kernel filesystems give; the next write
+    /// then fails with ENOSPC).
+    pub fn file_write(&mut self, inode: &mut Inode, off: u64, data: &[u8], now: Time) -> Result<usize> {
         // Data goes to the device before the inode is written: only under the inode's lock
         // exclusive (so does every data change below).
         self.cache.check(inode.blkno, LockMode::Ex)?;
@@ -69,27 +72,38 @@ impl Core {
                 d.data[off as usize..end as usize].copy_from_slice(data);
                 inode.size = inode.size.max(end);
                 touch_mtime(inode, now);
-                return Ok(());
+                return Ok(data.len());
             }
             self.uninline_file(inode)?;
         }
+        let mut end = end;
         if !data.is_empty() {
-            self.ensure_written(inode, off, end)?;
-            self.write_mapped(inode, off, data)?;
+            end = self.ensure_written(inode, off, end)?;
+            self.write_mapped(inode, off, &data[..(end - off) as usize])?;
         }
         inode.size = inode.size.max(end);
         touch_mtime(inode, now);
-        Ok(())
+        Ok((end - off) as usize)
+    }
+
+    /// [`ensure_written`](Self::ensure_written) of the whole range, or ENOSPC.
+    fn ensure_all_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<()> {
+        match self.ensure_written(inode, off, end)? {
+            reached if reached < end => Err(FsError::NoSpace),
+            _ => Ok(()),
+        }
     }
 
     /// Makes `[off, end)` backed by written clusters: allocates holes (zeroed) and converts
-    /// unwritten extents (zeroing them first, since they were never written).
-    fn ensure_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<()> {
+    /// unwritten extents (zeroing them first, since they were never written). Returns where
+    /// the backed range ends: `end`, or less when the volume filled up after `off`.
+    fn ensure_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<u64> {
         let cs = self.cs();
         let bpc = self.geo.bpc();
         let (first, last) = (off / cs, (end - 1) / cs);
         let mut tree = self.load_tree(inode)?;
         let mut changed = false;
+        let mut reached = end;
         let mut c = first;
         while c <= last {
             let step = match extent_map::lookup(&tree.recs, c).copied() {
@@ -112,15 +126,23 @@ impl Core {
                     self.alloc_hole(&mut tree.recs, c, want, goal, 0).map(|got| c + got)
                 }
             };
-            // On error (typically ENOSPC part-way) the clusters taken so far are given back by
-            // the operation's undo (Core::abort_op), with every other change it made.
-            c = step?;
+            match step {
+                Ok(next) => c = next,
+                // Full after `off`: what is backed so far makes a short write.
+                Err(FsError::NoSpace) if c * cs > off => {
+                    reached = c * cs;
+                    break;
+                }
+                // Any other error: the clusters taken so far are given back by the operation's
+                // undo (Core::abort_op), with every other change it made.
+                Err(e) => return Err(e),
+            }
             changed = true;
         }
         if changed {
             self.store_tree(inode, &mut tree)?;
         }
-        Ok(())
+        Ok(reached)
     }
 
     /// Maps up to `want` new clusters at logical cluster `c` (zeroed unless `flags` says
@@ -149,7 +171,7 @@ impl Core {
         inode.dyn_features &= !INLINE_DATA_FL;
         inode.id2 = Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(self.bs())));
         if !bytes.is_empty() {
-            self.ensure_written(inode, 0, bytes.len() as u64)?;
+            self.ensure_all_written(inode, 0, bytes.len() as u64)?;
             self.write_mapped(inode, 0, &bytes)?;
         }
         Ok(())
@@ -195,7 +217,7 @@ impl Core {
                 }
             }
         } else if size > inode.size && !self.sparse_enabled() {
-            self.ensure_written(inode, inode.size, size)?;
+            self.ensure_all_written(inode, inode.size, size)?;
         }
         inode.size = size;
         touch_mtime(inode, now);

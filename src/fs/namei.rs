@@ -126,7 +126,9 @@ impl Core {
             let mut data = target.to_vec();
             data.push(0);
             let size = inode.size;
-            self.file_write(&mut inode, 0, &data, now)?;
+            if self.file_write(&mut inode, 0, &data, now)? < data.len() {
+                return Err(FsError::NoSpace);
+            }
             inode.size = size;
         }
         self.write_inode(&inode)?;

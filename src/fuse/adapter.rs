@@ -577,10 +577,11 @@ impl Filesystem for O2Fuse {
                 return Err(FsError::Invalid("write to a non-regular file"));
             }
             let offset = if append { inode.size } else { offset };
-            m.core.file_write(&mut inode, offset, data, Time::now())?;
-            m.core.write_inode(&inode)
+            let written = m.core.file_write(&mut inode, offset, data, Time::now())?;
+            m.core.write_inode(&inode)?;
+            Ok(written)
         }) {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(e),
         }
     }
