@@ -28,24 +28,52 @@ pub struct Tree {
     ebs: Vec<Vec<Eb>>,
 }
 
+/// Where a tree is read from: the mounted filesystem's cache (under the owner's cluster lock)
+/// or the volume itself (mount set-up, fsck, tools).
+pub trait ExtentBlocks {
+    /// Extent block `blkno` of inode `owner`'s tree, its signature and identity checked.
+    fn extent_block(&mut self, blkno: u64, owner: u64) -> Result<ExtentBlock>;
+    /// Blocks on the volume: every leaf must lie below.
+    fn volume_blocks(&self) -> u64;
+}
+
+impl ExtentBlocks for MetaCache {
+    fn extent_block(&mut self, blkno: u64, owner: u64) -> Result<ExtentBlock> {
+        self.read_extent_block(blkno, owner)
+    }
+    // The device bounds the volume (checked at mount), which is all the cache lets us see here.
+    fn volume_blocks(&self) -> u64 {
+        self.dev().size() / self.block_size() as u64
+    }
+}
+
+impl ExtentBlocks for &super::volume::Volume {
+    fn extent_block(&mut self, blkno: u64, _owner: u64) -> Result<ExtentBlock> {
+        self.read_extent_block(blkno)
+    }
+    fn volume_blocks(&self) -> u64 {
+        self.geo.total_blocks()
+    }
+}
+
 /// Reads an inode's whole tree. Checks depth, identity, loops (no block twice) and the leaves.
-pub fn load(cache: &mut MetaCache, inode: &Inode) -> Result<Tree> {
+pub fn load(src: &mut impl ExtentBlocks, inode: &Inode) -> Result<Tree> {
     let root =
         inode.extents().ok_or(FsError::Corrupt { blkno: inode.blkno, what: "inode has no extent list".into() })?;
     let mut ebs: Vec<Vec<Eb>> = vec![Vec::new(); root.tree_depth as usize];
     let mut recs = Vec::new();
     let mut visits = std::collections::HashSet::new();
-    walk(cache, root, inode.blkno, inode.blkno, &mut recs, &mut ebs, &mut visits)?;
-    // The device bounds the volume (checked at mount), which is all the cache lets us see here.
-    let limit = cache.dev().size() / cache.block_size() as u64;
-    super::extent_map::check_leaves(&recs, inode.blkno, limit)?;
+    walk(src, root, inode.blkno, inode.blkno, &mut recs, &mut ebs, &mut visits)?;
+    // Out of order or off the volume, the records would mislead lookups and overflow the
+    // offset arithmetic of their users (journal map, slot map).
+    super::extent_map::check_leaves(&recs, inode.blkno, src.volume_blocks())?;
     Ok(Tree { recs, ebs })
 }
 
 /// `parent`: the block holding `list` (for errors); `owner`: the inode whose tree it is.
 #[allow(clippy::too_many_arguments)]
 fn walk(
-    cache: &mut MetaCache,
+    src: &mut impl ExtentBlocks,
     list: &ExtentList,
     parent: u64,
     owner: u64,
@@ -66,7 +94,7 @@ fn walk(
                 what: format!("extent block {} appears twice in the tree", rec.blkno),
             });
         }
-        let eb = cache.read_extent_block(rec.blkno, owner)?;
+        let eb = src.extent_block(rec.blkno, owner)?;
         if eb.list.tree_depth + 1 != list.tree_depth {
             return Err(FsError::Corrupt {
                 blkno: rec.blkno,
@@ -76,7 +104,7 @@ fn walk(
         if let Some(level) = ebs.get_mut(eb.list.tree_depth as usize) {
             level.push(Eb { blkno: eb.blkno, slot: eb.suballoc_slot, bit: eb.suballoc_bit, loc: eb.suballoc_loc });
         }
-        walk(cache, &eb.list, rec.blkno, owner, recs, ebs, visits)?;
+        walk(src, &eb.list, rec.blkno, owner, recs, ebs, visits)?;
     }
     Ok(())
 }

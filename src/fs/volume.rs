@@ -10,7 +10,6 @@ use crate::format::superblock::{is_ocfs1, SuperBlock, SUPERBLOCK_BLKNO};
 use crate::format::FormatError;
 use crate::fs::geometry::Geometry;
 use crate::fs::sysfile::SystemFile;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 pub use super::error::{FsError, Result};
@@ -148,37 +147,14 @@ impl Volume {
         Ok(eb)
     }
 
-    /// All leaf records of an inode's extent tree, in tree order. Fails on any structural
-    /// problem (wrong depth, loops, bad blocks) rather than guessing.
+    /// All leaf records of an inode's extent tree, in tree order (none for an inode without
+    /// one). Fails on any structural problem (wrong depth, loops, bad blocks) rather than
+    /// guessing.
     pub fn leaf_extents(&self, inode: &Inode) -> Result<Vec<ExtentRec>> {
-        let Some(root) = inode.extents() else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut stack: Vec<(u16, ExtentRec)> = root.recs.iter().rev().map(|r| (root.tree_depth, *r)).collect();
-        while let Some((depth, rec)) = stack.pop() {
-            if depth == 0 {
-                out.push(rec);
-                continue;
-            }
-            if !seen.insert(rec.blkno) {
-                return Err(FsError::Corrupt {
-                    blkno: inode.blkno,
-                    what: format!("extent block {} appears twice", rec.blkno),
-                });
-            }
-            let eb = self.read_extent_block(rec.blkno)?;
-            if eb.list.tree_depth + 1 != depth {
-                return Err(FsError::Corrupt {
-                    blkno: rec.blkno,
-                    what: format!("extent block depth {} under a depth-{depth} list", eb.list.tree_depth),
-                });
-            }
-            stack.extend(eb.list.recs.iter().rev().map(|r| (eb.list.tree_depth, *r)));
+        if inode.extents().is_none() {
+            return Ok(Vec::new());
         }
-        // Out of order or off the volume, the records would mislead lookups and overflow the
-        // offset arithmetic of their users (journal map, slot map).
-        crate::fs::extent_map::check_leaves(&out, inode.blkno, self.geo.total_blocks())?;
-        Ok(out)
+        Ok(super::extent_tree::load(&mut &*self, inode)?.recs)
     }
 
     /// Physical block of logical block `lblk` of a file, None in a hole.
