@@ -9,10 +9,11 @@
 //! - a seeded random sequence: each step one node creates, writes at an offset, truncates,
 //!   renames, unlinks, makes a directory or changes a mode, and the other node at once checks the
 //!   content hashes, sizes, modes and directory listings of what changed;
-//! - kill -9 of one node's daemon in the middle of the creates (n1's, shared image and mirror)
-//!   and of the rename storm (n0's, shared image): the survivor finishes its part, recovers the
-//!   dead node's slot (the slot map holds the survivor alone; the dead node's fsynced files are
-//!   there), and the dead node mounts again (on the mirror after resyncing its replica);
+//! - kill -9 of one node's daemon in the middle of the creates and of the seeded sequence (n1's,
+//!   shared image and mirror) and of the rename storm (n0's on the shared image, n1's on the
+//!   mirror): the survivor finishes its part, recovers the dead node's slot (the slot map holds
+//!   the survivor alone; the dead node's fsynced files are there), and the dead node mounts
+//!   again (on the mirror after resyncing its replica) and sees everything the survivor does;
 //! - on the mirror, a killed node that mounts again and resyncs from its peer while the peer
 //!   unmounts first (the smallest case of a bug the kill during a storm on the mirror found).
 //!
@@ -347,10 +348,6 @@ fn kill_9_during_a_rename_storm(vol: &Volume, victim: usize) {
     vol.finish(nodes);
 }
 
-fn kill_9_of_n0_during_a_rename_storm(vol: &Volume) {
-    kill_9_during_a_rename_storm(vol, 0);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Seeded write-on-one, read-on-other sequence
 
@@ -622,17 +619,22 @@ fn disagreement(model: &Model, root: &Path, rel: &str) -> Option<String> {
 /// The sequence for one seed: each step one node (at random) performs a step the model says
 /// must succeed, then the other node checks every path it changed; every 50 steps and at the
 /// end both nodes check the whole tree.
-fn seeded_sequence(vol: &Volume, seed: u64, ops: usize) {
-    eprintln!("seeded sequence: seed {seed:#x}, {ops} steps (O2FS_SEED={seed:#x} to replay)");
+///
+/// With `kill = Some((step, victim))` the victim's daemon is killed before that step; the
+/// survivor then performs and checks every later step, and at the end the victim mounts again
+/// and checks the whole tree too. The model stays exact through the kill: every step was read
+/// by the other node at once, and a node gives up its lock only after its changes are in place.
+fn seeded_sequence(vol: &Volume, seed: u64, ops: usize, kill: Option<(usize, usize)>) {
+    eprintln!("seeded sequence: seed {seed:#x}, {ops} steps, kill {kill:?} (O2FS_SEED={seed:#x} to replay)");
     // Creates and mkdirs ask for 0o644 and 0o755, which the model expects to get.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let nodes = vol.mount_both();
+    let mut nodes = vol.mount_both();
     let roots: Vec<PathBuf> = nodes.iter().map(|(_, d)| d.join("seq")).collect();
     std::fs::create_dir(&roots[0]).unwrap();
     std::fs::set_permissions(&roots[0], std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut model = Model { rng: Rng::new(seed), tree: BTreeMap::new() };
     let mut history: Vec<String> = Vec::new();
-    let fail = |history: &[String], what: String| -> ! {
+    let fail = |nodes: &[Node; 2], history: &[String], what: String| -> ! {
         let logs: String = nodes.iter().enumerate().map(|(i, (m, _))| format!("--- n{i}\n{}", m.stderr())).collect();
         panic!(
             "seeded sequence, seed {seed:#x}: {what}\nreplay: O2FS_SEED={seed:#x} cargo test --test cluster_workloads \
@@ -640,8 +642,15 @@ fn seeded_sequence(vol: &Volume, seed: u64, ops: usize) {
             history.join("\n")
         )
     };
+    let mut alive = [true, true];
     for step in 0..ops {
-        let writer = model.rng.below(2) as usize;
+        if let Some((_, victim)) = kill.filter(|&(at, _)| at == step) {
+            history.push(format!("#{step}: kill -9 of n{victim}"));
+            nodes[victim].0.kill();
+            alive[victim] = false;
+        }
+        let drawn = model.rng.below(2) as usize;
+        let writer = if alive[drawn] { drawn } else { 1 - drawn };
         let op = model.next_op();
         let data = match &op {
             Op::Create { len, .. } | Op::Write { len, .. } => model.data(*len),
@@ -649,20 +658,29 @@ fn seeded_sequence(vol: &Volume, seed: u64, ops: usize) {
         };
         history.push(format!("#{step} n{writer}: {op:?}"));
         if let Err(e) = perform(&roots[writer], &op, &data) {
-            fail(&history, format!("n{writer} failed step #{step}: {e}"));
+            fail(&nodes, &history, format!("n{writer} failed step #{step}: {e}"));
         }
         let mut check = model.apply(&op, &data);
         if step % 50 == 49 || step + 1 == ops {
             check = model.tree.keys().cloned().chain([String::new()]).collect();
         }
-        for reader in [1 - writer, writer] {
+        for reader in [1 - writer, writer].into_iter().filter(|&r| alive[r]) {
             for rel in &check {
                 if let Some(what) = disagreement(&model, &roots[reader], rel) {
-                    fail(&history, format!("after step #{step} on n{writer}, n{reader} sees /{rel}: {what}"));
+                    fail(&nodes, &history, format!("after step #{step} on n{writer}, n{reader} sees /{rel}: {what}"));
                 }
             }
             if check.len() < model.tree.len() {
                 break; // after a single step only the other node reads
+            }
+        }
+    }
+    if let Some((_, victim)) = kill {
+        nodes[victim] = recovered_and_remounted(vol, victim);
+        let all: Vec<String> = model.tree.keys().cloned().chain([String::new()]).collect();
+        for rel in &all {
+            if let Some(what) = disagreement(&model, &roots[victim], rel) {
+                fail(&nodes, &history, format!("n{victim}, mounted again after its kill, sees /{rel}: {what}"));
             }
         }
     }
@@ -672,7 +690,15 @@ fn seeded_sequence(vol: &Volume, seed: u64, ops: usize) {
 /// The sequence of `O2FS_SEED`, or of SEQ_SEED, `O2FS_OPS` steps long.
 fn seeded_write_on_one_read_on_the_other(vol: &Volume) {
     let seed = std::env::var("O2FS_SEED").map_or(SEQ_SEED, |s| parse_seed(&s));
-    seeded_sequence(vol, seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS));
+    seeded_sequence(vol, seed, env_number("O2FS_OPS", SEQ_DEFAULT_OPS), None);
+}
+
+/// The same with n1's daemon killed a third of the way through (n1: on the mirror the lower
+/// node's death makes the higher one fence, since no shared disk tells a death from a split).
+fn kill_9_of_n1_during_the_seeded_sequence(vol: &Volume) {
+    let seed = std::env::var("O2FS_SEED").map_or(SEQ_SEED, |s| parse_seed(&s));
+    let ops = env_number("O2FS_OPS", SEQ_DEFAULT_OPS);
+    seeded_sequence(vol, seed, ops, Some((ops / 3, 1)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -706,11 +732,20 @@ on_a_shared_image_and_the_mirror! {
     kill_9_of_n1_during_creates:
         kill_9_of_n1_during_creates_on_a_shared_image on "127.0.25",
         kill_9_of_n1_during_creates_on_the_mirror on "127.0.28";
+    kill_9_of_n1_during_the_seeded_sequence:
+        kill_9_of_n1_during_the_seeded_sequence_on_a_shared_image on "127.0.39",
+        kill_9_of_n1_during_the_seeded_sequence_on_the_mirror on "127.0.40";
 }
 
 #[test]
 fn kill_9_of_n0_during_a_rename_storm_on_a_shared_image() {
-    kill_9_of_n0_during_a_rename_storm(&Volume::Shared(Shared::new("127.0.26")));
+    kill_9_during_a_rename_storm(&Volume::Shared(Shared::new("127.0.26")), 0);
+}
+
+/// On the mirror the victim is n1 (see `kill_9_of_n1_during_the_seeded_sequence`).
+#[test]
+fn kill_9_of_n1_during_a_rename_storm_on_the_mirror() {
+    kill_9_during_a_rename_storm(&Volume::Mirror(OnMirror::new("127.0.41")), 1);
 }
 
 /// The smallest case of what a kill -9 during a rename storm on the mirror found: a node is
@@ -722,7 +757,6 @@ fn kill_9_of_n0_during_a_rename_storm_on_a_shared_image() {
 /// its peer writes or resyncs from it, and a failed unmount makes the daemon fail. The victim is
 /// n1: on the mirror the death of the lower node makes n1 fence (no shared disk tells a death
 /// from a split); the survivor n0 leaves cleanly, so n1 goes on after it.
-/// (The storm itself runs on the shared image only: this file has no loopback net left for it.)
 #[test]
 fn a_node_unmounting_while_its_peer_resyncs_from_it_waits_for_the_resync() {
     let m = OnMirror::new("127.0.29");
