@@ -773,6 +773,14 @@ fn a_node_unmounting_while_its_peer_resyncs_from_it_waits_for_the_resync() {
     // n0 unmounts first (n1 still resyncing from it); n1 goes on writing.
     nodes[0].0.detach();
     std::fs::write(nodes[1].1.join("after n0 left"), b"n1 alone").unwrap();
+    // Unmounted and out of the cluster, n0's replica stays for n1, and n0 still answers `o2fs
+    // status` (its cluster runtime, which used to serve the socket, has stopped by now).
+    let Volume::Mirror(m) = &vol else { unreachable!() };
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let s = m.status(0);
+        assert_eq!(s["mirror"]["connection"], "Connected", "n0 while it lingers: {s}");
+    }
     // Both must end clean, n1's last writes must have reached both replicas, and the two be equal.
     vol.finish(nodes);
 }

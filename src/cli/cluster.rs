@@ -198,13 +198,15 @@ impl Stack {
         Ok(Stack { rt, svc, handle, number })
     }
 
-    /// Answers admin requests on `socket` from now on.
-    /// Answers admin requests on `socket`: the cluster's, and the mirror's when this node runs
-    /// on one (its status section joins the cluster's; its commands pass through).
+    /// Answers admin requests on `socket` from now on: the cluster's, and the mirror's when
+    /// this node runs on one (its status section joins the cluster's; its commands pass
+    /// through). On the mirror the socket is served by the mirror's runtime, which outlives the
+    /// cluster's: an unmounted node whose replica lingers for its peer still answers.
     pub fn serve_admin(&self, socket: &Path, mirror: Option<Arc<Mirror>>) -> Result<()> {
-        let listener = self.rt.block_on(AdminListener::bind(socket))?;
+        let rt = mirror.as_ref().map_or_else(|| self.rt.handle().clone(), |m| m.runtime().clone());
+        let listener = rt.block_on(AdminListener::bind(socket))?;
         let (svc, handle) = (self.svc.clone(), self.handle.clone());
-        self.rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), mirror.clone(), conn)));
+        rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), mirror.clone(), conn)));
         Ok(())
     }
 
