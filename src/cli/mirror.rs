@@ -1,6 +1,7 @@
 //! `o2fs mirror up` and the mirror's administration commands answered over a node's unix socket
-//! (`o2fs verify|connect|disconnect|invalidate|discard-my-data`; `o2fs status` shows the mirror
-//! section of any node's status). Command lines only: the mirror is `o2fs::dev::mirror::driver`.
+//! (`o2fs verify|connect|disconnect|invalidate|discard-my-data|primary|secondary`;
+//! `o2fs status` shows the mirror section of any node's status). Command lines only: the mirror
+//! is `o2fs::dev::mirror::driver`.
 
 use anyhow::{bail, Context, Result};
 use o2fs::dev::mirror::config::ResourceConfig;
@@ -95,7 +96,8 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
 }
 
 /// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the
-/// mirror). A lost peer freezes I/O until the cluster's quorum decides (DRBD's
+/// mirror; the mount checked the resource with `ResourceConfig::check_cluster_mount`). Both
+/// nodes are primary, and a lost peer freezes I/O until the cluster's quorum decides (DRBD's
 /// `fencing resource-and-stonith`): no write is acknowledged by a node that may yet be fenced.
 ///
 /// The mirror's link waits twice as long as the cluster's before it gives up: a stall the
@@ -126,7 +128,7 @@ pub async fn answer(mirror: &Arc<Mirror>, request: Value) -> Value {
         .unwrap_or_else(|e| admin::err(format!("admin request failed: {e}")))
 }
 
-/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `secondary`.
+/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `primary`, `secondary`.
 pub fn command(cmd: &str, node: NodeRef) -> Result<()> {
     admin::request(&node.socket(), &json!({ "cmd": cmd }), Duration::from_secs(30))
         .with_context(|| format!("node {}", node.node))?;

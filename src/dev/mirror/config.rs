@@ -27,6 +27,13 @@ pub enum BecomePrimaryOn {
     Host(String),
 }
 
+/// A value and the line of the resource file that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At<T> {
+    pub value: T,
+    pub line: usize,
+}
+
 /// Where a host keeps the mirror's metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaDisk {
@@ -51,6 +58,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceConfig {
     pub name: String,
+    /// The line of `resource NAME`.
+    pub line: usize,
     pub protocol: Protocol,
     pub verify_alg: Option<String>,
     /// Resync rate limit; `K`/`M`/`G` are powers of 1024, a bare number is KiB.
@@ -59,7 +68,7 @@ pub struct ResourceConfig {
     pub wfc_timeout: u32,
     /// The same, when this node was degraded before it restarted.
     pub degr_wfc_timeout: u32,
-    pub become_primary_on: Option<BecomePrimaryOn>,
+    pub become_primary_on: Option<At<BecomePrimaryOn>>,
     pub cram_hmac_alg: Option<String>,
     pub shared_secret: Option<String>,
     pub allow_two_primaries: bool,
@@ -77,6 +86,37 @@ impl ResourceConfig {
     pub fn peer_of(&self, name: &str) -> Option<&HostConfig> {
         self.host(name)?;
         self.hosts.iter().find(|h| h.name != name)
+    }
+
+    /// Whether host `name` is primary from the start (`become-primary-on` names it, or `both`);
+    /// None when the file has no `become-primary-on` (a node then promotes itself on its first
+    /// write).
+    pub fn primary_at_start(&self, name: &str) -> Option<bool> {
+        self.become_primary_on.as_ref().map(|b| match &b.value {
+            BecomePrimaryOn::Both => true,
+            BecomePrimaryOn::Host(h) => h == name,
+        })
+    }
+
+    /// What a cluster mount on the mirror needs of the resource (read from file `path`): both
+    /// nodes primary at once (`allow-two-primaries`; `become-primary-on`, if given, `both`).
+    pub fn check_cluster_mount(&self, path: &Path) -> Result<()> {
+        let refuse = |line, statement: String, need| ResConfigError::ClusterMount {
+            path: path.to_owned(),
+            line,
+            resource: self.name.clone(),
+            statement,
+            need,
+        };
+        if !self.allow_two_primaries {
+            let need = "both nodes write at once: add `net { allow-two-primaries; }`";
+            return Err(refuse(self.line, "resource without allow-two-primaries".into(), need));
+        }
+        if let Some(At { value: BecomePrimaryOn::Host(h), line }) = &self.become_primary_on {
+            let need = "both nodes must be primary: `become-primary-on both;` (or none)";
+            return Err(refuse(*line, format!("become-primary-on {h}"), need));
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +151,8 @@ pub enum ResConfigError {
     Requires { path: PathBuf, line: usize, statement: &'static str, requires: &'static str },
     #[error("{}: no resource section, expected at least one `resource NAME {{ ... }}`", path.display())]
     NoResource { path: PathBuf },
+    #[error("{}:{line}: resource {resource}: `{statement}` does not suit a cluster mount on the mirror: {need}", path.display())]
+    ClusterMount { path: PathBuf, line: usize, resource: String, statement: String, need: &'static str },
 }
 
 type Result<T> = std::result::Result<T, ResConfigError>;
@@ -269,12 +311,6 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
         out.push(Token { kind, line });
     }
     Ok(out)
-}
-
-#[derive(Debug, Clone)]
-struct At<T> {
-    value: T,
-    line: usize,
 }
 
 /// The statements a `common` or `resource` section may set, with the line that set each.
@@ -631,12 +667,13 @@ impl Parser<'_> {
         }
         Ok(ResourceConfig {
             name,
+            line,
             protocol: s.protocol.map_or(Protocol::C, |p| p.value),
             verify_alg: s.verify_alg.map(|a| a.value),
             rate_bytes_per_sec: s.rate.map_or(DEFAULT_RATE, |r| r.value),
             wfc_timeout: s.wfc_timeout.map_or(0, |t| t.value),
             degr_wfc_timeout: s.degr_wfc_timeout.map_or(DEFAULT_DEGR_WFC_TIMEOUT, |t| t.value),
-            become_primary_on: s.become_primary_on.map(|b| b.value),
+            become_primary_on: s.become_primary_on,
             cram_hmac_alg: s.cram_hmac_alg.map(|a| a.value),
             shared_secret: s.shared_secret.map(|a| a.value),
             allow_two_primaries,
@@ -702,12 +739,13 @@ mod tests {
             r,
             vec![ResourceConfig {
                 name: "mail_data".into(),
+                line: 7,
                 protocol: Protocol::C,
                 verify_alg: Some("sha1".into()),
                 rate_bytes_per_sec: 24 << 20,
                 wfc_timeout: 0,
                 degr_wfc_timeout: 10,
-                become_primary_on: Some(BecomePrimaryOn::Both),
+                become_primary_on: Some(At { value: BecomePrimaryOn::Both, line: 15 }),
                 cram_hmac_alg: Some("sha1".into()),
                 shared_secret: Some("change-me".into()),
                 allow_two_primaries: true,
@@ -720,6 +758,8 @@ mod tests {
         assert_eq!(r.peer_of("mail1").map(|h| h.name.as_str()), Some("mail2"));
         assert_eq!(r.peer_of("mail2").map(|h| h.name.as_str()), Some("mail1"));
         assert!(r.host("mail3").is_none() && r.peer_of("mail3").is_none());
+        assert_eq!((r.primary_at_start("mail1"), r.primary_at_start("mail2")), (Some(true), Some(true)));
+        r.check_cluster_mount(Path::new("test.res")).unwrap();
     }
 
     #[test]
@@ -741,6 +781,7 @@ mod tests {
         assert_eq!(r.rate_bytes_per_sec, 250 * 1024);
         assert_eq!((r.wfc_timeout, r.degr_wfc_timeout), (0, 60));
         assert_eq!((r.become_primary_on.clone(), r.allow_two_primaries), (None, false));
+        assert_eq!(r.primary_at_start("a"), None);
         assert_eq!((r.cram_hmac_alg.clone(), r.shared_secret.clone()), (None, None));
         assert_eq!(r.hosts[0].disk, PathBuf::from("/d a"));
         assert_eq!(r.hosts[0].meta_disk, MetaDisk::Internal);
@@ -763,7 +804,19 @@ mod tests {
         assert_eq!(r[0].rate_bytes_per_sec, 100 << 10);
         assert_eq!(r[1].degr_wfc_timeout, 5);
         assert_eq!(r[0].data_integrity_alg.as_deref(), Some("sha1"));
-        assert_eq!(r[0].become_primary_on, Some(BecomePrimaryOn::Host("a".into())));
+        assert_eq!(r[0].become_primary_on.as_ref().map(|b| &b.value), Some(&BecomePrimaryOn::Host("a".into())));
+        assert_eq!((r[0].primary_at_start("a"), r[0].primary_at_start("b")), (Some(true), Some(false)));
+    }
+
+    /// A cluster mount on the mirror needs both nodes primary; the refusal names file, line and
+    /// statement.
+    #[test]
+    fn cluster_mount_refusals_name_the_line() {
+        let check = |text: String| p(&text).unwrap().remove(0).check_cluster_mount(Path::new("test.res")).unwrap_err();
+        let e = check(EXAMPLE.replace("become-primary-on both", "become-primary-on mail1"));
+        assert!(e.to_string().starts_with("test.res:15: resource mail_data: `become-primary-on mail1`"), "{e}");
+        let e = check(EXAMPLE.replace("allow-two-primaries;", "").replace("become-primary-on both;", ""));
+        assert!(matches!(e, ResConfigError::ClusterMount { line: 7, .. }), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! both sides).
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc as tmpsc, watch};
 
 use super::config::{MetaDisk, ResourceConfig};
-use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Written};
+use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Promotion, Written};
 use super::meta::{self, MetaArea, MetaError, Super};
 use super::proto::Msg;
 use super::replica::Replica;
@@ -190,6 +191,9 @@ impl Mirror {
             peer_id: 1 - node_id,
             protocol: res.protocol,
             two_primaries: res.allow_two_primaries,
+            promotion: res
+                .primary_at_start(&opts.node)
+                .map_or(Promotion::OnWrite, |at_start| Promotion::Explicit { at_start }),
             rate_bytes_per_sec: res.rate_bytes_per_sec,
             fencing: opts.fencing,
             al_extents: 257,
@@ -655,11 +659,17 @@ impl MirrorDevice {
         unlocked: impl FnOnce(),
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
-        let fail = |msg: String| DevError::Io { op, offset, len, source: std::io::Error::other(msg) };
+        let fail = |e: IoFailure| {
+            // A secondary's replica is read-only (EROFS to a caller that asks for the errno).
+            let kind = if e == IoFailure::Secondary { ErrorKind::ReadOnlyFilesystem } else { ErrorKind::Other };
+            DevError::Io { op, offset, len, source: std::io::Error::new(kind, e.to_string()) }
+        };
+        let stopped =
+            || DevError::Io { op, offset, len, source: std::io::Error::other("the mirror engine has stopped") };
         let (reply, rx) = mpsc::channel();
         let mut core = self.core.lock();
         if core.stopped {
-            return Err(fail("the mirror engine has stopped".into()));
+            return Err(stopped());
         }
         core.next_id += 1;
         let id = core.next_id;
@@ -676,8 +686,8 @@ impl MirrorDevice {
         }
         drop(core);
         match rx.recv() {
-            Ok(r) => r.map_err(|e| fail(e.to_string())),
-            Err(_) => Err(fail("the mirror engine has stopped".into())),
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(stopped()),
         }
     }
 }

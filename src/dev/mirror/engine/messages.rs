@@ -102,7 +102,7 @@ impl Engine {
             Msg::ResyncDone => self.on_resync_done(),
             Msg::Role { primary } => {
                 self.link.peer_primary = primary;
-                if primary && self.primary() && !self.cfg.two_primaries {
+                if primary && self.is_primary() && !self.cfg.two_primaries {
                     let reason = "both nodes became primary and allow-two-primaries is off: demote one \
                                   (`o2fs secondary`), then connect";
                     self.refuse(reason.into());

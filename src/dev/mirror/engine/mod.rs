@@ -53,6 +53,17 @@ pub enum Fencing {
     Freeze,
 }
 
+/// How a node comes to be primary (DRBD's roles; only a primary writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// On its first write (no `become-primary-on` in the resource file; DRBD 9's auto-promote).
+    OnWrite,
+    /// Set by the resource file and the administrator: primary from the start when
+    /// `become-primary-on` names this node (or `both`), else secondary, refusing writes until
+    /// promoted (`o2fs primary`).
+    Explicit { at_start: bool },
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// This node's id and the peer's (their index in the resource file); the lower wins conflicts.
@@ -62,6 +73,7 @@ pub struct EngineConfig {
     /// `allow-two-primaries`: both nodes may write at once. Off, a node writes only while its
     /// peer is secondary, as DRBD.
     pub two_primaries: bool,
+    pub promotion: Promotion,
     pub rate_bytes_per_sec: u64,
     pub fencing: Fencing,
     /// Capacity of the activity log, in extents.
@@ -85,6 +97,8 @@ pub enum IoFailure {
     Device(String),
     #[error("the peer is primary and allow-two-primaries is off: demote it first (`o2fs secondary`)")]
     PeerIsPrimary,
+    #[error("this node is secondary: its replica is read-only until it is promoted (`o2fs primary`)")]
+    Secondary,
     #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
     PeerReadTooLarge { len: u64 },
 }
@@ -286,6 +300,11 @@ impl Engine {
             area.write_super(&sup)?;
             area.flush()?;
         }
+        if cfg.promotion == (Promotion::Explicit { at_start: true }) {
+            sup.flags |= flags::PRIMARY;
+            area.write_super(&sup)?;
+            tracing::info!("primary from the start (become-primary-on)");
+        }
         let al = ActivityLog::new(cfg.al_extents, sup.al_extent_shift, &al);
         Ok(Engine {
             data,
@@ -334,7 +353,7 @@ impl Engine {
         self.sup.data_size
     }
 
-    fn primary(&self) -> bool {
+    fn is_primary(&self) -> bool {
         self.sup.flags & flags::PRIMARY != 0
     }
 
@@ -344,6 +363,11 @@ impl Engine {
 
     fn established(&self) -> bool {
         self.conn == ConnState::Connected
+    }
+
+    /// A connection is up, its handshake done or not.
+    fn linked(&self) -> bool {
+        matches!(self.conn, ConnState::Handshake | ConnState::Connected)
     }
 
     /// The transport should be (re)connected.
@@ -402,7 +426,7 @@ impl Engine {
         };
         Status {
             node_id: self.cfg.node_id,
-            role: if self.primary() { "Primary" } else { "Secondary" },
+            role: if self.is_primary() { "Primary" } else { "Secondary" },
             peer_role: match (self.conn, self.link.peer_primary) {
                 (ConnState::Connected, true) => "Primary",
                 (ConnState::Connected, false) => "Secondary",
