@@ -53,6 +53,9 @@ enum Cmd {
     /// Promote this node of the mirror, so that it may write (refused while the peer is primary
     /// and allow-two-primaries is off).
     Primary(cli::cluster::NodeRef),
+    /// Let a mirror frozen by `fencing resource-and-stonith` go on without its peer (the peer is
+    /// known to be down); refused for a node that has not met its peer since it started.
+    ResumeIo(cli::cluster::NodeRef),
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +189,7 @@ const SUBCOMMANDS: &[&str] = &[
     "discard-my-data",
     "secondary",
     "primary",
+    "resume-io",
     "help",
 ];
 
@@ -235,6 +239,7 @@ fn main() {
         Cmd::DiscardMyData(n) => cli::mirror::command("discard-my-data", n),
         Cmd::Secondary(n) => cli::mirror::command("secondary", n),
         Cmd::Primary(n) => cli::mirror::command("primary", n),
+        Cmd::ResumeIo(n) => cli::mirror::command("resume-io", n),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");

@@ -1,6 +1,7 @@
 //! Bad input to a cluster mount: a second daemon claiming a running node's name, a node that
 //! is not in cluster.conf, a volume made for another cluster, a mirror whose peer holds another
-//! volume, a resource file that does not suit a cluster mount. Each is refused with a message that names the problem, and nothing is
+//! volume, a resource file that does not suit a cluster mount, a peer that never comes within
+//! the wfc-timeout. Each is refused with a message that names the problem, and nothing is
 //! written to the volume.
 
 mod common;
@@ -111,16 +112,34 @@ fn edit_resource(s: &OnMirror, edit: impl Fn(String) -> String) {
     std::fs::write(&s.res, edit(std::fs::read_to_string(&s.res).unwrap())).unwrap();
 }
 
-/// A cluster mount on the mirror needs both nodes primary: a resource file that says otherwise
-/// is refused before anything starts, naming file, line and statement.
+/// A cluster mount on the mirror needs both nodes primary and a mirror that freezes on a lost
+/// peer: a resource file that says otherwise is refused before anything starts, naming file,
+/// line and statement.
 #[test]
 fn a_resource_unfit_for_a_cluster_mount_is_refused_naming_the_line() {
     let s = OnMirror::unsynced("127.0.33", [vec![], vec![]]);
     s.mkfs(0);
     let before = sha1(&s.replica(0));
-    let res = s.res.display();
-    edit_resource(&s, |t| t.replace("become-primary-on both", "become-primary-on n0"));
+    edit_resource(&s, |t| t.replace("\tstartup", "\tdisk { fencing dont-care; }\n\tstartup"));
     let (err, _) = mirror_mount_must_fail(&s, 0);
-    assert!(err.contains(&format!("{res}:4: resource r0: `become-primary-on n0`")), "{err}");
+    let res = s.res.display();
+    assert!(err.contains(&format!("{res}:4: resource r0: `fencing dont-care`")), "{err}");
+    edit_resource(&s, |t| {
+        t.replace("dont-care", "resource-and-stonith").replace("become-primary-on both", "become-primary-on n0")
+    });
+    let (err, _) = mirror_mount_must_fail(&s, 0);
+    assert!(err.contains(&format!("{res}:5: resource r0: `become-primary-on n0`")), "{err}");
     assert_eq!(sha1(&s.replica(0)), before, "a refused mount wrote to the replica");
+}
+
+/// wfc-timeout: a node whose peer never comes gives up after that many seconds; a cluster
+/// mount then refuses to go on alone (its replica may be outdated).
+#[test]
+fn a_peer_that_never_comes_ends_the_wait_after_the_wfc_timeout() {
+    let s = OnMirror::unsynced("127.0.33", [vec![], vec![]]);
+    s.mkfs(0);
+    edit_resource(&s, |t| t.replace("wfc-timeout 60;", "wfc-timeout 2;"));
+    let (err, took) = mirror_mount_must_fail(&s, 0);
+    assert!(err.contains("did not connect within the wfc-timeout"), "{err}");
+    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(20), "{took:?}");
 }

@@ -542,3 +542,34 @@ fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
     let read = alpha.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
     assert_eq!(read["hex"], "b2");
 }
+
+/// `disk { fencing resource-and-stonith; }` read by `o2fs mirror up`: a lost peer freezes
+/// writes (nobody acknowledges one the peer lacks) until the administrator says the peer is
+/// down (`o2fs resume-io`); the write then completes degraded and resyncs later.
+#[test]
+fn fencing_from_the_resource_file_freezes_until_resume_io() {
+    init_log();
+    let edit = |text: String| text.replace("\tnet {", "\tdisk { fencing resource-and-stonith; }\n\tnet {");
+    let mut pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_34, SIZE, edit);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    pair.nodes[0].write_block(1, 0x11);
+    pair.nodes[1].kill();
+    let alpha = &pair.nodes[0];
+    alpha.wait_for(|s| s["io"] == "Frozen", "the freeze");
+    std::thread::scope(|sc| {
+        let write = sc.spawn(|| alpha.write_block(2, 0x22));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!write.is_finished(), "a write completed while frozen");
+        let out = o2fs_admin("resume-io", alpha);
+        assert!(out.status.success(), "{}", common::text(&out));
+        write.join().unwrap();
+    });
+    assert_eq!(
+        (alpha.status()["io"].as_str(), alpha.status()["out_of_sync_bytes"].as_u64()),
+        (Some("Running"), Some(BLOCK))
+    );
+    pair.restart(1);
+    pair.assert_images_equal();
+}

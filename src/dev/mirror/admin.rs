@@ -1,5 +1,5 @@
 //! The mirror's admin commands (`o2fs status|verify|connect|disconnect|invalidate|
-//! discard-my-data|primary|secondary`), as JSON requests answered by the engine thread, and the text form of
+//! discard-my-data|primary|secondary|resume-io`), as JSON requests answered by the engine thread, and the text form of
 //! `o2fs status` (modelled on `drbdadm status`).
 
 use serde_json::{json, Value};
@@ -18,6 +18,7 @@ pub fn handle(engine: &mut Engine, now: u64, request: &Value) -> Value {
         Some("verify") => done(engine.start_verify(now)),
         Some("secondary") => done(engine.secondary(now)),
         Some("primary") => done(engine.primary(now)),
+        Some("resume-io") => done(engine.resume_io(now)),
         Some("connect") => {
             engine.connect(now);
             ok(json!({}))

@@ -44,14 +44,7 @@ use super::resync::{Progress, SyncTarget};
 use super::verify::{self, Verify, VerifyStatus};
 use crate::dev::BlockDevice;
 
-/// What to do when the peer is lost with writes pending (DRBD's `fencing` policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fencing {
-    /// Complete pending writes locally and go on degraded (DRBD `dont-care`).
-    DontCare,
-    /// Freeze I/O until told to resume or to fence (DRBD `resource-and-stonith`).
-    Freeze,
-}
+pub use super::config::Fencing;
 
 /// How a node comes to be primary (DRBD's roles; only a primary writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
