@@ -573,3 +573,40 @@ fn fencing_from_the_resource_file_freezes_until_resume_io() {
     pair.restart(1);
     pair.assert_images_equal();
 }
+
+/// A first full sync of a mostly empty 1 GiB volume: blocks that are zeros on the source move
+/// as a count of them, not as data, and the target only clears what is not zero already — far
+/// fewer bytes on the wire than the volume, the target's replica stays sparse, and both end
+/// equal.
+#[test]
+fn a_full_sync_of_a_mostly_empty_volume_moves_far_less_than_the_volume() {
+    use std::os::unix::fs::MetadataExt;
+    init_log();
+    const BIG: u64 = 1 << 30;
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "24M", None, IPS_34, BIG, |text| text);
+    let [alpha, beta] = &pair.nodes;
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let data: Vec<u64> = (0..64).map(|k| k * (BIG / BLOCK / 64) + 3).collect();
+    for &b in &data {
+        alpha.write_block(b, 0x5A);
+    }
+    // Behind the mirror's back, where alpha holds zeros: the sync must clear it.
+    let mut f = std::fs::OpenOptions::new().write(true).open(pair.image(1)).unwrap();
+    f.seek(SeekFrom::Start(100 * BLOCK + 5)).unwrap();
+    f.write_all(&[0xEE; 100]).unwrap();
+    drop(f);
+    let received = || beta.status()["wire"]["received_bytes"].as_u64().unwrap();
+    let before = received();
+    beta.call(json!({"cmd": "invalidate"}));
+    beta.wait_for(|s| s["last_resync"]["blocks"] == BIG / BLOCK, "the full sync");
+    pair.assert_images_equal();
+    let moved = received() - before;
+    let last = beta.status()["last_resync"].clone();
+    eprintln!("full sync of {BIG} bytes: {moved} bytes received, {last}");
+    assert_eq!(last["zero_blocks"], BIG / BLOCK - data.len() as u64, "{last}");
+    assert!(moved < BIG / 64, "the full sync received {moved} bytes for a {BIG}-byte volume");
+    let allocated = std::fs::metadata(pair.image(1)).unwrap().blocks() * 512;
+    assert!(allocated < 16 << 20, "beta's replica has {allocated} bytes allocated");
+}

@@ -137,7 +137,10 @@ struct Sim {
     split_brains: u32,
     /// Writes refused because their node was secondary (explicit roles).
     secondary_refusals: u32,
+    /// Blocks asked for by resync requests.
     resync_requests: u64,
+    /// Blocks a sync source answered as all zeros.
+    zero_blocks: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
@@ -237,6 +240,7 @@ impl Sim {
             split_brains: 0,
             secondary_refusals: 0,
             resync_requests: 0,
+            zero_blocks: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
@@ -408,7 +412,11 @@ impl Sim {
         let now = self.now;
         match out {
             Output::Send(msg) => {
-                self.resync_requests += matches!(msg, Msg::ResyncRequest { .. }) as u64;
+                match msg {
+                    Msg::ResyncRequest { count, .. } => self.resync_requests += count,
+                    Msg::ResyncZeros { count, .. } => self.zero_blocks += count,
+                    _ => {}
+                }
                 if self.up {
                     let at = self.delay() + now;
                     let at = self.links[i].back().map_or(at, |(last, _)| at.max(*last));
@@ -812,21 +820,23 @@ fn random_faults_never_lose_an_acknowledged_write() {
         }
     };
     let started = std::time::Instant::now();
-    let (mut split_brains, mut writes, mut secondary_refusals) = (0, 0, 0);
+    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks) = (0, 0, 0, 0);
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
+        zero_blocks += sim.zero_blocks;
         secondary_refusals += sim.secondary_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
         "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
-         {secondary_refusals} writes refused on a secondary, {:?}",
+         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, {:?}",
         started.elapsed()
     );
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
+        assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
     }
 }
 
@@ -974,10 +984,11 @@ fn random_msg(rng: &mut Rng) -> Msg {
         5 => Msg::FlushAck { id: num(rng) },
         6 => Msg::ReadRequest { id: num(rng), offset: num(rng), len: num(rng) },
         7 => Msg::ReadReply { id: num(rng), data: (rng.below(2) == 0).then(|| data(rng)) },
-        8 => Msg::ResyncRequest { block: num(rng) },
+        8 => Msg::ResyncRequest { block: num(rng), count: num(rng) },
         9 => Msg::ResyncData { block: num(rng), data: data(rng) },
-        10 => Msg::ResyncAck { block: num(rng) },
-        11 => Msg::ResyncDone,
+        10 => Msg::ResyncAck { block: num(rng), count: num(rng) },
+        11 if rng.below(2) == 0 => Msg::ResyncDone,
+        11 => Msg::ResyncZeros { block: num(rng), count: num(rng) },
         12 => Msg::VerifyBatch {
             start: num(rng),
             digests: (0..rng.below(70)).map(|_| [rng.below(2) as u8; 20]).collect(),

@@ -77,6 +77,9 @@ pub fn format_status(s: &Value) -> String {
             n("out_of_sync_blocks")
         );
     }
+    if let (Some(sent), Some(received)) = (s["wire"]["sent_bytes"].as_u64(), s["wire"]["received_bytes"].as_u64()) {
+        out += &format!("  traffic: sent:{} received:{}\n", size(sent), size(received));
+    }
     if let Some(r) = s["last_refusal"].as_str() {
         out += &format!("  last refusal: {r}\n");
     }

@@ -38,6 +38,7 @@ use super::meta::{self, MetaArea, MetaError, Super};
 use super::proto::Msg;
 use super::replica::Replica;
 use crate::dev::{check_range, BlockDevice, DevError, FileDevice};
+use crate::net::conn::Traffic;
 use crate::net::{self, Identity, NetConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +102,29 @@ struct Core {
     peer_queued: Arc<AtomicUsize>,
 }
 
-/// The connection the engine uses; its messages go there as it makes them.
-type Outbox = Arc<Mutex<Option<Wire>>>;
+/// The connection the engine uses (its messages go there as it makes them), and what the
+/// connections before it moved.
+#[derive(Default)]
+struct OutboxState {
+    wire: Option<Wire>,
+    past: Traffic,
+}
+
+type Outbox = Arc<Mutex<OutboxState>>;
+
+impl OutboxState {
+    /// Switches to `wire` (None: no connection).
+    fn set(&mut self, wire: Option<Wire>) {
+        if let Some(old) = std::mem::replace(&mut self.wire, wire) {
+            self.past = self.past + old.sender.traffic();
+        }
+    }
+
+    /// Bytes moved with the peer since this node started.
+    fn traffic(&self) -> Traffic {
+        self.wire.as_ref().map_or(self.past, |w| self.past + w.sender.traffic())
+    }
+}
 
 /// The sending side of a connection: a message goes out from the engine's side at once when
 /// the socket takes it without waiting (no thread to wake), else through the connection's
@@ -117,7 +139,7 @@ struct Wire {
 /// Called only under the [`Core`] lock, which orders the messages.
 fn send_to(outbox: &Outbox, msg: Msg) {
     let outbox = outbox.lock();
-    let Some(wire) = outbox.as_ref() else { return };
+    let Some(wire) = outbox.wire.as_ref() else { return };
     // A failed try is left to the task, which reports the connection down.
     if wire.queued.load(Ordering::Acquire) == 0 && matches!(wire.sender.try_send(&msg), Ok(true)) {
         return;
@@ -130,6 +152,8 @@ fn send_to(outbox: &Outbox, msg: Msg) {
 pub struct Mirror {
     events: mpsc::Sender<Event>,
     core: Arc<Mutex<Core>>,
+    /// [`Core::outbox`], read without the engine's lock.
+    outbox: Outbox,
     replica: Arc<dyn BlockDevice>,
     size: u64,
     resource: String,
@@ -197,7 +221,7 @@ impl Mirror {
             rate_bytes_per_sec: res.rate_bytes_per_sec,
             fencing: opts.fencing,
             al_extents: 257,
-            resync_depth: 64,
+            resync_depth: 1024,
             verify_batch: 64,
         };
         let new_gen = Box::new(|| {
@@ -213,6 +237,7 @@ impl Mirror {
             .map_err(|source| MirrorError::Meta { path: disk.clone(), source })?;
         let outbox = Outbox::default();
         let sink = outbox.clone();
+        let traffic = outbox.clone();
         engine.send_through(Box::new(move |msg| send_to(&sink, msg)));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -263,6 +288,7 @@ impl Mirror {
         Ok(Mirror {
             events,
             core,
+            outbox: traffic,
             replica,
             size,
             resource: res.name.clone(),
@@ -294,6 +320,7 @@ impl Mirror {
         if let Some(o) = v.get_mut("mirror").and_then(Value::as_object_mut) {
             o.insert("resource".into(), json!(self.resource));
             o.insert("node".into(), json!(self.node));
+            o.insert("wire".into(), json!(self.outbox.lock().traffic()));
         }
         v
     }
@@ -550,7 +577,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
                 if conn.is_none() && engine.wants_connection() {
                     tracing::info!(peer, conn = id, "connected to the peer");
                     *conn = Some(id);
-                    *outbox.lock() = Some(wire);
+                    outbox.lock().set(Some(wire));
                     engine.connected(now);
                 } else {
                     tracing::info!(peer, conn = id, state = ?engine.conn_state(), "extra or unwanted connection closed");
@@ -559,7 +586,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
             Ok(Event::Down { conn: id, reason }) => {
                 if *conn == Some(id) {
                     *conn = None;
-                    *outbox.lock() = None;
+                    outbox.lock().set(None);
                     engine.disconnected(now, &reason);
                 }
             }
@@ -617,7 +644,7 @@ impl Core {
                 Output::Drop { reason } => {
                     tracing::info!(%reason, "closing the peer connection");
                     self.conn = None;
-                    *self.outbox.lock() = None;
+                    self.outbox.lock().set(None);
                 }
                 Output::WriteDone { id, result } => {
                     if let Some(Waiter::Write(w)) = self.waiters.remove(&id) {

@@ -71,7 +71,7 @@ pub struct EngineConfig {
     pub fencing: Fencing,
     /// Capacity of the activity log, in extents.
     pub al_extents: usize,
-    /// Resync requests in flight.
+    /// Blocks a sync target has asked for and not yet received.
     pub resync_depth: usize,
     /// Blocks per online-verify batch.
     pub verify_batch: u64,
@@ -167,7 +167,7 @@ pub struct Status {
     pub out_of_sync_bytes: u64,
     pub resync: Option<Progress>,
     pub resync_speed_bytes_per_sec: Option<u64>,
-    /// The last finished resync: blocks moved and how long it took.
+    /// The last finished resync: blocks moved (zeros among them) and how long it took.
     pub last_resync: Option<ResyncSummary>,
     pub verify: Option<VerifyStatus>,
     pub generations: GenIds,
@@ -179,6 +179,8 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ResyncSummary {
     pub blocks: u64,
+    /// Of `blocks`, those that moved as "all zeros" instead of their data.
+    pub zero_blocks: u64,
     pub ms: u64,
 }
 
