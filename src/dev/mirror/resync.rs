@@ -8,8 +8,10 @@
 //!
 //! `rate` limits the block data the source sends. A block is charged when it is requested; the
 //! source answers a run of blocks that are all zeros on its replica with a few bytes instead of
-//! their data, and such blocks are given back to the budget when the answer comes. So a mostly
-//! empty replica resyncs at the speed of the round trips and of reading it, its data at `rate`.
+//! their data, and such blocks are given back to the budget when the answer comes. So zero
+//! blocks do not count against the rate; what bounds them is how many may be in flight (the
+//! budget holds a tenth of a second's worth, and `depth`) per round trip, and reading them on
+//! both sides: a mostly empty 1 GiB replica resyncs in seconds at 8 MiB/s, its data at `rate`.
 
 use std::collections::BTreeSet;
 

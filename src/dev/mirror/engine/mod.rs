@@ -14,6 +14,8 @@
 //! - Conflicts (dual primary): a peer write overlapping a local write the peer had not seen is
 //!   concurrent; the lower node id's data wins on both replicas (DRBD resolves by the
 //!   discard/resolve-conflicts flag, i.e. node priority).
+//! - Roles: only a primary writes. A node is primary from the start or after `primary` when the
+//!   resource file says `become-primary-on`, else from its first write ([`Promotion`]).
 //! - Degraded writes mark the bitmap and, first, start a new generation (DRBD's new current UUID).
 //! - Fencing `resource-and-stonith`: on connection loss I/O freezes until the cluster decides
 //!   ([`Engine::resume_io`] for the survivor, [`Engine::fence`] for the loser).
