@@ -47,8 +47,15 @@ enum Cmd {
     Invalidate(cli::cluster::NodeRef),
     /// After a split brain: throw this node's changes away and resync from the peer.
     DiscardMyData(cli::cluster::NodeRef),
-    /// Demote this node of the mirror (with allow-two-primaries off, the peer may then write).
+    /// Demote this node of the mirror (with allow-two-primaries off, the peer may then write;
+    /// with become-primary-on in the resource file, this node then refuses writes until `primary`).
     Secondary(cli::cluster::NodeRef),
+    /// Promote this node of the mirror, so that it may write (refused while the peer is primary
+    /// and allow-two-primaries is off).
+    Primary(cli::cluster::NodeRef),
+    /// Let a mirror frozen by `fencing resource-and-stonith` go on without its peer (the peer is
+    /// known to be down); refused for a node that has not met its peer since it started.
+    ResumeIo(cli::cluster::NodeRef),
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,7 +139,8 @@ impl MountArgs {
 }
 
 /// The resource of `file` that has a host named `node`, and the cluster node number of its
-/// other host; every host of it must be a node of the cluster (the same names in both files).
+/// other host; every host of it must be a node of the cluster (the same names in both files),
+/// and the resource must allow a cluster mount (both nodes primary, fencing that freezes).
 fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<(o2fs::dev::mirror::config::ResourceConfig, u8)> {
     let cluster = o2fs::cluster::config::load(conf).context("reading the cluster configuration")?;
     let resources = o2fs::dev::mirror::config::load(file)?;
@@ -159,6 +167,7 @@ fn mirror_resource(file: &Path, node: &str, conf: &Path) -> Result<(o2fs::dev::m
             conf.display()
         );
     }
+    res.check_cluster_mount(file)?;
     let peer = res.peer_of(node).and_then(|h| cluster.node_by_name(&h.name)).map(|n| n.number);
     let peer = peer.with_context(|| format!("{}: resource {} has no second host", file.display(), res.name))?;
     Ok((res.clone(), peer))
@@ -179,6 +188,8 @@ const SUBCOMMANDS: &[&str] = &[
     "invalidate",
     "discard-my-data",
     "secondary",
+    "primary",
+    "resume-io",
     "help",
 ];
 
@@ -227,6 +238,8 @@ fn main() {
         Cmd::Invalidate(n) => cli::mirror::command("invalidate", n),
         Cmd::DiscardMyData(n) => cli::mirror::command("discard-my-data", n),
         Cmd::Secondary(n) => cli::mirror::command("secondary", n),
+        Cmd::Primary(n) => cli::mirror::command("primary", n),
+        Cmd::ResumeIo(n) => cli::mirror::command("resume-io", n),
     };
     if let Err(e) = result {
         eprintln!("o2fs: {e:#}");

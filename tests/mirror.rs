@@ -131,13 +131,30 @@ impl Pair {
     }
 
     fn start(secrets: [&str; 2], rate: &str, netns: Option<Netns>) -> Pair {
+        let ips = netns.as_ref().map_or(["127.0.0.1", "127.0.0.2"], |_| [NETNS_IPS[0], NETNS_IPS[1]]);
+        Pair::start_edited(secrets, rate, netns, ips, SIZE, |text| text)
+    }
+
+    /// Two nodes on `ips` with replicas of `size` bytes, their resource files passed through
+    /// `edit` first.
+    fn start_edited(
+        secrets: [&str; 2],
+        rate: &str,
+        netns: Option<Netns>,
+        ips: [&str; 2],
+        size: u64,
+        edit: impl Fn(String) -> String,
+    ) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let port = if netns.is_some() { 7788 } else { free_port() };
         for name in ["alpha", "beta"] {
-            common::sparse_image(dir.path(), &format!("{name}.img"), SIZE);
+            common::sparse_image(dir.path(), &format!("{name}.img"), size);
         }
-        let ips = netns.as_ref().map_or(["127.0.0.1", "127.0.0.2"], |_| [NETNS_IPS[0], NETNS_IPS[1]]);
-        let res = [0, 1].map(|i| resource(dir.path(), port, secrets[i], rate, i, ips));
+        let res = [0, 1].map(|i| {
+            let path = resource(dir.path(), port, secrets[i], rate, i, ips);
+            std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+            path
+        });
         let ns = |i: usize| netns.as_ref().map(|n| n.names[i].as_str());
         let nodes = [0, 1].map(|i| Node::start(dir.path(), ["alpha", "beta"][i], &res[i], ns(i)));
         Pair { nodes, netns, dir, port, res }
@@ -484,4 +501,113 @@ fn sync_target_reads_unsynced_blocks_from_the_peer() {
     pair.assert_images_equal();
     let alpha = pair.nodes[0].call(json!({"cmd": "read", "offset": 1254 * BLOCK, "len": 1}));
     assert_eq!(alpha["hex"], "4d");
+}
+
+/// Addresses of this file's tests that need no namespace beyond the first ones' (taken: 127.0.0.x).
+const IPS_34: [&str; 2] = ["127.0.34.1", "127.0.34.2"];
+
+fn o2fs_admin(cmd: &str, node: &Node) -> std::process::Output {
+    let name = &node.daemon.name;
+    common::run(Command::new(common::bin("o2fs")).args([cmd, "--node", name, "--socket"]).arg(node.socket()))
+}
+
+/// `become-primary-on alpha` without allow-two-primaries: alpha is primary from the start,
+/// beta secondary and read-only until the administrator moves the role (DRBD's roles).
+#[test]
+fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
+    init_log();
+    let edit = |text: String| {
+        text.replace(" allow-two-primaries;", "").replace("\tnet {", "\tstartup { become-primary-on alpha; }\n\tnet {")
+    };
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_34, SIZE, edit);
+    let [alpha, beta] = &pair.nodes;
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    assert_eq!((alpha.status()["role"].as_str(), beta.status()["role"].as_str()), (Some("Primary"), Some("Secondary")));
+    alpha.write_block(1, 0xA1);
+    let hex = "bb".repeat(BLOCK as usize);
+    let refused = beta.try_call(json!({"cmd": "write", "offset": 2 * BLOCK, "hex": hex})).unwrap_err();
+    assert!(refused.contains("this node is secondary"), "{refused}");
+    let out = o2fs_admin("primary", beta);
+    assert!(!out.status.success() && common::text(&out).contains("the peer is primary"), "{}", common::text(&out));
+    assert!(o2fs_admin("secondary", alpha).status.success());
+    beta.wait_for(|s| s["peer_role"] == "Secondary", "alpha's demotion");
+    let out = o2fs_admin("primary", beta);
+    assert!(out.status.success(), "{}", common::text(&out));
+    beta.write_block(2, 0xB2);
+    let refused = alpha.try_call(json!({"cmd": "write", "offset": 3 * BLOCK, "hex": hex})).unwrap_err();
+    assert!(refused.contains("this node is secondary"), "{refused}");
+    pair.assert_images_equal();
+    let read = alpha.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
+    assert_eq!(read["hex"], "b2");
+}
+
+/// `disk { fencing resource-and-stonith; }` read by `o2fs mirror up`: a lost peer freezes
+/// writes (nobody acknowledges one the peer lacks) until the administrator says the peer is
+/// down (`o2fs resume-io`); the write then completes degraded and resyncs later.
+#[test]
+fn fencing_from_the_resource_file_freezes_until_resume_io() {
+    init_log();
+    let edit = |text: String| text.replace("\tnet {", "\tdisk { fencing resource-and-stonith; }\n\tnet {");
+    let mut pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_34, SIZE, edit);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    pair.nodes[0].write_block(1, 0x11);
+    pair.nodes[1].kill();
+    let alpha = &pair.nodes[0];
+    alpha.wait_for(|s| s["io"] == "Frozen", "the freeze");
+    std::thread::scope(|sc| {
+        let write = sc.spawn(|| alpha.write_block(2, 0x22));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!write.is_finished(), "a write completed while frozen");
+        let out = o2fs_admin("resume-io", alpha);
+        assert!(out.status.success(), "{}", common::text(&out));
+        write.join().unwrap();
+    });
+    assert_eq!(
+        (alpha.status()["io"].as_str(), alpha.status()["out_of_sync_bytes"].as_u64()),
+        (Some("Running"), Some(BLOCK))
+    );
+    pair.restart(1);
+    pair.assert_images_equal();
+}
+
+/// A first full sync of a mostly empty 1 GiB volume: blocks that are zeros on the source move
+/// as a count of them, not as data, and the target only clears what is not zero already — far
+/// fewer bytes on the wire than the volume, the target's replica stays sparse, and both end
+/// equal. Zeros do not count against `rate`: at 8 MiB/s the whole volume would take two
+/// minutes, and the wait below gives up after 20 s.
+#[test]
+fn a_full_sync_of_a_mostly_empty_volume_moves_far_less_than_the_volume() {
+    use std::os::unix::fs::MetadataExt;
+    init_log();
+    const BIG: u64 = 1 << 30;
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "8M", None, IPS_34, BIG, |text| text);
+    let [alpha, beta] = &pair.nodes;
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let data: Vec<u64> = (0..64).map(|k| k * (BIG / BLOCK / 64) + 3).collect();
+    for &b in &data {
+        alpha.write_block(b, 0x5A);
+    }
+    // Behind the mirror's back, where alpha holds zeros: the sync must clear it.
+    let mut f = std::fs::OpenOptions::new().write(true).open(pair.image(1)).unwrap();
+    f.seek(SeekFrom::Start(100 * BLOCK + 5)).unwrap();
+    f.write_all(&[0xEE; 100]).unwrap();
+    drop(f);
+    let received = || beta.status()["wire"]["received_bytes"].as_u64().unwrap();
+    let before = received();
+    beta.call(json!({"cmd": "invalidate"}));
+    beta.wait_for(|s| s["last_resync"]["blocks"] == BIG / BLOCK, "the full sync");
+    pair.assert_images_equal();
+    let moved = received() - before;
+    let last = beta.status()["last_resync"].clone();
+    eprintln!("full sync of {BIG} bytes: {moved} bytes received, {last}");
+    assert_eq!(last["zero_blocks"], BIG / BLOCK - data.len() as u64, "{last}");
+    assert!(moved < BIG / 64, "the full sync received {moved} bytes for a {BIG}-byte volume");
+    let allocated = std::fs::metadata(pair.image(1)).unwrap().blocks() * 512;
+    assert!(allocated < 16 << 20, "beta's replica has {allocated} bytes allocated");
 }

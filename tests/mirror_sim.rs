@@ -20,7 +20,9 @@ use std::sync::Arc;
 use o2fs::dev::mem::MemDevice;
 use o2fs::dev::mirror::bitmap::BM_BLOCK;
 use o2fs::dev::mirror::config::Protocol;
-use o2fs::dev::mirror::engine::{ConnState, Engine, EngineConfig, Fencing, IoState, Output, Repl, Written};
+use o2fs::dev::mirror::engine::{
+    ConnState, Engine, EngineConfig, Fencing, IoFailure, IoState, Output, Promotion, Repl, Written,
+};
 use o2fs::dev::mirror::meta::{self, MetaArea, Super};
 use o2fs::dev::mirror::proto::Msg;
 use o2fs::dev::{BlockDevice, DevError};
@@ -119,6 +121,8 @@ struct Sim {
     rate: u64,
     dual: bool,
     fencing: Fencing,
+    /// Roles set by `become-primary-on` and the administrator, not by the first write.
+    explicit: bool,
     primary: usize,
     nodes: Vec<Node>,
     /// Messages in flight per direction (`links[i]` from node i), with their delivery time.
@@ -131,17 +135,30 @@ struct Sim {
     reads: Vec<Option<ReadRec>>,
     log: Vec<String>,
     split_brains: u32,
+    /// Writes refused because their node was secondary (explicit roles).
+    secondary_refusals: u32,
+    /// Blocks asked for by resync requests.
     resync_requests: u64,
+    /// Blocks a sync source answered as all zeros.
+    zero_blocks: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
 
-fn config(node: usize, protocol: Protocol, dual: bool, fencing: Fencing, rate: u64) -> EngineConfig {
+fn config(
+    node: usize,
+    protocol: Protocol,
+    dual: bool,
+    fencing: Fencing,
+    rate: u64,
+    promotion: Promotion,
+) -> EngineConfig {
     EngineConfig {
         node_id: node as u32,
         peer_id: 1 - node as u32,
         protocol,
         two_primaries: dual,
+        promotion,
         rate_bytes_per_sec: rate,
         fencing,
         al_extents: 3,
@@ -158,9 +175,16 @@ impl Sim {
         let dual = protocol == Protocol::C && rng.below(4) != 0;
         let fencing = if dual && rng.below(2) == 0 { Fencing::Freeze } else { Fencing::DontCare };
         let internal = rng.below(2) == 0;
-        Sim::with(seed, rng, protocol, dual, fencing, internal, 4 << 20)
+        let mut sim = Sim::with(seed, rng, protocol, dual, fencing, internal, 4 << 20);
+        sim.explicit = sim.rng.below(2) == 0;
+        sim.note(format!("explicit roles {}", sim.explicit));
+        for i in 0..2 {
+            sim.start(i);
+        }
+        sim
     }
 
+    /// Nodes not started yet (`start` them).
     fn with(seed: u64, rng: Rng, protocol: Protocol, dual: bool, fencing: Fencing, internal: bool, rate: u64) -> Sim {
         let nodes = (0..2)
             .map(|_| {
@@ -191,6 +215,7 @@ impl Sim {
             rate,
             dual,
             fencing,
+            explicit: false,
             primary: 0,
             nodes,
             links: [VecDeque::new(), VecDeque::new()],
@@ -213,13 +238,12 @@ impl Sim {
             reads: Vec::new(),
             log: Vec::new(),
             split_brains: 0,
+            secondary_refusals: 0,
             resync_requests: 0,
+            zero_blocks: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
-        for i in 0..2 {
-            sim.start(i);
-        }
         sim
     }
 
@@ -242,8 +266,12 @@ impl Sim {
         let n = &self.nodes[i];
         let loaded = MetaArea::open(n.meta_dev.clone(), n.meta_base, DATA).unwrap();
         let mut gen_rng = Rng::new(self.rng.next());
+        let promotion = match self.explicit {
+            true => Promotion::Explicit { at_start: self.dual || i == self.primary },
+            false => Promotion::OnWrite,
+        };
         let engine = Engine::open(
-            config(i, self.protocol, self.dual, self.fencing, self.rate),
+            config(i, self.protocol, self.dual, self.fencing, self.rate, promotion),
             n.replica.clone(),
             loaded,
             Box::new(move || gen_rng.next() | 1 << 63),
@@ -384,7 +412,11 @@ impl Sim {
         let now = self.now;
         match out {
             Output::Send(msg) => {
-                self.resync_requests += matches!(msg, Msg::ResyncRequest { .. }) as u64;
+                match msg {
+                    Msg::ResyncRequest { count, .. } => self.resync_requests += count,
+                    Msg::ResyncZeros { count, .. } => self.zero_blocks += count,
+                    _ => {}
+                }
                 if self.up {
                     let at = self.delay() + now;
                     let at = self.links[i].back().map_or(at, |(last, _)| at.max(*last));
@@ -405,6 +437,13 @@ impl Sim {
                 self.cut(&reason);
             }
             Output::WriteDone { id, result } => {
+                // Only a primary writes (a secondary is not demoted while its writes are pending).
+                if result.is_ok() && self.nodes[i].engine.as_ref().is_some_and(|e| e.status().role != "Primary") {
+                    self.fail(format!("node {i} completed write {id} as a secondary"));
+                }
+                if self.explicit && result == Err(IoFailure::Secondary) {
+                    self.secondary_refusals += 1;
+                }
                 let w = &mut self.writes[id as usize];
                 w.end = Some(now);
                 w.ok = result.is_ok();
@@ -609,6 +648,8 @@ impl Sim {
         }
         match roll {
             0..=399 if self.dual || i == self.primary => self.submit_write(i),
+            // Now and then on the other node too: refused while it is secondary.
+            0..=39 if self.explicit => self.submit_write(i),
             400..=499 => self.submit_read(i),
             500..=509 => self.cut("link failure"),
             510..=514 => {
@@ -628,10 +669,13 @@ impl Sim {
                 let old = self.primary;
                 let now = self.now;
                 let up = self.up;
-                let moved = match self.nodes[old].engine.as_mut() {
+                let demoted = match self.nodes[old].engine.as_mut() {
                     Some(e) if up => e.secondary(now).is_ok(),
                     _ => true,
                 };
+                // With explicit roles the new primary promotes itself: refused until the old
+                // one's demotion has reached it.
+                let moved = demoted && (!self.explicit || self.engine(i).primary(now).is_ok());
                 if moved {
                     self.primary = i;
                     self.note(format!("primary moves to node {i}"));
@@ -644,6 +688,14 @@ impl Sim {
             }
             557..=561 if self.nodes[i].fenced => {
                 self.crash(i);
+            }
+            562..=571 if self.explicit => {
+                // The administrator demotes or promotes a node; the harness's writes go on
+                // (a secondary's fail). Refusals are fine: writes in flight, peer primary.
+                let now = self.now;
+                let e = self.engine(i);
+                let r = if e.status().role == "Primary" { e.secondary(now) } else { e.primary(now) };
+                self.note(format!("node {i} role change: {r:?}"));
             }
             _ => {}
         }
@@ -768,24 +820,32 @@ fn random_faults_never_lose_an_acknowledged_write() {
         }
     };
     let started = std::time::Instant::now();
-    let (mut split_brains, mut writes) = (0, 0);
+    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks) = (0, 0, 0, 0);
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
+        zero_blocks += sim.zero_blocks;
+        secondary_refusals += sim.secondary_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
-        "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, {:?}",
+        "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
+         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, {:?}",
         started.elapsed()
     );
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
+        assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
+        assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
     }
 }
 
 /// A quiet connected pair (protocol C, dual primary) with `rate` bytes/s of resync.
 fn connected_pair(rate: u64) -> Sim {
     let mut sim = Sim::with(1, Rng::new(1), Protocol::C, true, Fencing::DontCare, false, rate);
+    for i in 0..2 {
+        sim.start(i);
+    }
     sim.heal();
     sim
 }
@@ -924,10 +984,11 @@ fn random_msg(rng: &mut Rng) -> Msg {
         5 => Msg::FlushAck { id: num(rng) },
         6 => Msg::ReadRequest { id: num(rng), offset: num(rng), len: num(rng) },
         7 => Msg::ReadReply { id: num(rng), data: (rng.below(2) == 0).then(|| data(rng)) },
-        8 => Msg::ResyncRequest { block: num(rng) },
+        8 => Msg::ResyncRequest { block: num(rng), count: num(rng) },
         9 => Msg::ResyncData { block: num(rng), data: data(rng) },
-        10 => Msg::ResyncAck { block: num(rng) },
-        11 => Msg::ResyncDone,
+        10 => Msg::ResyncAck { block: num(rng), count: num(rng) },
+        11 if rng.below(2) == 0 => Msg::ResyncDone,
+        11 => Msg::ResyncZeros { block: num(rng), count: num(rng) },
         12 => Msg::VerifyBatch {
             start: num(rng),
             digests: (0..rng.below(70)).map(|_| [rng.below(2) as u8; 20]).collect(),
@@ -946,6 +1007,7 @@ fn hostile_peer_messages_never_panic() {
     let mut states = HashSet::new();
     for seed in 0..300u64 {
         let mut sim = Sim::with(seed, Rng::new(seed), Protocol::C, true, Fencing::DontCare, seed % 2 == 0, 4 << 20);
+        sim.start(0);
         let mut rng = Rng::new(seed ^ 0x5EED);
         let engine = sim.nodes[0].engine.as_mut().unwrap();
         let mut now = 1;

@@ -1,6 +1,7 @@
 //! `o2fs mirror up` and the mirror's administration commands answered over a node's unix socket
-//! (`o2fs verify|connect|disconnect|invalidate|discard-my-data`; `o2fs status` shows the mirror
-//! section of any node's status). Command lines only: the mirror is `o2fs::dev::mirror::driver`.
+//! (`o2fs verify|connect|disconnect|invalidate|discard-my-data|primary|secondary|resume-io`;
+//! `o2fs status` shows the mirror section of any node's status). Command lines only: the mirror
+//! is `o2fs::dev::mirror::driver`.
 
 use anyhow::{bail, Context, Result};
 use o2fs::dev::mirror::config::ResourceConfig;
@@ -65,8 +66,13 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-    // Without a cluster nobody decides who goes on after a split: each side goes on degraded.
-    let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms, Fencing::DontCare)?;
+    // The resource file's fencing: dont-care (the default) goes on degraded after a split;
+    // resource-and-stonith freezes until `o2fs resume-io` (no cluster decides here).
+    let fencing = res.fencing();
+    if fencing == Fencing::Freeze {
+        tracing::info!("fencing resource-and-stonith: a lost peer freezes I/O until `o2fs resume-io`");
+    }
+    let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms, fencing)?;
     let path = a.node.socket();
     let listener = mirror.runtime().block_on(AdminListener::bind(&path))?;
     let m = mirror.clone();
@@ -95,7 +101,8 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
 }
 
 /// Starts `node`'s mirror of `res` with the cluster's link timing (a cluster mount on the
-/// mirror). A lost peer freezes I/O until the cluster's quorum decides (DRBD's
+/// mirror; the mount checked the resource with `ResourceConfig::check_cluster_mount`). Both
+/// nodes are primary, and a lost peer freezes I/O until the cluster's quorum decides (DRBD's
 /// `fencing resource-and-stonith`): no write is acknowledged by a node that may yet be fenced.
 ///
 /// The mirror's link waits twice as long as the cluster's before it gives up: a stall the
@@ -126,7 +133,8 @@ pub async fn answer(mirror: &Arc<Mirror>, request: Value) -> Value {
         .unwrap_or_else(|e| admin::err(format!("admin request failed: {e}")))
 }
 
-/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `secondary`.
+/// `verify`, `connect`, `disconnect`, `invalidate`, `discard-my-data`, `primary`, `secondary`,
+/// `resume-io`.
 pub fn command(cmd: &str, node: NodeRef) -> Result<()> {
     admin::request(&node.socket(), &json!({ "cmd": cmd }), Duration::from_secs(30))
         .with_context(|| format!("node {}", node.node))?;

@@ -22,7 +22,7 @@
 //! socket; the peer then reads a clean end of stream.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,20 @@ pub struct ConnReceiver {
     failed: Option<String>,
 }
 
+/// Bytes a connection moved since its handshake, framing included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+    fn add(self, o: Traffic) -> Traffic {
+        Traffic { sent_bytes: self.sent_bytes + o.sent_bytes, received_bytes: self.received_bytes + o.received_bytes }
+    }
+}
+
 struct Shared {
     peer: SocketAddr,
     peer_name: String,
@@ -80,6 +94,8 @@ struct Shared {
     want_pong: AtomicBool,
     ping: Vec<u8>,
     pong: Vec<u8>,
+    sent: AtomicU64,
+    received: AtomicU64,
 }
 
 struct WriterState {
@@ -177,6 +193,8 @@ async fn establish(
         want_pong: AtomicBool::new(false),
         ping,
         pong,
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
     });
     let (tx, inbox) = mpsc::unbounded_channel();
     tokio::spawn(run_task(rd, reader, shared.clone(), tx));
@@ -237,6 +255,7 @@ impl ConnSender {
         // An error is left to the task too: `write` closes the connection the usual way.
         while let Some(Ok(n @ 1..)) = w.half.as_ref().map(|h| h.try_write(&f[at..])) {
             at += n;
+            s.sent.fetch_add(n as u64, Ordering::Relaxed);
             if at == f.len() {
                 break;
             }
@@ -262,6 +281,12 @@ impl ConnSender {
 
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// What the connection moved so far, both ways.
+    pub fn traffic(&self) -> Traffic {
+        let s = &self.shared;
+        Traffic { sent_bytes: s.sent.load(Ordering::Relaxed), received_bytes: s.received.load(Ordering::Relaxed) }
     }
 }
 
@@ -314,6 +339,9 @@ impl Shared {
             return Err(NetError::Closed { peer: self.peer, reason: w.why_closed.clone() });
         };
         let r = write_all_timed(half, f, self.cfg.write_timeout_ms, self.peer).await;
+        if r.is_ok() {
+            self.sent.fetch_add(f.len() as u64, Ordering::Relaxed);
+        }
         if let Err(e) = &r {
             warn!(peer = %self.peer, error = %e, "network send failed; closing the connection");
             w.half = None;
@@ -399,7 +427,10 @@ async fn read_loop(
             n = reader.fill(rd) => match n {
                 Ok(0) if reader.has_partial() => return Err(NetError::Eof { peer, during: "reading a frame" }),
                 Ok(0) => return Ok("the peer closed the connection"),
-                Ok(_) => last_rx = Instant::now(),
+                Ok(n) => {
+                    shared.received.fetch_add(n as u64, Ordering::Relaxed);
+                    last_rx = Instant::now();
+                }
                 Err(source) => return Err(NetError::Io { peer, during: "reading", source }),
             },
             _ = tokio::time::sleep_until(ping_at.min(idle_at)) => {

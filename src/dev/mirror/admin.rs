@@ -1,5 +1,5 @@
 //! The mirror's admin commands (`o2fs status|verify|connect|disconnect|invalidate|
-//! discard-my-data`), as JSON requests answered by the engine thread, and the text form of
+//! discard-my-data|primary|secondary|resume-io`), as JSON requests answered by the engine thread, and the text form of
 //! `o2fs status` (modelled on `drbdadm status`).
 
 use serde_json::{json, Value};
@@ -17,6 +17,8 @@ pub fn handle(engine: &mut Engine, now: u64, request: &Value) -> Value {
         },
         Some("verify") => done(engine.start_verify(now)),
         Some("secondary") => done(engine.secondary(now)),
+        Some("primary") => done(engine.primary(now)),
+        Some("resume-io") => done(engine.resume_io(now)),
         Some("connect") => {
             engine.connect(now);
             ok(json!({}))
@@ -74,6 +76,9 @@ pub fn format_status(s: &Value) -> String {
             n("total_blocks"),
             n("out_of_sync_blocks")
         );
+    }
+    if let (Some(sent), Some(received)) = (s["wire"]["sent_bytes"].as_u64(), s["wire"]["received_bytes"].as_u64()) {
+        out += &format!("  traffic: sent:{} received:{}\n", size(sent), size(received));
     }
     if let Some(r) = s["last_refusal"].as_str() {
         out += &format!("  last refusal: {r}\n");

@@ -1,7 +1,7 @@
 //! Resource file: the subset of the DRBD 8 `drbd.conf` grammar the mirror reads.
 //!
 //! `global { usage-count ...; }`, `common { ... }` and `resource NAME { ... }` sections holding
-//! `protocol`, `syncer`, `startup`, `net` and (resources only) two `on HOST` sections. A
+//! `protocol`, `syncer`, `startup`, `disk`, `net` and (resources only) two `on HOST` sections. A
 //! resource's statements override `common`'s. Anything else is refused, naming file and line.
 
 use std::collections::HashMap;
@@ -25,6 +25,22 @@ pub enum Protocol {
 pub enum BecomePrimaryOn {
     Both,
     Host(String),
+}
+
+/// What to do when the peer is lost with writes pending (DRBD 8's `disk { fencing ...; }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fencing {
+    /// Complete pending writes locally and go on degraded (`dont-care`, DRBD's default).
+    DontCare,
+    /// Freeze I/O until told to resume or to fence (`resource-and-stonith`).
+    Freeze,
+}
+
+/// A value and the line of the resource file that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At<T> {
+    pub value: T,
+    pub line: usize,
 }
 
 /// Where a host keeps the mirror's metadata.
@@ -51,6 +67,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceConfig {
     pub name: String,
+    /// The line of `resource NAME`.
+    pub line: usize,
     pub protocol: Protocol,
     pub verify_alg: Option<String>,
     /// Resync rate limit; `K`/`M`/`G` are powers of 1024, a bare number is KiB.
@@ -59,7 +77,9 @@ pub struct ResourceConfig {
     pub wfc_timeout: u32,
     /// The same, when this node was degraded before it restarted.
     pub degr_wfc_timeout: u32,
-    pub become_primary_on: Option<BecomePrimaryOn>,
+    pub become_primary_on: Option<At<BecomePrimaryOn>>,
+    /// DontCare when the file says nothing (DRBD's default).
+    pub fencing: Option<At<Fencing>>,
     pub cram_hmac_alg: Option<String>,
     pub shared_secret: Option<String>,
     pub allow_two_primaries: bool,
@@ -77,6 +97,48 @@ impl ResourceConfig {
     pub fn peer_of(&self, name: &str) -> Option<&HostConfig> {
         self.host(name)?;
         self.hosts.iter().find(|h| h.name != name)
+    }
+
+    pub fn fencing(&self) -> Fencing {
+        self.fencing.as_ref().map_or(Fencing::DontCare, |f| f.value)
+    }
+
+    /// Whether host `name` is primary from the start (`become-primary-on` names it, or `both`);
+    /// None when the file has no `become-primary-on` (a node then promotes itself on its first
+    /// write).
+    pub fn primary_at_start(&self, name: &str) -> Option<bool> {
+        self.become_primary_on.as_ref().map(|b| match &b.value {
+            BecomePrimaryOn::Both => true,
+            BecomePrimaryOn::Host(h) => h == name,
+        })
+    }
+
+    /// What a cluster mount on the mirror needs of the resource (read from file `path`): both
+    /// nodes primary at once (`allow-two-primaries`; `become-primary-on`, if given, `both`),
+    /// and I/O frozen on a lost peer until the cluster decides (`fencing
+    /// resource-and-stonith`, what the mount runs when the file says nothing).
+    pub fn check_cluster_mount(&self, path: &Path) -> Result<()> {
+        let refuse = |line, statement: String, need| ResConfigError::ClusterMount {
+            path: path.to_owned(),
+            line,
+            resource: self.name.clone(),
+            statement,
+            need,
+        };
+        if !self.allow_two_primaries {
+            let need = "both nodes write at once: add `net { allow-two-primaries; }`";
+            return Err(refuse(self.line, "resource without allow-two-primaries".into(), need));
+        }
+        if let Some(At { value: BecomePrimaryOn::Host(h), line }) = &self.become_primary_on {
+            let need = "both nodes must be primary: `become-primary-on both;` (or none)";
+            return Err(refuse(*line, format!("become-primary-on {h}"), need));
+        }
+        if let Some(At { value: Fencing::DontCare, line }) = &self.fencing {
+            let need = "a node that loses its peer must freeze until the cluster decides: `fencing \
+                        resource-and-stonith;` (or none)";
+            return Err(refuse(*line, "fencing dont-care".into(), need));
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +173,8 @@ pub enum ResConfigError {
     Requires { path: PathBuf, line: usize, statement: &'static str, requires: &'static str },
     #[error("{}: no resource section, expected at least one `resource NAME {{ ... }}`", path.display())]
     NoResource { path: PathBuf },
+    #[error("{}:{line}: resource {resource}: `{statement}` does not suit a cluster mount on the mirror: {need}", path.display())]
+    ClusterMount { path: PathBuf, line: usize, resource: String, statement: String, need: &'static str },
 }
 
 type Result<T> = std::result::Result<T, ResConfigError>;
@@ -271,12 +335,6 @@ fn tokenize(text: &str, path: &Path) -> Result<Vec<Token>> {
     Ok(out)
 }
 
-#[derive(Debug, Clone)]
-struct At<T> {
-    value: T,
-    line: usize,
-}
-
 /// The statements a `common` or `resource` section may set, with the line that set each.
 #[derive(Default, Clone)]
 struct Settings {
@@ -286,6 +344,7 @@ struct Settings {
     wfc_timeout: Option<At<u32>>,
     degr_wfc_timeout: Option<At<u32>>,
     become_primary_on: Option<At<BecomePrimaryOn>>,
+    fencing: Option<At<Fencing>>,
     cram_hmac_alg: Option<At<String>>,
     shared_secret: Option<At<String>>,
     allow_two_primaries: Option<At<bool>>,
@@ -303,6 +362,7 @@ impl Settings {
             wfc_timeout: self.wfc_timeout.or(c.wfc_timeout),
             degr_wfc_timeout: self.degr_wfc_timeout.or(c.degr_wfc_timeout),
             become_primary_on: self.become_primary_on.or(c.become_primary_on),
+            fencing: self.fencing.or(c.fencing),
             cram_hmac_alg: self.cram_hmac_alg.or(c.cram_hmac_alg),
             shared_secret: self.shared_secret.or(c.shared_secret),
             allow_two_primaries: self.allow_two_primaries.or(c.allow_two_primaries),
@@ -481,6 +541,23 @@ impl Parser<'_> {
                 }
                 Ok(true)
             })?,
+            "disk" => self.block("the disk section", |p, statement, line| {
+                if statement != "fencing" {
+                    return Ok(false);
+                }
+                let v = p.single("dont-care or resource-and-stonith")?;
+                let fencing = match v.value.as_str() {
+                    "dont-care" => Fencing::DontCare,
+                    "resource-and-stonith" => Fencing::Freeze,
+                    _ => {
+                        let expected = "dont-care or resource-and-stonith (resource-only needs DRBD's fence-peer \
+                                        handler, which o2fs does not run)";
+                        return Err(p.bad(&v, "fencing", expected));
+                    }
+                };
+                p.set(&mut s.fencing, "fencing", fencing, line)?;
+                Ok(true)
+            })?,
             "net" => self.block("the net section", |p, statement, line| {
                 match statement {
                     "cram-hmac-alg" => {
@@ -631,12 +708,14 @@ impl Parser<'_> {
         }
         Ok(ResourceConfig {
             name,
+            line,
             protocol: s.protocol.map_or(Protocol::C, |p| p.value),
             verify_alg: s.verify_alg.map(|a| a.value),
             rate_bytes_per_sec: s.rate.map_or(DEFAULT_RATE, |r| r.value),
             wfc_timeout: s.wfc_timeout.map_or(0, |t| t.value),
             degr_wfc_timeout: s.degr_wfc_timeout.map_or(DEFAULT_DEGR_WFC_TIMEOUT, |t| t.value),
-            become_primary_on: s.become_primary_on.map(|b| b.value),
+            become_primary_on: s.become_primary_on,
+            fencing: s.fencing,
             cram_hmac_alg: s.cram_hmac_alg.map(|a| a.value),
             shared_secret: s.shared_secret.map(|a| a.value),
             allow_two_primaries,
@@ -702,12 +781,14 @@ mod tests {
             r,
             vec![ResourceConfig {
                 name: "mail_data".into(),
+                line: 7,
                 protocol: Protocol::C,
                 verify_alg: Some("sha1".into()),
                 rate_bytes_per_sec: 24 << 20,
                 wfc_timeout: 0,
                 degr_wfc_timeout: 10,
-                become_primary_on: Some(BecomePrimaryOn::Both),
+                become_primary_on: Some(At { value: BecomePrimaryOn::Both, line: 15 }),
+                fencing: None,
                 cram_hmac_alg: Some("sha1".into()),
                 shared_secret: Some("change-me".into()),
                 allow_two_primaries: true,
@@ -720,6 +801,9 @@ mod tests {
         assert_eq!(r.peer_of("mail1").map(|h| h.name.as_str()), Some("mail2"));
         assert_eq!(r.peer_of("mail2").map(|h| h.name.as_str()), Some("mail1"));
         assert!(r.host("mail3").is_none() && r.peer_of("mail3").is_none());
+        assert_eq!((r.primary_at_start("mail1"), r.primary_at_start("mail2")), (Some(true), Some(true)));
+        assert_eq!(r.fencing(), Fencing::DontCare);
+        r.check_cluster_mount(Path::new("test.res")).unwrap();
     }
 
     #[test]
@@ -741,6 +825,7 @@ mod tests {
         assert_eq!(r.rate_bytes_per_sec, 250 * 1024);
         assert_eq!((r.wfc_timeout, r.degr_wfc_timeout), (0, 60));
         assert_eq!((r.become_primary_on.clone(), r.allow_two_primaries), (None, false));
+        assert_eq!((r.primary_at_start("a"), r.fencing.clone()), (None, None));
         assert_eq!((r.cram_hmac_alg.clone(), r.shared_secret.clone()), (None, None));
         assert_eq!(r.hosts[0].disk, PathBuf::from("/d a"));
         assert_eq!(r.hosts[0].meta_disk, MetaDisk::Internal);
@@ -763,7 +848,35 @@ mod tests {
         assert_eq!(r[0].rate_bytes_per_sec, 100 << 10);
         assert_eq!(r[1].degr_wfc_timeout, 5);
         assert_eq!(r[0].data_integrity_alg.as_deref(), Some("sha1"));
-        assert_eq!(r[0].become_primary_on, Some(BecomePrimaryOn::Host("a".into())));
+        assert_eq!(r[0].become_primary_on.as_ref().map(|b| &b.value), Some(&BecomePrimaryOn::Host("a".into())));
+        assert_eq!((r[0].primary_at_start("a"), r[0].primary_at_start("b")), (Some(true), Some(false)));
+    }
+
+    #[test]
+    fn fencing_is_read_from_the_disk_section() {
+        let with =
+            |fencing: &str| EXAMPLE.replace("\tstartup {", &format!("\tdisk {{ fencing {fencing}; }}\n\tstartup {{"));
+        let r = p(&with("resource-and-stonith")).unwrap().remove(0);
+        assert_eq!(r.fencing, Some(At { value: Fencing::Freeze, line: 12 }));
+        r.check_cluster_mount(Path::new("test.res")).unwrap();
+        let r = p(&with("dont-care")).unwrap().remove(0);
+        assert_eq!(r.fencing(), Fencing::DontCare);
+        let common = format!("common {{ disk {{ fencing resource-and-stonith; }} }}\n{MINIMAL}");
+        assert_eq!(p(&common).unwrap()[0].fencing(), Fencing::Freeze);
+    }
+
+    /// A cluster mount on the mirror needs both nodes primary and I/O frozen on a lost peer;
+    /// the refusal names file, line and statement.
+    #[test]
+    fn cluster_mount_refusals_name_the_line() {
+        let check = |text: String| p(&text).unwrap().remove(0).check_cluster_mount(Path::new("test.res")).unwrap_err();
+        let e = check(EXAMPLE.replace("\tstartup {", "\tdisk { fencing dont-care; }\n\tstartup {"));
+        assert!(matches!(e, ResConfigError::ClusterMount { line: 12, .. }), "{e}");
+        assert!(e.to_string().starts_with("test.res:12: resource mail_data: `fencing dont-care`"), "{e}");
+        let e = check(EXAMPLE.replace("become-primary-on both", "become-primary-on mail1"));
+        assert!(e.to_string().starts_with("test.res:15: resource mail_data: `become-primary-on mail1`"), "{e}");
+        let e = check(EXAMPLE.replace("allow-two-primaries;", "").replace("become-primary-on both;", ""));
+        assert!(matches!(e, ResConfigError::ClusterMount { line: 7, .. }), "{e}");
     }
 
     #[test]
@@ -855,6 +968,15 @@ mod tests {
                 matches!(e, E::Unsupported { line: 1, .. })
             }),
             (MINIMAL.replace("resource r {", "resource r ;"), |e| matches!(e, E::Syntax { line: 1, .. })),
+            (MINIMAL.replace("resource r {", "resource r {\n disk { fencing resource-only; }"), |e| {
+                matches!(e, E::BadValue { line: 2, statement: "fencing", .. })
+            }),
+            (MINIMAL.replace("resource r {", "resource r { disk { on-io-error detach; }"), |e| {
+                matches!(e, E::Unsupported { line: 1, section: "the disk section", .. })
+            }),
+            (MINIMAL.replace("resource r {", "resource r { disk { fencing dont-care; fencing dont-care; }"), |e| {
+                matches!(e, E::Duplicate { line: 1, statement: "fencing", .. })
+            }),
         ];
         assert_refusals(&cases, p);
     }

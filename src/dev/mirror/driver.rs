@@ -20,6 +20,7 @@
 //! both sides).
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,11 +33,12 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc as tmpsc, watch};
 
 use super::config::{MetaDisk, ResourceConfig};
-use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Written};
+use super::engine::{Engine, EngineConfig, Fencing, IoFailure, Output, Promotion, Written};
 use super::meta::{self, MetaArea, MetaError, Super};
 use super::proto::Msg;
 use super::replica::Replica;
 use crate::dev::{check_range, BlockDevice, DevError, FileDevice};
+use crate::net::conn::Traffic;
 use crate::net::{self, Identity, NetConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +102,29 @@ struct Core {
     peer_queued: Arc<AtomicUsize>,
 }
 
-/// The connection the engine uses; its messages go there as it makes them.
-type Outbox = Arc<Mutex<Option<Wire>>>;
+/// The connection the engine uses (its messages go there as it makes them), and what the
+/// connections before it moved.
+#[derive(Default)]
+struct OutboxState {
+    wire: Option<Wire>,
+    past: Traffic,
+}
+
+type Outbox = Arc<Mutex<OutboxState>>;
+
+impl OutboxState {
+    /// Switches to `wire` (None: no connection).
+    fn set(&mut self, wire: Option<Wire>) {
+        if let Some(old) = std::mem::replace(&mut self.wire, wire) {
+            self.past = self.past + old.sender.traffic();
+        }
+    }
+
+    /// Bytes moved with the peer since this node started.
+    fn traffic(&self) -> Traffic {
+        self.wire.as_ref().map_or(self.past, |w| self.past + w.sender.traffic())
+    }
+}
 
 /// The sending side of a connection: a message goes out from the engine's side at once when
 /// the socket takes it without waiting (no thread to wake), else through the connection's
@@ -116,7 +139,7 @@ struct Wire {
 /// Called only under the [`Core`] lock, which orders the messages.
 fn send_to(outbox: &Outbox, msg: Msg) {
     let outbox = outbox.lock();
-    let Some(wire) = outbox.as_ref() else { return };
+    let Some(wire) = outbox.wire.as_ref() else { return };
     // A failed try is left to the task, which reports the connection down.
     if wire.queued.load(Ordering::Acquire) == 0 && matches!(wire.sender.try_send(&msg), Ok(true)) {
         return;
@@ -129,6 +152,8 @@ fn send_to(outbox: &Outbox, msg: Msg) {
 pub struct Mirror {
     events: mpsc::Sender<Event>,
     core: Arc<Mutex<Core>>,
+    /// [`Core::outbox`], read without the engine's lock.
+    outbox: Outbox,
     replica: Arc<dyn BlockDevice>,
     size: u64,
     resource: String,
@@ -190,10 +215,13 @@ impl Mirror {
             peer_id: 1 - node_id,
             protocol: res.protocol,
             two_primaries: res.allow_two_primaries,
+            promotion: res
+                .primary_at_start(&opts.node)
+                .map_or(Promotion::OnWrite, |at_start| Promotion::Explicit { at_start }),
             rate_bytes_per_sec: res.rate_bytes_per_sec,
             fencing: opts.fencing,
             al_extents: 257,
-            resync_depth: 64,
+            resync_depth: 1024,
             verify_batch: 64,
         };
         let new_gen = Box::new(|| {
@@ -209,6 +237,7 @@ impl Mirror {
             .map_err(|source| MirrorError::Meta { path: disk.clone(), source })?;
         let outbox = Outbox::default();
         let sink = outbox.clone();
+        let traffic = outbox.clone();
         engine.send_through(Box::new(move |msg| send_to(&sink, msg)));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -259,6 +288,7 @@ impl Mirror {
         Ok(Mirror {
             events,
             core,
+            outbox: traffic,
             replica,
             size,
             resource: res.name.clone(),
@@ -290,6 +320,7 @@ impl Mirror {
         if let Some(o) = v.get_mut("mirror").and_then(Value::as_object_mut) {
             o.insert("resource".into(), json!(self.resource));
             o.insert("node".into(), json!(self.node));
+            o.insert("wire".into(), json!(self.outbox.lock().traffic()));
         }
         v
     }
@@ -546,7 +577,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
                 if conn.is_none() && engine.wants_connection() {
                     tracing::info!(peer, conn = id, "connected to the peer");
                     *conn = Some(id);
-                    *outbox.lock() = Some(wire);
+                    outbox.lock().set(Some(wire));
                     engine.connected(now);
                 } else {
                     tracing::info!(peer, conn = id, state = ?engine.conn_state(), "extra or unwanted connection closed");
@@ -555,7 +586,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
             Ok(Event::Down { conn: id, reason }) => {
                 if *conn == Some(id) {
                     *conn = None;
-                    *outbox.lock() = None;
+                    outbox.lock().set(None);
                     engine.disconnected(now, &reason);
                 }
             }
@@ -613,7 +644,7 @@ impl Core {
                 Output::Drop { reason } => {
                     tracing::info!(%reason, "closing the peer connection");
                     self.conn = None;
-                    *self.outbox.lock() = None;
+                    self.outbox.lock().set(None);
                 }
                 Output::WriteDone { id, result } => {
                     if let Some(Waiter::Write(w)) = self.waiters.remove(&id) {
@@ -655,11 +686,17 @@ impl MirrorDevice {
         unlocked: impl FnOnce(),
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
-        let fail = |msg: String| DevError::Io { op, offset, len, source: std::io::Error::other(msg) };
+        let fail = |e: IoFailure| {
+            // A secondary's replica is read-only (EROFS to a caller that asks for the errno).
+            let kind = if e == IoFailure::Secondary { ErrorKind::ReadOnlyFilesystem } else { ErrorKind::Other };
+            DevError::Io { op, offset, len, source: std::io::Error::new(kind, e.to_string()) }
+        };
+        let stopped =
+            || DevError::Io { op, offset, len, source: std::io::Error::other("the mirror engine has stopped") };
         let (reply, rx) = mpsc::channel();
         let mut core = self.core.lock();
         if core.stopped {
-            return Err(fail("the mirror engine has stopped".into()));
+            return Err(stopped());
         }
         core.next_id += 1;
         let id = core.next_id;
@@ -676,8 +713,8 @@ impl MirrorDevice {
         }
         drop(core);
         match rx.recv() {
-            Ok(r) => r.map_err(|e| fail(e.to_string())),
-            Err(_) => Err(fail("the mirror engine has stopped".into())),
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(stopped()),
         }
     }
 }

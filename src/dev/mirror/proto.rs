@@ -58,19 +58,29 @@ pub enum Msg {
         #[serde(with = "bytes::option")]
         data: Option<Vec<u8>>,
     },
-    /// Sync target asks for one block (DRBD P_RS_DATA_REQUEST).
+    /// Sync target asks for blocks `block..block + count` (DRBD P_RS_DATA_REQUEST, for a run of
+    /// at most [`MAX_RUN`](super::resync::MAX_RUN)). The source answers every block of it, in
+    /// order, with `ResyncData` and `ResyncZeros`.
     ResyncRequest {
         block: u64,
+        count: u64,
     },
-    /// Sync source's copy of a block (DRBD P_RS_DATA_REPLY).
+    /// Sync source's copy of consecutive blocks from `block` (DRBD P_RS_DATA_REPLY).
     ResyncData {
         block: u64,
         #[serde(with = "bytes")]
         data: Vec<u8>,
     },
-    /// The target wrote the block; both clear its bit.
+    /// Blocks `block..block + count` are all zeros on the source: the target makes its own read
+    /// as zeros, where they do not already (DRBD 9 sends such blocks as a discard).
+    ResyncZeros {
+        block: u64,
+        count: u64,
+    },
+    /// The target wrote blocks `block..block + count`; both clear their bits.
     ResyncAck {
         block: u64,
+        count: u64,
     },
     /// The sender became primary (true) or secondary; with `allow-two-primaries` off a node
     /// writes only while its peer is secondary.

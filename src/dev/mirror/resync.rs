@@ -2,15 +2,40 @@
 //! progress figures for status.
 //!
 //! As DRBD, the sync target drives the resync: it walks its bitmap (which holds the union of both
-//! nodes' bits) and asks the source for one block at a time, at most `depth` requests in flight and
-//! no faster than the rate allows. The engine is given the clock, so the limiter counts the bytes
-//! allowed since the last call.
+//! nodes' bits) and asks the source for runs of consecutive blocks (at most [`MAX_RUN`]), at most
+//! `depth` blocks in flight and no faster than the rate allows. The engine is given the clock, so
+//! the limiter counts the bytes allowed since the last call.
+//!
+//! `rate` limits the block data the source sends. A block is charged when it is requested; the
+//! source answers a run of blocks that are all zeros on its replica with a few bytes instead of
+//! their data, and such blocks are given back to the budget when the answer comes. So zero
+//! blocks do not count against the rate; what bounds them is how many may be in flight (the
+//! budget holds a tenth of a second's worth, and `depth`) per round trip, and reading them on
+//! both sides: a mostly empty 1 GiB replica resyncs in seconds at 8 MiB/s, its data at `rate`.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use super::bitmap::{Bitmap, BM_BLOCK};
+
+/// Most blocks one resync request asks for (1 MiB).
+pub const MAX_RUN: u64 = 256;
+
+/// Splits `data` (whole blocks) into runs `(first block, count, all zeros)` of blocks alike.
+pub fn zero_runs(data: &[u8]) -> Vec<(u64, u64, bool)> {
+    static ZEROS: [u8; BM_BLOCK as usize] = [0; BM_BLOCK as usize];
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for (i, block) in data.chunks(BM_BLOCK as usize).enumerate() {
+        // A slice comparison (memcmp), fast even in a debug build.
+        let zero = block == &ZEROS[..block.len()];
+        match runs.last_mut() {
+            Some((_, count, z)) if *z == zero => *count += 1,
+            _ => runs.push((i as u64, 1, zero)),
+        }
+    }
+    runs
+}
 
 /// A token bucket in bytes per second, refilled from the engine's clock (milliseconds).
 #[derive(Debug, Clone)]
@@ -25,12 +50,22 @@ impl RateLimiter {
         RateLimiter { rate: rate.max(BM_BLOCK), budget: BM_BLOCK, last_ms: now_ms }
     }
 
+    /// The most the bucket holds when refilled for `bytes`.
+    fn cap(&self, bytes: u64) -> u64 {
+        (self.rate / 10).max(bytes)
+    }
+
+    /// Gives back `bytes` taken for what did not need them (within the bucket's size).
+    pub fn refund(&mut self, bytes: u64) {
+        self.budget = (self.budget + bytes).min(self.cap(bytes));
+    }
+
     /// Takes `bytes` if the budget allows. The bucket holds at most a tenth of a second's worth
     /// (and at least one block), so a pause is not followed by a burst.
     pub fn take(&mut self, now_ms: u64, bytes: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         if elapsed > 0 {
-            let cap = (self.rate / 10).max(bytes);
+            let cap = self.cap(bytes);
             self.budget = (self.budget + self.rate.saturating_mul(elapsed) / 1000).min(cap);
             self.last_ms = now_ms;
         }
@@ -48,12 +83,15 @@ impl RateLimiter {
 pub struct Progress {
     pub total_blocks: u64,
     pub done_blocks: u64,
+    /// Blocks that moved as "all zeros" rather than as data (sent, on the source; received, on
+    /// the target).
+    pub zero_blocks: u64,
     pub started_ms: u64,
 }
 
 impl Progress {
     pub fn new(total_blocks: u64, now_ms: u64) -> Progress {
-        Progress { total_blocks, done_blocks: 0, started_ms: now_ms }
+        Progress { total_blocks, done_blocks: 0, zero_blocks: 0, started_ms: now_ms }
     }
 
     /// Bytes per second since the start.
@@ -85,9 +123,10 @@ impl SyncTarget {
         }
     }
 
-    /// Blocks to request now: set in `bitmap`, not yet requested, within depth and rate.
-    pub fn plan(&mut self, now_ms: u64, bitmap: &Bitmap) -> Vec<u64> {
-        let mut out = Vec::new();
+    /// Runs `(first block, count)` to request now: set in `bitmap`, not yet requested, within
+    /// depth and rate; a run is consecutive blocks, at most [`MAX_RUN`].
+    pub fn plan(&mut self, now_ms: u64, bitmap: &Bitmap) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
         let mut wrapped = false;
         while self.requested.len() < self.depth {
             let next = match bitmap.next_set(self.cursor) {
@@ -111,7 +150,10 @@ impl SyncTarget {
                 break;
             }
             self.requested.insert(next);
-            out.push(next);
+            match out.last_mut() {
+                Some((first, count)) if *first + *count == next && *count < MAX_RUN => *count += 1,
+                _ => out.push((next, 1)),
+            }
         }
         out
     }
@@ -126,9 +168,22 @@ impl SyncTarget {
         self.requested.range(first..end).next().is_some()
     }
 
-    /// The answer to `block` arrived; false if it was not asked for (stale).
-    pub fn answered(&mut self, block: u64) -> bool {
-        self.requested.remove(&block)
+    /// The answer to blocks `[first, first + count)` arrived; false, taking none, if one of
+    /// them was not asked for (stale or made up).
+    pub fn answered(&mut self, first: u64, count: u64) -> bool {
+        let Some(end) = first.checked_add(count) else { return false };
+        if (first..end).any(|b| !self.requested.contains(&b)) {
+            return false;
+        }
+        for b in first..end {
+            self.requested.remove(&b);
+        }
+        true
+    }
+
+    /// The source answered `blocks` blocks with "all zeros": their budget comes back.
+    pub fn zeros_answered(&mut self, blocks: u64) {
+        self.limiter.refund(blocks * BM_BLOCK);
     }
 
     pub fn idle(&self) -> bool {
@@ -161,22 +216,45 @@ mod tests {
         let mut bm = Bitmap::new(100);
         bm.set_range(10, 20);
         let mut t = SyncTarget::new(7, 1 << 30, 4, 0);
-        assert_eq!(t.plan(1, &bm), vec![10, 11, 12, 13]);
+        assert_eq!(t.plan(1, &bm), vec![(10, 4)]);
         assert!(t.plan(2, &bm).is_empty());
-        assert!(t.answered(11) && !t.answered(11));
+        assert!(t.answered(11, 1) && !t.answered(11, 1) && !t.answered(10, 2));
         bm.clear(11);
-        assert_eq!(t.plan(3, &bm), vec![14]);
+        assert_eq!(t.plan(3, &bm), vec![(14, 1)]);
         assert!(t.any_requested(12, 13) && !t.any_requested(15, 100));
+        assert!(t.answered(12, 3) && t.answered(10, 1) && !t.answered(u64::MAX, 2));
         for b in [10, 12, 13, 14] {
-            t.answered(b);
             bm.clear(b);
         }
         bm.set_range(2, 3);
-        assert_eq!(t.plan(4, &bm), vec![15, 16, 17, 18]);
+        assert_eq!(t.plan(4, &bm), vec![(15, 4)]);
+        assert!(t.answered(15, 4));
         for b in 15..19 {
-            t.answered(b);
             bm.clear(b);
         }
-        assert_eq!(t.plan(5, &bm), vec![19, 2], "wraps to bits behind the cursor");
+        assert_eq!(t.plan(5, &bm), vec![(19, 1), (2, 1)], "wraps to bits behind the cursor");
+    }
+
+    #[test]
+    fn zero_runs_split_blocks_alike() {
+        let mut data = vec![0u8; 5 * BM_BLOCK as usize];
+        data[BM_BLOCK as usize + 7] = 1;
+        data[2 * BM_BLOCK as usize] = 1;
+        assert_eq!(zero_runs(&data), vec![(0, 1, true), (1, 2, false), (3, 2, true)]);
+        assert!(zero_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn runs_stop_at_max_run_and_zero_answers_give_the_budget_back() {
+        let mut bm = Bitmap::new(4 * MAX_RUN);
+        bm.set_range(0, 4 * MAX_RUN);
+        let mut t = SyncTarget::new(7, 1 << 30, 2 * MAX_RUN as usize, 0);
+        assert_eq!(t.plan(1000, &bm), vec![(0, MAX_RUN), (MAX_RUN, MAX_RUN)]);
+        // 40 blocks a second: one block's budget at the start, none left after it.
+        let mut t = SyncTarget::new(7, 40 * BM_BLOCK, 64, 0);
+        assert_eq!(t.plan(0, &bm), vec![(0, 1)]);
+        assert!(t.plan(0, &bm).is_empty());
+        t.zeros_answered(1);
+        assert_eq!(t.plan(0, &bm), vec![(1, 1)]);
     }
 }

@@ -21,7 +21,7 @@ impl Engine {
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
-            primary: self.primary(),
+            primary: self.is_primary(),
             oos: self.bitmap.runs(),
             head: self.head_digest(),
         };
@@ -219,19 +219,53 @@ impl Engine {
     }
 
     /// Administrator: demote this node (`drbdadm secondary`); refused while its writes are in
-    /// flight.
+    /// flight. With explicit roles (`become-primary-on`) it then refuses writes until
+    /// [`Engine::primary`]; without, its next write promotes it again.
     pub fn secondary(&mut self, now: u64) -> Result<(), String> {
         self.now = now;
         if !self.in_flight.is_empty() || !self.waiting.is_empty() || !self.frozen.is_empty() {
             return Err("writes are in flight; retry when they completed".into());
         }
-        if self.primary() {
+        if self.is_primary() {
             self.set_flag(flags::PRIMARY, false).map_err(|e| e.to_string())?;
-            if matches!(self.conn, ConnState::Handshake | ConnState::Connected) {
+            if self.linked() {
                 self.send(Msg::Role { primary: false });
             }
             tracing::info!("demoted to secondary");
         }
+        Ok(())
+    }
+
+    /// Administrator: promote this node (`drbdadm primary`). Refused while the peer is primary
+    /// and allow-two-primaries is off, and without up-to-date data at hand (an inconsistent
+    /// replica and no peer).
+    pub fn primary(&mut self, now: u64) -> Result<(), String> {
+        self.now = now;
+        let refused = if self.io == IoState::Fenced {
+            Some(IoFailure::Fenced)
+        } else if self.linked() && !self.cfg.two_primaries && self.link.peer_primary {
+            Some(IoFailure::PeerIsPrimary)
+        } else if !self.consistent() && !self.established() {
+            Some(IoFailure::NoUpToDateData)
+        } else {
+            None
+        };
+        match refused {
+            Some(e) => Err(e.to_string()),
+            None => self.promote().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Becomes primary, telling the peer (before any data it writes as primary).
+    pub(super) fn promote(&mut self) -> Result<(), IoFailure> {
+        if self.is_primary() {
+            return Ok(());
+        }
+        self.set_flag(flags::PRIMARY, true)?;
+        if self.linked() {
+            self.send(Msg::Role { primary: true });
+        }
+        tracing::info!("promoted to primary");
         Ok(())
     }
 
@@ -271,7 +305,7 @@ impl Engine {
             has_bits: !h.oos.is_empty(),
             fresh_in_sync: h.fresh_in_sync,
         };
-        if h.primary && self.primary() && !self.cfg.two_primaries {
+        if h.primary && self.is_primary() && !self.cfg.two_primaries {
             return self.refuse(
                 "both nodes are primary and allow-two-primaries is off: demote one (`o2fs secondary`), then connect"
                     .into(),

@@ -90,19 +90,14 @@ impl Engine {
                 };
                 self.out.push_back(Output::ReadDone { id: caller, result });
             }
-            Msg::ResyncRequest { block } => self.on_resync_request(block),
+            Msg::ResyncRequest { block, count } => self.on_resync_request(block, count),
             Msg::ResyncData { block, data } => self.on_resync_data(block, data),
-            Msg::ResyncAck { block } => {
-                if self.bitmap.clear(block) {
-                    if let Some(p) = &mut self.progress {
-                        p.done_blocks += 1;
-                    }
-                }
-            }
+            Msg::ResyncZeros { block, count } => self.on_resync_zeros(block, count),
+            Msg::ResyncAck { block, count } => self.on_resync_ack(block, count),
             Msg::ResyncDone => self.on_resync_done(),
             Msg::Role { primary } => {
                 self.link.peer_primary = primary;
-                if primary && self.primary() && !self.cfg.two_primaries {
+                if primary && self.is_primary() && !self.cfg.two_primaries {
                     let reason = "both nodes became primary and allow-two-primaries is off: demote one \
                                   (`o2fs secondary`), then connect";
                     self.refuse(reason.into());
@@ -127,6 +122,7 @@ fn msg_name(msg: &Msg) -> &'static str {
         Msg::ReadReply { .. } => "ReadReply",
         Msg::ResyncRequest { .. } => "ResyncRequest",
         Msg::ResyncData { .. } => "ResyncData",
+        Msg::ResyncZeros { .. } => "ResyncZeros",
         Msg::ResyncAck { .. } => "ResyncAck",
         Msg::ResyncDone => "ResyncDone",
         Msg::Role { .. } => "Role",

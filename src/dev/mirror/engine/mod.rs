@@ -14,6 +14,8 @@
 //! - Conflicts (dual primary): a peer write overlapping a local write the peer had not seen is
 //!   concurrent; the lower node id's data wins on both replicas (DRBD resolves by the
 //!   discard/resolve-conflicts flag, i.e. node priority).
+//! - Roles: only a primary writes. A node is primary from the start or after `primary` when the
+//!   resource file says `become-primary-on`, else from its first write ([`Promotion`]).
 //! - Degraded writes mark the bitmap and, first, start a new generation (DRBD's new current UUID).
 //! - Fencing `resource-and-stonith`: on connection loss I/O freezes until the cluster decides
 //!   ([`Engine::resume_io`] for the survivor, [`Engine::fence`] for the loser).
@@ -44,13 +46,17 @@ use super::resync::{Progress, SyncTarget};
 use super::verify::{self, Verify, VerifyStatus};
 use crate::dev::BlockDevice;
 
-/// What to do when the peer is lost with writes pending (DRBD's `fencing` policy).
+pub use super::config::Fencing;
+
+/// How a node comes to be primary (DRBD's roles; only a primary writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fencing {
-    /// Complete pending writes locally and go on degraded (DRBD `dont-care`).
-    DontCare,
-    /// Freeze I/O until told to resume or to fence (DRBD `resource-and-stonith`).
-    Freeze,
+pub enum Promotion {
+    /// On its first write (no `become-primary-on` in the resource file; DRBD 9's auto-promote).
+    OnWrite,
+    /// Set by the resource file and the administrator: primary from the start when
+    /// `become-primary-on` names this node (or `both`), else secondary, refusing writes until
+    /// promoted (`o2fs primary`).
+    Explicit { at_start: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -62,11 +68,12 @@ pub struct EngineConfig {
     /// `allow-two-primaries`: both nodes may write at once. Off, a node writes only while its
     /// peer is secondary, as DRBD.
     pub two_primaries: bool,
+    pub promotion: Promotion,
     pub rate_bytes_per_sec: u64,
     pub fencing: Fencing,
     /// Capacity of the activity log, in extents.
     pub al_extents: usize,
-    /// Resync requests in flight.
+    /// Blocks a sync target has asked for and not yet received.
     pub resync_depth: usize,
     /// Blocks per online-verify batch.
     pub verify_batch: u64,
@@ -85,6 +92,8 @@ pub enum IoFailure {
     Device(String),
     #[error("the peer is primary and allow-two-primaries is off: demote it first (`o2fs secondary`)")]
     PeerIsPrimary,
+    #[error("this node is secondary: its replica is read-only until it is promoted (`o2fs primary`)")]
+    Secondary,
     #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
     PeerReadTooLarge { len: u64 },
 }
@@ -160,7 +169,7 @@ pub struct Status {
     pub out_of_sync_bytes: u64,
     pub resync: Option<Progress>,
     pub resync_speed_bytes_per_sec: Option<u64>,
-    /// The last finished resync: blocks moved and how long it took.
+    /// The last finished resync: blocks moved (zeros among them) and how long it took.
     pub last_resync: Option<ResyncSummary>,
     pub verify: Option<VerifyStatus>,
     pub generations: GenIds,
@@ -172,6 +181,8 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ResyncSummary {
     pub blocks: u64,
+    /// Of `blocks`, those that moved as "all zeros" instead of their data.
+    pub zero_blocks: u64,
     pub ms: u64,
 }
 
@@ -286,6 +297,11 @@ impl Engine {
             area.write_super(&sup)?;
             area.flush()?;
         }
+        if cfg.promotion == (Promotion::Explicit { at_start: true }) {
+            sup.flags |= flags::PRIMARY;
+            area.write_super(&sup)?;
+            tracing::info!("primary from the start (become-primary-on)");
+        }
         let al = ActivityLog::new(cfg.al_extents, sup.al_extent_shift, &al);
         Ok(Engine {
             data,
@@ -334,7 +350,7 @@ impl Engine {
         self.sup.data_size
     }
 
-    fn primary(&self) -> bool {
+    fn is_primary(&self) -> bool {
         self.sup.flags & flags::PRIMARY != 0
     }
 
@@ -344,6 +360,11 @@ impl Engine {
 
     fn established(&self) -> bool {
         self.conn == ConnState::Connected
+    }
+
+    /// A connection is up, its handshake done or not.
+    fn linked(&self) -> bool {
+        matches!(self.conn, ConnState::Handshake | ConnState::Connected)
     }
 
     /// The transport should be (re)connected.
@@ -402,7 +423,7 @@ impl Engine {
         };
         Status {
             node_id: self.cfg.node_id,
-            role: if self.primary() { "Primary" } else { "Secondary" },
+            role: if self.is_primary() { "Primary" } else { "Secondary" },
             peer_role: match (self.conn, self.link.peer_primary) {
                 (ConnState::Connected, true) => "Primary",
                 (ConnState::Connected, false) => "Secondary",

@@ -72,17 +72,15 @@ impl Engine {
             let hot = self.al.hot().to_vec();
             self.meta.write_al(&hot).map_err(|e| IoFailure::Device(e.to_string()))?;
         }
-        let linked = self.established() || self.conn == ConnState::Handshake;
+        let linked = self.linked();
+        if !self.is_primary() && self.cfg.promotion != Promotion::OnWrite {
+            return Err(IoFailure::Secondary);
+        }
         if linked && !self.cfg.two_primaries && self.link.peer_primary {
             return Err(IoFailure::PeerIsPrimary);
         }
-        if !self.primary() {
-            // Promotion on first write; the peer hears of it before the data.
-            self.set_flag(flags::PRIMARY, true)?;
-            if linked {
-                self.send(Msg::Role { primary: true });
-            }
-        }
+        // Promotion on first write; the peer hears of it before the data.
+        self.promote()?;
         if linked {
             // Sent first, so that the peer writes while we do (as DRBD submits the local bio and
             // sends the data at once). Should the local write fail, the peer holds data we lack:

@@ -1,53 +1,116 @@
 //! Resync (source and target side) and online verify message handling.
 
 use super::*;
+use crate::dev::mirror::resync::{zero_runs, MAX_RUN};
 
 impl Engine {
-    pub(super) fn block_in_range(&self, block: u64) -> bool {
-        block < self.bitmap.len()
+    /// Blocks `[block, block + count)` make a resync run inside the replica.
+    fn run_in_range(&self, block: u64, count: u64) -> bool {
+        (1..=MAX_RUN).contains(&count) && block.checked_add(count).is_some_and(|end| end <= self.bitmap.len())
     }
 
-    pub(super) fn on_resync_request(&mut self, block: u64) {
-        if self.repl != Repl::SyncSource || !self.block_in_range(block) {
-            return self.protocol_error(format!("resync request for block {block} in {:?}", self.repl));
+    /// Sync source: answers a run with its data, blocks of zeros as a count of them.
+    pub(super) fn on_resync_request(&mut self, block: u64, count: u64) {
+        if self.repl != Repl::SyncSource || !self.run_in_range(block, count) {
+            return self.protocol_error(format!("resync request for blocks {block}+{count} in {:?}", self.repl));
         }
-        match self.local_read(block * BM_BLOCK, BM_BLOCK) {
-            Ok(data) => self.send(Msg::ResyncData { block, data }),
-            Err(e) => self.protocol_error(format!("reading block {block} for the peer: {e}")),
+        let data = match self.local_read(block * BM_BLOCK, count * BM_BLOCK) {
+            Ok(data) => data,
+            Err(e) => return self.protocol_error(format!("reading blocks {block}+{count} for the peer: {e}")),
+        };
+        for (first, n, zero) in zero_runs(&data) {
+            if zero {
+                if let Some(p) = &mut self.progress {
+                    p.zero_blocks += n;
+                }
+                self.send(Msg::ResyncZeros { block: block + first, count: n });
+            } else {
+                let bytes = data[(first * BM_BLOCK) as usize..((first + n) * BM_BLOCK) as usize].to_vec();
+                self.send(Msg::ResyncData { block: block + first, data: bytes });
+            }
         }
+    }
+
+    /// Sync target: takes the answer to blocks `[block, block + count)` it asked for, or says
+    /// why it is not one.
+    fn take_answer(&mut self, what: &str, block: u64, count: u64) -> Result<&mut SyncTarget, String> {
+        if !self.run_in_range(block, count) {
+            return Err(format!("{what} for blocks {block}+{count}"));
+        }
+        let repl = self.repl;
+        let t = self.sync_target.as_mut().ok_or_else(|| format!("{what} for blocks {block}+{count} while {repl:?}"))?;
+        if !t.answered(block, count) {
+            return Err(format!("{what} for blocks {block}+{count} that were not requested"));
+        }
+        Ok(t)
     }
 
     pub(super) fn on_resync_data(&mut self, block: u64, data: Vec<u8>) {
-        if data.len() as u64 != BM_BLOCK || !self.block_in_range(block) {
+        let count = data.len() as u64 / BM_BLOCK;
+        if !(data.len() as u64).is_multiple_of(BM_BLOCK) {
             return self.protocol_error(format!("resync data for block {block}, {} bytes", data.len()));
         }
-        let Some(t) = self.sync_target.as_mut() else {
-            return self.protocol_error(format!("resync data for block {block} while {:?}", self.repl));
-        };
-        if !t.answered(block) {
-            return self.protocol_error(format!("resync data for block {block} that was not requested"));
+        if let Err(e) = self.take_answer("resync data", block, count) {
+            return self.protocol_error(e);
         }
         if let Err(e) = self.local_write(block * BM_BLOCK, &data) {
             return self.protocol_error(format!("writing resync data: {e}"));
         }
-        if self.bitmap.clear(block) {
-            if let Some(p) = &mut self.progress {
-                p.done_blocks += 1;
-            }
+        self.resynced(block, count, 0);
+    }
+
+    /// Blocks all zeros on the source: ours are made to read as zeros where they do not already
+    /// (a hole punched in the replica file), so a fresh sparse replica stays sparse.
+    pub(super) fn on_resync_zeros(&mut self, block: u64, count: u64) {
+        match self.take_answer("resync zeros", block, count) {
+            Ok(t) => t.zeros_answered(count),
+            Err(e) => return self.protocol_error(e),
         }
-        self.send(Msg::ResyncAck { block });
+        let zeroed = self.local_read(block * BM_BLOCK, count * BM_BLOCK).and_then(|ours| {
+            for (first, n, _) in zero_runs(&ours).into_iter().filter(|&(_, _, zero)| !zero) {
+                let (offset, len) = ((block + first) * BM_BLOCK, n * BM_BLOCK);
+                self.data.zero_range(offset, len).map_err(|e| IoFailure::Device(e.to_string()))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = zeroed {
+            return self.protocol_error(format!("zeroing resynced blocks {block}+{count}: {e}"));
+        }
+        self.resynced(block, count, count);
+    }
+
+    /// Sync target: blocks `[block, block + count)` hold the source's data (`zeros` of them
+    /// came as zeros).
+    fn resynced(&mut self, block: u64, count: u64, zeros: u64) {
+        let cleared = (block..block + count).filter(|&b| self.bitmap.clear(b)).count() as u64;
+        if let Some(p) = &mut self.progress {
+            p.done_blocks += cleared;
+            p.zero_blocks += zeros;
+        }
+        self.send(Msg::ResyncAck { block, count });
         self.start_waiting();
         self.plan_resync();
+    }
+
+    /// Sync source: the target holds the blocks now.
+    pub(super) fn on_resync_ack(&mut self, block: u64, count: u64) {
+        if !self.run_in_range(block, count) {
+            return self.protocol_error(format!("resync ack for blocks {block}+{count}"));
+        }
+        let cleared = (block..block + count).filter(|&b| self.bitmap.clear(b)).count() as u64;
+        if let Some(p) = &mut self.progress {
+            p.done_blocks += cleared;
+        }
     }
 
     /// Sync target: request what the rate allows; finish when the bitmap is empty.
     pub(super) fn plan_resync(&mut self) {
         let Some(t) = self.sync_target.as_mut() else { return };
-        let blocks = t.plan(self.now, &self.bitmap);
+        let runs = t.plan(self.now, &self.bitmap);
         let finished = self.bitmap.is_empty() && t.idle();
         let source_current = t.source_current;
-        for block in blocks {
-            self.send(Msg::ResyncRequest { block });
+        for (block, count) in runs {
+            self.send(Msg::ResyncRequest { block, count });
         }
         if !finished {
             return;
@@ -67,8 +130,9 @@ impl Engine {
     pub(super) fn finish_resync(&mut self, side: &str) {
         if let Some(p) = self.progress.take() {
             let ms = self.now.saturating_sub(p.started_ms);
-            tracing::info!(side, blocks = p.done_blocks, ms, bytes_per_sec = p.speed(self.now), "resync finished");
-            self.last_resync = Some(ResyncSummary { blocks: p.done_blocks, ms });
+            let (blocks, zero_blocks) = (p.done_blocks, p.zero_blocks);
+            tracing::info!(side, blocks, zero_blocks, ms, bytes_per_sec = p.speed(self.now), "resync finished");
+            self.last_resync = Some(ResyncSummary { blocks, zero_blocks, ms });
         }
         self.repl = Repl::Established;
     }
