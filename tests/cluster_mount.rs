@@ -238,6 +238,10 @@ fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_
         assert_eq!(read(&d1.join(format!("g{i}"))), vec![i as u8; 3000]);
     }
     s.wait_both_in_sync();
+    // Only what changed while n1 was dead moved (n0's bitmap), not the whole 256 MiB replica
+    // (65 536 blocks): n1's replica had been fully synced from n0's after mkfs.
+    let resynced = &s.status(1)["mirror"]["last_resync"];
+    assert!(resynced["blocks"].as_u64().is_some_and(|b| b < 65_536 / 8), "n1's resync: {resynced}");
     s.unmount_and_compare(&mut m0, &mut m1);
 }
 

@@ -330,9 +330,7 @@ impl Engine {
                 );
             }
             Decision::InSync => {
-                if self.sup.gens.current == JUST_CREATED {
-                    self.sup.flags |= flags::FRESH_IN_SYNC;
-                }
+                self.mark_fresh_in_sync();
                 self.sup.gens.in_sync();
                 self.sup.flags &= !flags::CRASHED_PRIMARY;
                 self.repl = Repl::Established;

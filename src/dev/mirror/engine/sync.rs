@@ -1,6 +1,7 @@
 //! Resync (source and target side) and online verify message handling.
 
 use super::*;
+use crate::dev::mirror::generation::JUST_CREATED;
 use crate::dev::mirror::resync::{zero_runs, MAX_RUN};
 
 impl Engine {
@@ -118,6 +119,7 @@ impl Engine {
         self.sync_target = None;
         self.sup.gens.adopt(source_current);
         self.sup.flags = (self.sup.flags | flags::CONSISTENT) & !flags::CRASHED_PRIMARY;
+        self.mark_fresh_in_sync();
         let saved = self.save_bitmap().and_then(|()| self.save_super());
         if let Err(e) = saved {
             return self.protocol_error(format!("finishing the resync: {e}"));
@@ -143,10 +145,21 @@ impl Engine {
         }
         self.sup.gens.in_sync();
         self.sup.flags &= !flags::CRASHED_PRIMARY;
+        self.mark_fresh_in_sync();
         if let Err(e) = self.save_bitmap().and_then(|()| self.save_super()) {
             return self.protocol_error(format!("finishing the resync: {e}"));
         }
         self.finish_resync("source");
+    }
+
+    /// Two replicas that met in sync while "just created", or that a finished resync of such a
+    /// generation made equal (the first full sync after mkfs on one node): each may later count
+    /// its bitmap from here (`generation::decide`), so a node that was apart for a while is
+    /// resynced from the bitmap, not in full.
+    pub(super) fn mark_fresh_in_sync(&mut self) {
+        if self.sup.gens.current == JUST_CREATED {
+            self.sup.flags |= flags::FRESH_IN_SYNC;
+        }
     }
 
     pub(super) fn plan_verify(&mut self) {
