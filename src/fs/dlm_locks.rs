@@ -4,6 +4,7 @@
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
+use super::open_locks::OpenLocks;
 use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook};
 use crate::dlm::{Mode, ResName};
 use parking_lot::Mutex;
@@ -39,6 +40,8 @@ pub struct DlmLocks {
     names: Mutex<Names>,
     downconvert: OnceLock<DownconvertFn>,
     recovery: OnceLock<RecoveryFn>,
+    /// Open locks, outside the lock cache.
+    open: OpenLocks,
 }
 
 impl DlmLocks {
@@ -57,6 +60,9 @@ impl DlmLocks {
             let res = this.names.lock().resources.get(name).copied();
             if let (Some(res), Some(f)) = (res, this.downconvert.get()) {
                 f(res, if mode == Mode::Nl { LockMode::Nl } else { LockMode::Pr });
+            }
+            if let (Some(LockResource::InodeMeta { blkno }), Mode::Nl) = (res, mode) {
+                this.open.drop_idle(blkno);
             }
         })
     }
@@ -83,15 +89,18 @@ impl DlmLocks {
         ResName::ocfs2(kind, blkno, extra)
     }
 
+    fn service(&self) -> Result<&Arc<LockService>> {
+        self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))
+    }
+
     /// Blocks until held (not from the lock service's own runtime threads).
     fn take(&self, res: LockResource, mode: LockMode) -> Result<()> {
-        let svc = self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))?;
-        let dlm_mode = match mode {
-            LockMode::Nl => return Ok(()),
-            LockMode::Pr => Mode::Pr,
-            LockMode::Ex => Mode::Ex,
-        };
+        let svc = self.service()?;
+        let Some(dlm_mode) = dlm_mode(mode) else { return Ok(()) };
         let name = self.names.lock().of(res);
+        if let LockResource::InodeOpen { blkno } = res {
+            return self.open.take(svc, &name, blkno, dlm_mode, false).map(drop);
+        }
         match svc.lock_blocking(&name, dlm_mode) {
             Ok(g) => {
                 self.held.lock().entry((res, mode)).or_default().push(g);
@@ -105,12 +114,31 @@ impl DlmLocks {
     }
 }
 
+fn dlm_mode(mode: LockMode) -> Option<Mode> {
+    match mode {
+        LockMode::Nl => None,
+        LockMode::Pr => Some(Mode::Pr),
+        LockMode::Ex => Some(Mode::Ex),
+    }
+}
+
 impl ClusterLocks for DlmLocks {
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()> {
         self.take(res, mode)
     }
 
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool> {
+        let (LockResource::InodeOpen { blkno }, Some(dlm_mode)) = (res, dlm_mode(mode)) else {
+            return Err(FsError::Invalid("try-lock of a cached cluster lock"));
+        };
+        let name = self.names.lock().of(res);
+        self.open.take(self.service()?, &name, blkno, dlm_mode, true)
+    }
+
     fn release(&self, res: LockResource, mode: LockMode) {
+        if let (LockResource::InodeOpen { blkno }, Some(dlm_mode)) = (res, dlm_mode(mode)) {
+            return self.open.release(blkno, dlm_mode);
+        }
         let guard = {
             let mut held = self.held.lock();
             let Some(guards) = held.get_mut(&(res, mode)) else { return };

@@ -25,7 +25,10 @@ pub enum LockResource {
     InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
     InodeRw { blkno: u64 },
-    /// Held by every node that has the inode open; an unlinked inode is freed when none does.
+    /// Held at PR by every node that has the inode open; an unlinked inode is freed by the node
+    /// that gets it at EX with `try_acquire`. Never cached past a node's use of the inode (see
+    /// `ClusterLocks::try_acquire`), and taken only outside lock sets: PR while holding no
+    /// other lock, EX only by a try-lock, so it never waits in a cycle.
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
@@ -42,6 +45,12 @@ pub type RecoveryFn = Box<dyn Fn(u32) + Send + Sync>;
 pub trait ClusterLocks: Send + Sync {
     /// Blocks until `res` is held at `mode` or stronger by this node.
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
+    /// Takes an open lock (`InodeOpen`) at `mode` only if that needs nobody to give anything up
+    /// (a try-lock, VMS NOQUEUE); false when this or another node holds it in the way. A node
+    /// keeps an open lock cached after its last close only while it holds the inode's metadata
+    /// lock, which a node unlinking the inode takes exclusive first: so a try at EX after an
+    /// unlink fails exactly when some node still has the inode open.
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
@@ -58,6 +67,9 @@ pub struct LocalLocks;
 impl ClusterLocks for LocalLocks {
     fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
         Ok(())
+    }
+    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
+        Ok(true)
     }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
     fn on_downconvert(&self, _f: DownconvertFn) {}

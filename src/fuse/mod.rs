@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod attr;
 pub mod options;
+mod orphans;
 
 pub use adapter::O2Fuse;
 pub use options::MountOptions;
