@@ -26,9 +26,10 @@ fn statvfs(mnt: &Path) -> libc::statvfs {
     st
 }
 
-/// Free clusters as a node's mount reports them.
-fn free_clusters(mnt: &Path) -> u64 {
-    statvfs(mnt).f_bfree
+/// Clusters free as a node's mount reports them, and how many `bytes` fill.
+fn free_and_clusters(mnt: &Path, bytes: usize) -> (u64, u64) {
+    let st = statvfs(mnt);
+    (st.f_bfree, bytes as u64 / st.f_frsize)
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -37,6 +38,23 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Runs `last_step` (a close or an unlink) and waits until `mnt` counts the clusters of the
+/// `bytes` it frees as free again (the nodes allocate nothing meanwhile). A close does not
+/// wait for the daemon's release, hence the wait.
+fn frees(mnt: &Path, bytes: usize, why: &str, last_step: impl FnOnce()) {
+    let (free, clusters) = free_and_clusters(mnt, bytes);
+    last_step();
+    wait_until(why, Duration::from_secs(20), || free_and_clusters(mnt, 0).0 >= free + clusters);
+}
+
+/// Runs `step` (a close that is not the last) and checks that `mnt` got nothing of `bytes` back.
+fn keeps(mnt: &Path, bytes: usize, why: &str, step: impl FnOnce()) {
+    let (free, clusters) = free_and_clusters(mnt, bytes);
+    step();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(free_and_clusters(mnt, 0).0 < free + clusters, "{why}");
 }
 
 /// Writes `victim` on `writer` (durably), opens it on `holder`, unlinks it on `unlinker`: the
@@ -85,20 +103,47 @@ fn unlinked_on_one_node_stays_readable_on_the_other_until_its_last_close() {
     let s = Shared::new("127.0.17");
     let (mut m0, d0) = s.mount(0);
     let (mut m1, d1) = s.mount(1);
-    let before = free_clusters(&d0);
     let (f, ino) = open_then_unlink(&d0, &d0, &d1);
-    assert!(free_clusters(&d0) < before, "the open file keeps its clusters");
-    // A second handle on the holder: the first close is not the last.
+    // A second handle on the holder (a second open): the first close is not the last.
     let second = std::fs::File::open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f))).unwrap();
-    drop(f);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(free_clusters(&d0) < before, "still open through the second handle");
-    drop(second);
-    wait_until("the clusters coming back after the last close", Duration::from_secs(20), || {
-        free_clusters(&d0) == before
-    });
+    keeps(&d0, SIZE, "still open through the second handle", || drop(f));
+    frees(&d0, SIZE, "the clusters coming back after the last close", || drop(second));
+    let mut freed = vec![ino];
+    freed.extend((0..24).map(|round| open_unlink_round(&d0, &d1, round)));
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
-    assert_freed(&s.image, ino);
+    freed.into_iter().for_each(|ino| assert_freed(&s.image, ino));
+}
+
+/// One round of open, unlink and close between two nodes, the roles varied by `round`: the
+/// unlinking node may have written the file (keeping its open lock after its close), the
+/// other may hold it open alone, with the unlinking node, or only have read it before the
+/// unlink (then the unlink frees it at once). Returns the inode number, freed by the end.
+fn open_unlink_round(d0: &Path, d1: &Path, round: usize) -> u64 {
+    let (holder, unlinker) = if round % 2 == 0 { (d0, d1) } else { (d1, d0) };
+    let name = format!("round{round}");
+    let data = vec![round as u8; 256 << 10];
+    std::fs::write(unlinker.join(&name), &data).unwrap();
+    assert!(common::nodes::read(&holder.join(&name)) == data);
+    let ino = std::fs::metadata(holder.join(&name)).unwrap().ino();
+    let unlink = || std::fs::remove_file(unlinker.join(&name)).unwrap();
+    if round % 4 == 3 {
+        frees(d0, data.len(), "freed at the unlink: the other node only read it", unlink);
+        return ino;
+    }
+    let mut held = std::fs::File::open(holder.join(&name)).unwrap();
+    let also = (round % 4 == 2).then(|| std::fs::File::open(unlinker.join(&name)).unwrap());
+    unlink();
+    let mut all = Vec::new();
+    held.read_to_end(&mut all).unwrap();
+    assert!(all == data, "round {round}: the holder reads it whole after the unlink");
+    match also {
+        Some(also) => {
+            keeps(d0, data.len(), "still open on the unlinking node", || drop(held));
+            frees(d0, data.len(), "freed at the unlinking node's close", || drop(also));
+        }
+        None => frees(d0, data.len(), "freed at the holder's close", || drop(held)),
+    }
+    ino
 }
 
 /// The node holding the file open dies: the survivor (which unlinked it, so the orphan is in
@@ -115,27 +160,20 @@ fn a_killed_nodes_open_files_are_freed_by_the_survivor() {
     let slot0 = common::logged_number(&m0.stderr(), "mounted in slot ").expect("n0 logs its slot");
     m0.kill();
     drop(f);
-    wait_until("n1 recovering n0", Duration::from_secs(60), || {
-        m1.stderr().contains(&format!("slot {slot0} recovered"))
-    });
-    assert!(!d1.join("victim").exists());
+    let recovered = format!("slot {slot0} recovered");
+    wait_until("n1 recovering n0", Duration::from_secs(60), || m1.stderr().contains(&recovered));
 
     let (mut m0, d0) = s.mount(0);
-    let (g, ino2) = open_then_unlink(&d0, &d0, &d1);
+    let (mut g, ino2) = open_then_unlink(&d0, &d0, &d1);
     let slot1 = common::logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
     m1.kill();
     let recovered = format!("slot {slot1} recovered");
     wait_until("n0 recovering n1", Duration::from_secs(60), || m0.stderr().contains(&recovered));
-    let mut g = g;
     let mut all = Vec::new();
     g.seek(SeekFrom::Start(0)).unwrap();
     g.read_to_end(&mut all).unwrap();
     assert_eq!(all.len(), SIZE + 25, "still readable after the unlinking node's recovery");
-    let (free, cluster) = (free_clusters(&d0), statvfs(&d0).f_frsize);
-    drop(g);
-    wait_until("the clusters coming back after the last close", Duration::from_secs(20), || {
-        free_clusters(&d0) >= free + SIZE as u64 / cluster
-    });
+    frees(&d0, SIZE, "the clusters coming back after the last close", || drop(g));
     s.unmount_and_judge(&mut [&mut m0]);
     assert_freed(&s.image, ino);
     assert_freed(&s.image, ino2);
@@ -145,12 +183,8 @@ fn a_killed_nodes_open_files_are_freed_by_the_survivor() {
 fn on_the_mirror_an_unlinked_open_file_is_freed_at_its_last_close() {
     let s = OnMirror::new("127.0.19");
     let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
-    let before = free_clusters(&d1);
     let (f, ino) = open_then_unlink(&d1, &d1, &d0);
-    drop(f);
-    wait_until("the clusters coming back after the last close", Duration::from_secs(20), || {
-        free_clusters(&d1) == before
-    });
+    frees(&d1, SIZE, "the clusters coming back after the last close", || drop(f));
     s.wait_both_in_sync();
     s.unmount_and_compare(&mut m0, &mut m1);
     assert_freed(&s.replica(0), ino);
