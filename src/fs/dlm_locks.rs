@@ -4,7 +4,7 @@
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
-use super::open_locks::OpenLocks;
+use super::open_locks::{refused, OpenLocks};
 use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook};
 use crate::dlm::{Mode, ResName};
 use parking_lot::Mutex;
@@ -106,10 +106,7 @@ impl DlmLocks {
                 self.held.lock().entry((res, mode)).or_default().push(g);
                 Ok(())
             }
-            Err(e) => {
-                tracing::warn!("cluster lock {}: {e}", name.as_str());
-                Err(FsError::Dev(crate::dev::DevError::Fenced))
-            }
+            Err(e) => Err(refused(e, &name)),
         }
     }
 }

@@ -31,8 +31,9 @@ pub struct OpenLocks {
     changed: Condvar,
 }
 
-fn refused(e: ServiceError, name: &ResName) -> FsError {
-    tracing::warn!("open lock {}: {e}", name.as_str());
+/// A lock the service could not give (this node is fenced): the request fails with EIO.
+pub(super) fn refused(e: ServiceError, name: &ResName) -> FsError {
+    tracing::warn!("cluster lock {}: {e}", name.as_str());
     FsError::Dev(crate::dev::DevError::Fenced)
 }
 
