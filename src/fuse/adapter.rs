@@ -645,24 +645,25 @@ impl Filesystem for O2Fuse {
         reply: ReplyEmpty,
     ) {
         let blk = self.blk(ino);
-        let last = self.with(false, &[], |_, open| {
-            Ok(match open.get_mut(&blk) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => open.remove(&blk).is_some(),
-            })
-        });
         // The open lock goes before the inode is looked at: an unlink from now on finds it
         // given up (see fs::open_locks), one before has orphaned it.
         if let Some(l) = &self.cluster {
             l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
         }
-        match last {
-            Ok(last) => {
+        let orphan = self.with(false, &[meta(blk)], |m, open| {
+            let last = match open.get_mut(&blk) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => open.remove(&blk).is_some(),
+            };
+            Ok(last && m.core.is_orphan(blk)?)
+        });
+        match orphan {
+            Ok(orphan) => {
                 reply.ok();
-                if last {
+                if orphan {
                     self.reap(blk);
                 }
             }
