@@ -124,7 +124,7 @@ impl ClusterLocks for DlmLocks {
         self.take(res, mode)
     }
 
-    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool> {
+    fn acquire_noqueue(&self, res: LockResource, mode: LockMode) -> Result<bool> {
         let (LockResource::InodeOpen { blkno }, Some(dlm_mode)) = (res, dlm_mode(mode)) else {
             return Err(FsError::Invalid("try-lock of a cached cluster lock"));
         };

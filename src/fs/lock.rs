@@ -25,10 +25,10 @@ pub enum LockResource {
     InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
     InodeRw { blkno: u64 },
-    /// Held at PR by every node that has the inode open; an unlinked inode is freed by the node
-    /// that gets it at EX with `try_acquire`. Never cached past a node's use of the inode (see
-    /// `ClusterLocks::try_acquire`), and taken only outside lock sets: PR while holding no
-    /// other lock, EX only by a try-lock, so it never waits in a cycle.
+    /// Held at PR by every node that has the inode open (see `ClusterLocks::acquire_noqueue`
+    /// for how long it stays after the last close); an unlinked inode is freed by the node that
+    /// gets it at EX with `acquire_noqueue`. Outside lock sets: taken at PR while holding no
+    /// other lock, at EX only without queueing, so it never waits in a cycle.
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
@@ -50,7 +50,7 @@ pub trait ClusterLocks: Send + Sync {
     /// keeps an open lock cached after its last close only while it holds the inode's metadata
     /// lock, which a node unlinking the inode takes exclusive first: so a try at EX after an
     /// unlink fails exactly when some node still has the inode open.
-    fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
+    fn acquire_noqueue(&self, res: LockResource, mode: LockMode) -> Result<bool>;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
@@ -68,7 +68,7 @@ impl ClusterLocks for LocalLocks {
     fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
         Ok(())
     }
-    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
+    fn acquire_noqueue(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
         Ok(true)
     }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
