@@ -110,12 +110,18 @@ fn unlinked_on_one_node_stays_readable_on_the_other_until_its_last_close() {
     frees(&d0, SIZE, "the clusters coming back after the last close", || drop(second));
     let mut freed = vec![ino];
     freed.extend((0..24).map(|round| open_unlink_round(&d0, &d1, round)));
+    // The replacements go too: nothing of the rounds is left.
+    for round in (0..24).filter(|r| r % 8 >= 4) {
+        let name = d1.join(format!("round{round}"));
+        freed.push(std::fs::metadata(&name).unwrap().ino());
+        std::fs::remove_file(name).unwrap();
+    }
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
     freed.into_iter().for_each(|ino| assert_freed(&s.image, ino));
 }
 
-/// One round of open, unlink and close between two nodes, the roles varied by `round`: the
-/// unlinking node may have written the file (keeping its open lock after its close), the
+/// One round of open, unlink (or rename over) and close between two nodes, the roles varied by
+/// `round`: the unlinking node may have written the file (keeping its open lock after its close), the
 /// other may hold it open alone, with the unlinking node, or only have read it before the
 /// unlink (then the unlink frees it at once). Returns the inode number, freed by the end.
 fn open_unlink_round(d0: &Path, d1: &Path, round: usize) -> u64 {
@@ -125,7 +131,15 @@ fn open_unlink_round(d0: &Path, d1: &Path, round: usize) -> u64 {
     std::fs::write(unlinker.join(&name), &data).unwrap();
     assert!(common::nodes::read(&holder.join(&name)) == data);
     let ino = std::fs::metadata(holder.join(&name)).unwrap().ino();
-    let unlink = || std::fs::remove_file(unlinker.join(&name)).unwrap();
+    // Half the rounds replace the name by a rename instead of removing it.
+    let replacement = unlinker.join(format!("{name}.new"));
+    if round % 8 >= 4 {
+        std::fs::write(&replacement, b"replacement").unwrap();
+    }
+    let unlink = || match round % 8 >= 4 {
+        true => std::fs::rename(&replacement, unlinker.join(&name)).unwrap(),
+        false => std::fs::remove_file(unlinker.join(&name)).unwrap(),
+    };
     if round % 4 == 3 {
         frees(d0, data.len(), "freed at the unlink: the other node only read it", unlink);
         return ino;

@@ -499,14 +499,15 @@ impl Filesystem for O2Fuse {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
         // On a cluster mount the inode may be open on another node: it is orphaned, then freed
-        // if the try-lock on its open lock says nobody has it open.
+        // (before the reply, so that the space is back when unlink returns) if the try-lock on
+        // its open lock says nobody has it open.
         let clustered = self.cluster.is_some();
         match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
             m.core.unlink(parent, name.as_bytes(), |i| clustered || open.contains_key(&i), Time::now())
         }) {
             Ok(orphaned) => {
-                reply.ok();
                 orphaned.into_iter().for_each(|ino| self.reap(ino));
+                reply.ok();
             }
             Err(e) => reply.error(e),
         }
@@ -557,8 +558,8 @@ impl Filesystem for O2Fuse {
             m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, is_open, Time::now())
         }) {
             Ok(orphaned) => {
-                reply.ok();
                 orphaned.into_iter().for_each(|ino| self.reap(ino));
+                reply.ok();
             }
             Err(e) => reply.error(e),
         }
@@ -662,10 +663,10 @@ impl Filesystem for O2Fuse {
         });
         match orphan {
             Ok(orphan) => {
-                reply.ok();
                 if orphan {
                     self.reap(blk);
                 }
+                reply.ok();
             }
             Err(e) => reply.error(e),
         }
