@@ -87,7 +87,7 @@ fn open_then_unlink(writer: &Path, holder: &Path, unlinker: &Path) -> (std::fs::
 
 /// After the unmount: no orphan in any slot's orphan directory, and inode `ino` freed.
 fn assert_freed(image: &Path, ino: u64) {
-    for slot in 0..2 {
+    for slot in 0..4 {
         let orphans = common::debugfs(image, &format!("ls //orphan_dir:{slot:04}"));
         let names: Vec<&str> = orphans.split_whitespace().filter(|w| w.starts_with("0000")).collect();
         assert!(names.is_empty(), "orphans left in slot {slot}: {orphans}");
@@ -160,35 +160,47 @@ fn open_unlink_round(d0: &Path, d1: &Path, round: usize) -> u64 {
     ino
 }
 
-/// The node holding the file open dies: the survivor (which unlinked it, so the orphan is in
-/// its own slot) frees it once the dead node's open lock is gone with it. Then the reverse:
-/// the unlinking node dies and the survivor, which holds the file open, recovers its slot
-/// without freeing it, reads it on, and frees it from the dead node's orphan directory at its
-/// last close.
+/// Waits until one of `mounts` logs that it recovered the slot of the node it names.
+fn wait_recovered(mounts: &[&common::Mount], slot: u64) {
+    let done = format!("slot {slot} recovered");
+    wait_until("the slot's recovery", Duration::from_secs(60), || mounts.iter().any(|m| m.stderr().contains(&done)));
+}
+
+fn slot_of(m: &common::Mount) -> u64 {
+    common::logged_number(&m.stderr(), "mounted in slot ").expect("a node logs its slot")
+}
+
+/// Three nodes. The node holding the file open dies: a survivor frees it once the dead node's
+/// open lock is gone with it (the orphan is in the unlinking survivor's slot). Then a node
+/// mounting, which scans every slot's orphans, and the recovery of the unlinking node, killed,
+/// leave the orphan to the node that still has it open (their try-locks fail, or it is open
+/// on the recovering node itself); it reads on and frees it from the dead node's orphan
+/// directory at its last close.
 #[test]
 fn a_killed_nodes_open_files_are_freed_by_the_survivor() {
-    let s = Shared::new("127.0.18");
+    let s = Shared::with_nodes("127.0.18", 3);
     let (mut m0, d0) = s.mount(0);
     let (mut m1, d1) = s.mount(1);
+    let (mut m2, _) = s.mount(2);
     let (f, ino) = open_then_unlink(&d1, &d0, &d1);
-    let slot0 = common::logged_number(&m0.stderr(), "mounted in slot ").expect("n0 logs its slot");
+    let slot0 = slot_of(&m0);
     m0.kill();
     drop(f);
-    let recovered = format!("slot {slot0} recovered");
-    wait_until("n1 recovering n0", Duration::from_secs(60), || m1.stderr().contains(&recovered));
+    wait_recovered(&[&m1, &m2], slot0);
 
     let (mut m0, d0) = s.mount(0);
     let (mut g, ino2) = open_then_unlink(&d0, &d0, &d1);
-    let slot1 = common::logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
+    m2.unmount().unwrap();
+    let (mut m2, _) = s.mount(2);
+    let slot1 = slot_of(&m1);
     m1.kill();
-    let recovered = format!("slot {slot1} recovered");
-    wait_until("n0 recovering n1", Duration::from_secs(60), || m0.stderr().contains(&recovered));
+    wait_recovered(&[&m0, &m2], slot1);
     let mut all = Vec::new();
     g.seek(SeekFrom::Start(0)).unwrap();
     g.read_to_end(&mut all).unwrap();
-    assert_eq!(all.len(), SIZE + 25, "still readable after the unlinking node's recovery");
+    assert_eq!(all.len(), SIZE + 25, "still readable after a mount and the unlinking node's recovery");
     frees(&d0, SIZE, "the clusters coming back after the last close", || drop(g));
-    s.unmount_and_judge(&mut [&mut m0]);
+    s.unmount_and_judge(&mut [&mut m0, &mut m2]);
     assert_freed(&s.image, ino);
     assert_freed(&s.image, ino2);
 }

@@ -20,7 +20,11 @@ pub(super) fn reap_if_unused(locks: Option<&dyn ClusterLocks>, state: &Mutex<Sta
     let orphan =
         request(locks, state, seeds.clone(), |m, open| Ok(!open.contains_key(&ino) && m.core.is_orphan(ino)?))?;
     let open_lock = LockResource::InodeOpen { blkno: ino };
-    if !orphan || !locks.map_or(Ok(true), |l| l.acquire_noqueue(open_lock, LockMode::Ex))? {
+    if !orphan {
+        return Ok(());
+    }
+    if !locks.map_or(Ok(true), |l| l.acquire_noqueue(open_lock, LockMode::Ex))? {
+        tracing::debug!(ino, "orphan still open on another node: its last close frees it");
         return Ok(());
     }
     seeds.want(meta(ino), LockMode::Ex);
