@@ -1,6 +1,7 @@
 //! The cluster-lock seam served by the DLM (a cluster mount): [`ClusterLocks`] over this node's
 //! [`LockService`]. Resource names follow OCFS2's lock names: a type letter, then the block
-//! number and generation in hex.
+//! number and generation in hex. Open locks are direct DLM locks outside the lock cache
+//! ([`OpenLocks`]); every other lock goes through the cache.
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};

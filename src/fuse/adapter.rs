@@ -37,7 +37,8 @@ const O_APPEND: i32 = 0o2000;
 
 pub(super) struct State {
     mounted: Option<Mounted>,
-    /// Open handles per inode (an unlinked inode is orphaned while this is non-zero).
+    /// Open handles per inode (on a single-node mount an unlinked inode is orphaned only while
+    /// this is non-zero; a cluster mount orphans it always: another node may have it open).
     open: HashMap<u64, u32>,
 }
 
