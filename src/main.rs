@@ -449,6 +449,7 @@ fn serve_cluster(
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
     let unmount_failed = fs.unmount_failed();
     locks.release(LockResource::Super, LockMode::Ex);
+    fs.reap_orphans();
     let admin_mirror = mirror.as_ref().map(|(m, _)| m.clone());
     stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), admin_mirror)?;
     let session = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&name, opts))

@@ -331,12 +331,6 @@ fn nodes_in_separate_directories_work_without_lock_traffic() {
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
 
-/// The number after `what` in a daemon's log (its lines carry colour codes).
-fn logged_number(log: &str, what: &str) -> Option<u64> {
-    let at = log.find(what)? + what.len();
-    log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
-}
-
 /// Recovery in two halves: the survivor replays a killed node's journal while the DLM still
 /// holds its locks, then finishes its slot as an ordinary request under per-inode locks — the
 /// file it had open and unlinked is freed, its local-alloc window goes back — with nobody
@@ -347,7 +341,7 @@ fn survivor_finishes_a_killed_nodes_slot() {
     let s = Shared::new("127.0.32");
     let (mut m0, d0) = s.mount(0);
     let (mut m1, d1) = s.mount(1);
-    let slot = logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
+    let slot = common::logged_number(&m1.stderr(), "mounted in slot ").expect("n1 logs its slot");
     let mut kept = std::fs::File::create(d1.join("kept")).unwrap();
     kept.write_all(&vec![3u8; 1 << 20]).unwrap();
     kept.sync_all().unwrap();

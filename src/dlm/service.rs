@@ -66,6 +66,9 @@ struct Inner {
     members: BTreeSet<NodeId>,
     /// Recoveries of dead nodes running on this node.
     recovering: u32,
+    /// This node's direct locks (outside the cache), each with whoever waits for its grant or
+    /// its unlock.
+    direct: HashMap<LockId, Option<std::sync::mpsc::Sender<Result<(), ServiceError>>>>,
 }
 
 pub struct LockService {
@@ -102,6 +105,31 @@ impl Drop for LockGuard {
 impl LockGuard {
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+}
+
+/// A direct lock ([`LockService::lock_direct`]); dropping it unlocks it.
+pub struct DirectLock {
+    svc: Arc<LockService>,
+    /// None once unlocked.
+    id: Option<LockId>,
+}
+
+impl DirectLock {
+    /// Unlocks and waits until the master has let the lock go, so that a request another node
+    /// makes after hearing from this one no longer finds it.
+    pub fn unlock(mut self) {
+        if let Some(rx) = self.id.take().and_then(|id| self.svc.unlock_direct(id)) {
+            let _ = rx.recv();
+        }
+    }
+}
+
+impl Drop for DirectLock {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.svc.unlock_direct(id);
+        }
     }
 }
 
@@ -179,6 +207,7 @@ impl LockService {
                 downconverts: Vec::new(),
                 members: BTreeSet::new(),
                 recovering: 0,
+                direct: HashMap::new(),
             }),
             recovered: Condvar::new(),
             cluster,
@@ -396,9 +425,16 @@ impl LockService {
                 Event::Granted { id, .. } | Event::Failed { id, .. } | Event::Blocking { id, .. } => (id, ev),
                 Event::Unlocked { id } => {
                     inner.by_id.remove(&id);
+                    if let Some(Some(tx)) = inner.direct.remove(&id) {
+                        let _ = tx.send(Ok(()));
+                    }
                     continue;
                 }
             };
+            if inner.direct.contains_key(&id) {
+                Self::direct_event(inner, id, &event);
+                continue;
+            }
             let Some(res) = inner.by_id.get(&id).cloned() else {
                 debug!(lock = id.0, "event for a lock no longer cached");
                 continue;
@@ -492,6 +528,9 @@ impl LockService {
                 for (_, tx) in inner.tickets.drain() {
                     let _ = tx.send(Err(ServiceError::Fenced(why.clone())));
                 }
+                for tx in inner.direct.drain().filter_map(|(_, tx)| tx) {
+                    let _ = tx.send(Err(ServiceError::Fenced(why.clone())));
+                }
                 self.fenced.send_replace(Some(why));
                 return;
             }
@@ -504,6 +543,75 @@ impl LockService {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.run_downconverts());
         }
+    }
+
+    /// Takes a direct lock on `res` at `mode`: one outside the lock cache, held from its grant
+    /// until unlocked and never given up for another node (blocking callbacks are ignored), so
+    /// that its grant says exactly what its user does (OCFS2's open locks). With `noqueue` it is
+    /// a try-lock: `None` at once when another lock is in the way, and nobody is asked to yield.
+    pub fn lock_direct(
+        self: &Arc<Self>,
+        res: &ResName,
+        mode: Mode,
+        noqueue: bool,
+    ) -> Result<Option<DirectLock>, ServiceError> {
+        self.wait_for_recovery();
+        let (id, rx) = {
+            let mut inner = self.inner.lock();
+            if let Some(why) = &inner.fenced {
+                return Err(ServiceError::Fenced(why.clone()));
+            }
+            let id = inner.dlm.lock(res, mode, LockFlags { noqueue });
+            let (tx, rx) = std::sync::mpsc::channel();
+            inner.direct.insert(id, Some(tx));
+            self.pump(&mut inner);
+            (id, rx)
+        };
+        self.run_downconverts();
+        match rx.recv() {
+            Ok(Ok(())) => Ok(Some(DirectLock { svc: self.clone(), id: Some(id) })),
+            Ok(Err(ServiceError::HeldElsewhere)) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ServiceError::Fenced("the lock service stopped".into())),
+        }
+    }
+
+    /// A grant or failure of a direct lock reaches its waiter; a failed lock is gone.
+    fn direct_event(inner: &mut Inner, id: LockId, event: &Event) {
+        let outcome = match event {
+            Event::Granted { .. } => Ok(()),
+            Event::Failed { .. } => Err(ServiceError::HeldElsewhere),
+            _ => return,
+        };
+        let waiter = if outcome.is_err() {
+            inner.direct.remove(&id).flatten()
+        } else {
+            inner.direct.get_mut(&id).and_then(Option::take)
+        };
+        if let Some(tx) = waiter {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Unlocks direct lock `id`; the receiver hears when the master has let it go.
+    fn unlock_direct(&self, id: LockId) -> Option<std::sync::mpsc::Receiver<Result<(), ServiceError>>> {
+        let rx = {
+            let mut inner = self.inner.lock();
+            if inner.fenced.is_some() {
+                return None;
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            inner.direct.insert(id, Some(tx));
+            if let Err(e) = inner.dlm.unlock(id, None) {
+                warn!("unlocking direct lock {}: {e}", id.0);
+                inner.direct.remove(&id);
+                return None;
+            }
+            self.pump(&mut inner);
+            rx
+        };
+        self.run_downconverts();
+        Some(rx)
     }
 
     /// Every member's view of the locks it masters or holds, gathered over the cluster.

@@ -1,9 +1,11 @@
 //! The cluster-lock seam served by the DLM (a cluster mount): [`ClusterLocks`] over this node's
 //! [`LockService`]. Resource names follow OCFS2's lock names: a type letter, then the block
-//! number and generation in hex.
+//! number and generation in hex. Open locks are direct DLM locks outside the lock cache
+//! ([`OpenLocks`]); every other lock goes through the cache.
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
+use super::open_locks::{refused, OpenLocks};
 use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook, ServiceError};
 use crate::dlm::{Mode, ResName};
 use parking_lot::Mutex;
@@ -39,6 +41,8 @@ pub struct DlmLocks {
     names: Mutex<Names>,
     downconvert: OnceLock<DownconvertFn>,
     recovery: OnceLock<RecoveryFn>,
+    /// Open locks, outside the lock cache.
+    open: OpenLocks,
 }
 
 impl DlmLocks {
@@ -57,6 +61,9 @@ impl DlmLocks {
             let res = this.names.lock().resources.get(name).copied();
             if let (Some(res), Some(f)) = (res, this.downconvert.get()) {
                 f(res, if mode == Mode::Nl { LockMode::Nl } else { LockMode::Pr });
+            }
+            if let (Some(LockResource::InodeMeta { blkno }), Mode::Nl) = (res, mode) {
+                this.open.drop_idle(blkno);
             }
         })
     }
@@ -84,16 +91,19 @@ impl DlmLocks {
         ResName::ocfs2(kind, blkno, extra)
     }
 
-    /// Blocks until held, or with `try_only` until held or found in use elsewhere (false); not
-    /// from the lock service's own runtime threads.
+    fn service(&self) -> Result<&Arc<LockService>> {
+        self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))
+    }
+
+    /// Blocks until held, or with `try_only` until held or found in use elsewhere (false: see
+    /// `ClusterLocks::try_acquire`); not from the lock service's own runtime threads.
     fn take(&self, res: LockResource, mode: LockMode, try_only: bool) -> Result<bool> {
-        let svc = self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))?;
-        let dlm_mode = match mode {
-            LockMode::Nl => return Ok(true),
-            LockMode::Pr => Mode::Pr,
-            LockMode::Ex => Mode::Ex,
-        };
+        let svc = self.service()?;
+        let Some(dlm_mode) = dlm_mode(mode) else { return Ok(true) };
         let name = self.names.lock().of(res);
+        if let LockResource::InodeOpen { blkno } = res {
+            return self.open.take(svc, &name, blkno, dlm_mode, try_only);
+        }
         let taken = if try_only { svc.try_lock_blocking(&name, dlm_mode) } else { svc.lock_blocking(&name, dlm_mode) };
         match taken {
             Ok(g) => {
@@ -101,11 +111,16 @@ impl DlmLocks {
                 Ok(true)
             }
             Err(ServiceError::HeldElsewhere) => Ok(false),
-            Err(e) => {
-                tracing::warn!("cluster lock {}: {e}", name.as_str());
-                Err(FsError::Dev(crate::dev::DevError::Fenced))
-            }
+            Err(e) => Err(refused(e, &name)),
         }
+    }
+}
+
+fn dlm_mode(mode: LockMode) -> Option<Mode> {
+    match mode {
+        LockMode::Nl => None,
+        LockMode::Pr => Some(Mode::Pr),
+        LockMode::Ex => Some(Mode::Ex),
     }
 }
 
@@ -119,6 +134,9 @@ impl ClusterLocks for DlmLocks {
     }
 
     fn release(&self, res: LockResource, mode: LockMode) {
+        if let (LockResource::InodeOpen { blkno }, Some(dlm_mode)) = (res, dlm_mode(mode)) {
+            return self.open.release(blkno, dlm_mode);
+        }
         let guard = {
             let mut held = self.held.lock();
             let Some(guards) = held.get_mut(&(res, mode)) else { return };

@@ -25,7 +25,10 @@ pub enum LockResource {
     InodeMeta { blkno: u64 },
     /// Serialises truncate and direct I/O of one inode.
     InodeRw { blkno: u64 },
-    /// Held by every node that has the inode open; an unlinked inode is freed when none does.
+    /// Held at PR by every node that has the inode open (see `ClusterLocks::try_acquire`
+    /// for how long it stays after the last close); an unlinked inode is freed by the node that
+    /// gets it at EX with `try_acquire`. Outside lock sets: taken at PR while holding no
+    /// other lock, at EX only without queueing, so it never waits in a cycle.
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,
@@ -44,8 +47,12 @@ pub type RecoveryFn = Box<dyn Fn(u32) + Send + Sync>;
 pub trait ClusterLocks: Send + Sync {
     /// Blocks until `res` is held at `mode` or stronger by this node.
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
-    /// Takes `res` at `mode` unless it is in use elsewhere (false); a node that merely caches
-    /// it is given the time to let it go.
+    /// Takes `res` at `mode` unless it is in use elsewhere (false). A cached lock gives a node
+    /// that merely caches it the time to let it go. An open lock (`InodeOpen`) is taken only if
+    /// that needs nobody to give anything up (VMS NOQUEUE): a node keeps an open lock after its
+    /// last close only while it holds the inode's metadata lock, which a node unlinking the
+    /// inode takes exclusive first, so a try at EX after an unlink fails exactly when some node
+    /// still has the inode open.
     fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);

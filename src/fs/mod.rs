@@ -17,6 +17,7 @@ pub mod lock;
 pub mod lockset;
 pub mod mount;
 pub mod namei;
+pub mod open_locks;
 pub mod rights;
 pub mod sysfile;
 pub mod sysfiles;

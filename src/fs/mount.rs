@@ -130,12 +130,15 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
     // their local-alloc windows and truncate logs back and free them. Our own slot's window is
     // closed too (it may be left from a crash); a fresh one opens at the first allocation.
+    // A cluster mount leaves the orphans: other nodes may have them open (the mounted
+    // filesystem frees those nobody has open, `O2Fuse::reap_orphans`).
     // All of it is undone and run again when it needs one more cluster lock; the slot map is
     // written in place once it is committed.
     let map = run_locked(&*cfg.locks, &mut LockSet::default(), |held| {
         core.begin_op(held);
         let mut map = map.clone();
-        let r = settle_slots(&mut core, &mut map, slot, cfg.node, alive).and_then(|()| core.cache.commit());
+        let orphans = cfg.live_nodes.is_none();
+        let r = settle_slots(&mut core, &mut map, slot, cfg.node, alive, orphans).and_then(|()| core.cache.commit());
         match r {
             Ok(()) => Ok(map),
             Err(e) => {
@@ -152,25 +155,35 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
 }
 
 /// The mount's changes before it claims `slot` in `map`: crashed slots released, our own
-/// slot's window, truncate log and orphans finished.
-fn settle_slots(core: &mut Core, map: &mut SlotMap, slot: usize, node: u32, alive: impl Fn(u32) -> bool) -> Result<()> {
+/// slot's window, truncate log and (with `orphans`) orphans finished.
+fn settle_slots(
+    core: &mut Core,
+    map: &mut SlotMap,
+    slot: usize,
+    node: u32,
+    alive: impl Fn(u32) -> bool,
+    orphans: bool,
+) -> Result<()> {
     for (dead, owner) in map.occupied().collect::<Vec<_>>() {
         if owner != node && !alive(owner) {
             tracing::warn!("slot {dead} was left in use by node {owner}, which is not alive: recovering it");
-            finish_slot(core, dead)?;
+            finish_slot(core, dead, orphans)?;
             map.slots[dead] = None;
         }
     }
-    finish_slot(core, slot)?;
+    finish_slot(core, slot, orphans)?;
     map.slots[slot] = Some(node);
     Ok(())
 }
 
-/// Finishes what a slot's last user left (its journal replayed): its orphans, local-alloc
-/// window and truncate log go back.
-fn finish_slot(core: &mut Core, slot: usize) -> Result<()> {
-    for ino in core.orphans_of(slot as u16)? {
-        core.reap_orphan(ino)?;
+/// Finishes what a slot's last user left (its journal replayed): its local-alloc window and
+/// truncate log go back, and its orphans are freed if `orphans` says nobody else can have
+/// them open (a single-node mount).
+fn finish_slot(core: &mut Core, slot: usize, orphans: bool) -> Result<()> {
+    if orphans {
+        for ino in core.orphans_of(slot as u16)? {
+            core.reap_orphan(ino)?;
+        }
     }
     core.close_local_alloc(slot as u16)?;
     core.flush_truncate_log(slot as u16)
@@ -282,15 +295,15 @@ impl Mounted {
 
     /// Second half, as an ordinary operation under cluster locks once the cluster runs again
     /// (as OCFS2's ocfs2_complete_recovery), with the super lock exclusive among them: the dead
-    /// node's orphans, local-alloc window and truncate log go back — unless a node mounted in
-    /// the slot meanwhile, which did that at its mount. Returns whether it did.
+    /// node's local-alloc window and truncate log go back — unless a node mounted in the slot
+    /// meanwhile, which did that at its mount. Its orphans stay: other nodes may have them open
+    /// (the caller frees those nobody has open). Returns whether it did.
     pub fn finish_recovery(&mut self, slot: usize) -> Result<bool> {
         let Some(loc) = &self.slot_map else { return Ok(false) };
         if loc.read(&mut self.core)?.slots.get(slot).copied().flatten().is_some() {
             return Ok(false);
         }
-        finish_slot(&mut self.core, slot)?;
-        tracing::info!("slot {slot} recovered");
+        finish_slot(&mut self.core, slot, false)?;
         Ok(true)
     }
 

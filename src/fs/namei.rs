@@ -198,18 +198,19 @@ impl Core {
     }
 
     /// Drops one link of `inode`; at zero links it is deleted, or orphaned while `open` says it
-    /// is still in use. Writes the inode.
-    fn drop_link(&mut self, mut inode: Inode, open: bool, now: Time) -> Result<()> {
+    /// may still be in use. Writes the inode; returns its number if it orphaned it.
+    fn drop_link(&mut self, mut inode: Inode, open: bool, now: Time) -> Result<Option<u64>> {
         let dir_like = inode.is_dir();
         inode.links_count = if dir_like { 0 } else { inode.links_count.saturating_sub(1) };
         set_ctime(&mut inode, now);
         if inode.links_count > 0 {
-            return self.write_inode(&inode);
+            return self.write_inode(&inode).map(|()| None);
         }
         if open {
-            return self.orphan(inode);
+            let blkno = inode.blkno;
+            return self.orphan(inode).map(|()| Some(blkno));
         }
-        self.delete_inode(inode)
+        self.delete_inode(inode).map(|()| None)
     }
 
     /// Links an in-use, unlinked inode into this slot's orphan directory (§11.1).
@@ -227,12 +228,18 @@ impl Core {
         self.write_inode(&inode)
     }
 
+    /// Whether `ino` is an orphan: in use, unlinked, listed in an orphan directory.
+    pub fn is_orphan(&mut self, ino: u64) -> Result<bool> {
+        let inode = self.cache.read_inode(ino)?;
+        Ok(inode.is_valid() && inode.flags & ORPHANED_FL != 0 && inode.links_count == 0)
+    }
+
     /// Frees an orphaned inode once nobody uses it any more.
     pub fn reap_orphan(&mut self, ino: u64) -> Result<()> {
-        let inode = self.cache.read_inode(ino)?;
-        if !inode.is_valid() || inode.flags & ORPHANED_FL == 0 || inode.links_count > 0 {
+        if !self.is_orphan(ino)? {
             return Ok(());
         }
+        let inode = self.cache.read_inode(ino)?;
         let odir_blk = *self.sys.orphan_dir.get(inode.orphaned_slot as usize).ok_or(FsError::Corrupt {
             blkno: ino,
             what: format!("orphaned in slot {} which does not exist", inode.orphaned_slot),
@@ -252,7 +259,24 @@ impl Core {
         Ok(self.dir_list(&odir, 0)?.into_iter().filter(|e| e.name != b"." && e.name != b"..").map(|e| e.ino).collect())
     }
 
-    pub fn unlink(&mut self, parent: u64, name: &[u8], is_open: impl Fn(u64) -> bool, now: Time) -> Result<()> {
+    /// The orphans of every slot.
+    pub fn all_orphans(&mut self) -> Result<Vec<u64>> {
+        let mut all = Vec::new();
+        for slot in 0..self.sys.orphan_dir.len() as u16 {
+            all.extend(self.orphans_of(slot)?);
+        }
+        Ok(all)
+    }
+
+    /// Removes a name; an inode left without links is freed, or orphaned while `is_open` says
+    /// it may be in use (its number is returned then).
+    pub fn unlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        is_open: impl Fn(u64) -> bool,
+        now: Time,
+    ) -> Result<Option<u64>> {
         let mut dir = self.dir_inode(parent)?;
         let (ino, _) = self.dir_lookup(&dir, name)?.ok_or(FsError::NotFound)?;
         // It changes: ask for its lock exclusive at once rather than shared first.
@@ -290,7 +314,7 @@ impl Core {
         dir.links_count = dir.links_count.saturating_sub(1);
         set_mtime(&mut dir, now);
         self.write_inode(&dir)?;
-        self.drop_link(inode, false, now)
+        self.drop_link(inode, false, now).map(drop)
     }
 
     /// True when `ancestor` is `dir` or one of its ancestors (following `..`).
@@ -311,6 +335,8 @@ impl Core {
         Err(FsError::Corrupt { blkno: dir, what: "directory chain too deep or looping".into() })
     }
 
+    /// Moves a name; a replaced inode left without links is freed, or orphaned while `is_open`
+    /// says it may be in use (its number is returned then).
     pub fn rename(
         &mut self,
         from_dir: u64,
@@ -320,7 +346,7 @@ impl Core {
         flags: RenameFlags,
         is_open: impl Fn(u64) -> bool,
         now: Time,
-    ) -> Result<()> {
+    ) -> Result<Option<u64>> {
         validate_name(to)?;
         if [b".".as_slice(), b".."].contains(&from) || [b".".as_slice(), b".."].contains(&to) {
             return Err(FsError::Invalid("rename of . or .."));
@@ -330,7 +356,7 @@ impl Core {
         let dst_dir0 = self.dir_inode(to_dir)?;
         let dst = self.dir_lookup(&dst_dir0, to)?;
         if from_dir == to_dir && from == to {
-            return if flags.exchange || dst.is_some() { Ok(()) } else { Err(FsError::NotFound) };
+            return if flags.exchange || dst.is_some() { Ok(None) } else { Err(FsError::NotFound) };
         }
         let src = self.read_inode(src_ino)?;
         if src.is_dir() && from_dir != to_dir && self.is_ancestor(src_ino, to_dir)? {
@@ -355,8 +381,9 @@ impl Core {
                 self.reparent(other, from_dir, now)?;
                 self.adjust_dir_links(from_dir, to_dir, src_ft == FT_DIR, dst_ft == FT_DIR, now)?;
             }
-            return self.touch_dirs(from_dir, to_dir, now);
+            return self.touch_dirs(from_dir, to_dir, now).map(|()| None);
         }
+        let mut orphaned = None;
         if let Some((dst_ino, _)) = dst {
             if flags.noreplace {
                 return Err(FsError::Exists);
@@ -368,7 +395,7 @@ impl Core {
                 self.write_inode(&sd)?;
                 let inode = self.read_inode(src_ino)?;
                 self.drop_link(inode, true, now)?;
-                return self.touch_dirs(from_dir, to_dir, now);
+                return self.touch_dirs(from_dir, to_dir, now).map(|()| None);
             }
             let victim = self.read_inode(dst_ino)?;
             match (src.is_dir(), victim.is_dir()) {
@@ -384,7 +411,7 @@ impl Core {
                 dd.links_count = dd.links_count.saturating_sub(1);
             }
             self.write_inode(&dd)?;
-            self.drop_link(victim, is_open(dst_ino), now)?;
+            orphaned = self.drop_link(victim, is_open(dst_ino), now)?;
         } else {
             let mut dd = self.read_inode(to_dir)?;
             if src.is_dir() && from_dir != to_dir && dd.links_count >= LINK_MAX {
@@ -405,7 +432,7 @@ impl Core {
             set_ctime(&mut src, now);
             self.write_inode(&src)?;
         }
-        self.touch_dirs(from_dir, to_dir, now)
+        self.touch_dirs(from_dir, to_dir, now).map(|()| orphaned)
     }
 
     /// Points a moved directory's `..` at its new parent.

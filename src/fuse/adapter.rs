@@ -7,7 +7,8 @@
 use super::attr::{attr, kind_of_dirent};
 use super::flock::Flocks;
 use super::options::{ErrorsBehavior, MountOptions};
-use crate::format::inode::{Inode, ORPHANED_FL, S_IFMT, S_IFREG};
+use super::orphans::{reap_if_unused, reap_orphans};
+use crate::format::inode::{Inode, S_IFMT, S_IFREG};
 use crate::fs::core::Time;
 use crate::fs::error::FsError;
 use crate::fs::file::Seek;
@@ -35,9 +36,10 @@ const SEEK_HOLE: i32 = 4;
 const O_DIRECT: i32 = 0o40000;
 const O_APPEND: i32 = 0o2000;
 
-struct State {
+pub(super) struct State {
     mounted: Option<Mounted>,
-    /// Open handles per inode (an unlinked inode is orphaned while this is non-zero).
+    /// Open handles per inode (on a single-node mount an unlinked inode is orphaned only while
+    /// this is non-zero; a cluster mount orphans it always: another node may have it open).
     open: HashMap<u64, u32>,
 }
 
@@ -160,14 +162,11 @@ impl O2Fuse {
         &self,
         mutating: bool,
         seeds: &[LockResource],
-        mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+        f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
     ) -> Result<T, Errno> {
         if mutating && self.read_only.load(Ordering::Relaxed) {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
-        let Some(locks) = &self.cluster else {
-            return attempt(&self.state, &LockSet::default(), &mut f).map_err(|e| self.failed(e));
-        };
         let mode = if mutating { LockMode::Ex } else { LockMode::Pr };
         let mut set = LockSet::default();
         for &res in seeds {
@@ -176,7 +175,45 @@ impl O2Fuse {
         if mutating {
             set.want(self.local_alloc, LockMode::Ex);
         }
-        run_locked(&**locks, &mut set, |held| attempt(&self.state, held, &mut f)).map_err(|e| self.failed(e))
+        request(self.cluster.as_deref(), &self.state, set, f).map_err(|e| self.failed(e))
+    }
+
+    /// Frees `ino`, which a request here orphaned or closed last, if no node has it open.
+    fn reap(&self, ino: u64) {
+        if let Err(e) = reap_if_unused(self.cluster.as_deref(), &self.state, ino) {
+            tracing::warn!(ino, "freeing an orphan: {}", e);
+            self.failed(e);
+        }
+    }
+
+    /// Frees the orphans of every slot that no node has open: a cluster mount calls this once
+    /// mounted (the mount left the orphans of the slots it finished).
+    pub fn reap_orphans(&self) {
+        if let Err(e) = reap_orphans(self.cluster.as_deref(), &self.state) {
+            tracing::warn!("freeing orphans: {e}");
+        }
+    }
+
+    /// One more open handle of `blk` (of `generation`, if given): the inode's open lock first
+    /// (PR, holding no other lock: a node freeing the inode holds it at EX meanwhile), then
+    /// the inode must still be there.
+    fn open_inode(&self, blk: u64, generation: Option<u32>) -> Result<Inode, Errno> {
+        let open_lock = LockResource::InodeOpen { blkno: blk };
+        if let Some(l) = &self.cluster {
+            l.acquire(open_lock, LockMode::Pr).map_err(|e| self.failed(e))?;
+        }
+        let opened = self.with(false, &[meta(blk)], |m, open| {
+            let inode = m.core.read_inode(blk)?;
+            if generation.is_some_and(|g| g != inode.generation) {
+                return Err(FsError::NotFound);
+            }
+            *open.entry(blk).or_insert(0) += 1;
+            Ok(inode)
+        });
+        if let (Err(_), Some(l)) = (&opened, &self.cluster) {
+            l.release(open_lock, LockMode::Pr);
+        }
+        opened
     }
 
     /// Maps a failed request's error; a corruption may turn the mount read-only
@@ -215,6 +252,20 @@ impl O2Fuse {
 
     fn entry_attr(&self, inode: &Inode) -> FileAttr {
         attr(self.ino(inode.blkno), inode, self.cluster_size)
+    }
+}
+
+/// Runs `f` as one request on the core: on a cluster mount under the cluster locks of `set`,
+/// grown and run again while `f` asks for more (`lockset::run_locked`); commits its metadata.
+pub(super) fn request<T>(
+    locks: Option<&dyn ClusterLocks>,
+    state: &Mutex<State>,
+    mut set: LockSet,
+    mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+) -> crate::fs::Result<T> {
+    match locks {
+        None => attempt(state, &LockSet::default(), &mut f),
+        Some(locks) => run_locked(locks, &mut set, |held| attempt(state, held, &mut f)),
     }
 }
 
@@ -289,13 +340,17 @@ fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<S
         };
         // ...and finish its slot as an ordinary request once the cluster runs again: it needs
         // the locks of the inodes and allocators it touches, which may wait for others.
+        // Then the orphans nobody has open any more: the dead node's open locks are gone.
         let st = st.clone();
         std::thread::spawn(move || {
             let mut set = LockSet::default();
             set.want(LockResource::Super, LockMode::Ex);
-            let finish = &mut |m: &mut Mounted, _: &mut HashMap<u64, u32>| m.finish_recovery(slot);
-            if let Err(e) = run_locked(&*locks, &mut set, |held| attempt(&st, held, finish)) {
-                tracing::error!("recovering node {node}: {e}");
+            let finished = request(Some(&*locks), &st, set, |m, _| m.finish_recovery(slot))
+                .and_then(|finished| reap_orphans(Some(&*locks), &st).map(|()| finished));
+            match finished {
+                Ok(true) => tracing::info!("slot {slot} recovered"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("recovering node {node}: {e}"),
             }
         });
     }));
@@ -330,7 +385,7 @@ fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval
 }
 
 /// The lock of inode `blkno`'s metadata.
-fn meta(blkno: u64) -> LockResource {
+pub(super) fn meta(blkno: u64) -> LockResource {
     LockResource::InodeMeta { blkno }
 }
 
@@ -459,10 +514,17 @@ impl Filesystem for O2Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = self.blk(parent);
+        // On a cluster mount the inode may be open on another node: it is orphaned, then freed
+        // (before the reply, so that the space is back when unlink returns) if the try-lock on
+        // its open lock says nobody has it open.
+        let clustered = self.cluster.is_some();
         match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
-            m.core.unlink(parent, name.as_bytes(), |i| open.contains_key(&i), Time::now())
+            m.core.unlink(parent, name.as_bytes(), |i| clustered || open.contains_key(&i), Time::now())
         }) {
-            Ok(()) => reply.ok(),
+            Ok(orphaned) => {
+                orphaned.into_iter().for_each(|ino| self.reap(ino));
+                reply.ok();
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -506,10 +568,15 @@ impl Filesystem for O2Fuse {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
+        let clustered = self.cluster.is_some();
         match self.with(true, &[meta(p), meta(np), self.inode_alloc], |m, open| {
-            m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, |i| open.contains_key(&i), Time::now())
+            let is_open = |i| clustered || open.contains_key(&i);
+            m.core.rename(p, name.as_bytes(), np, newname.as_bytes(), f, is_open, Time::now())
         }) {
-            Ok(()) => reply.ok(),
+            Ok(orphaned) => {
+                orphaned.into_iter().for_each(|ino| self.reap(ino));
+                reply.ok();
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -523,13 +590,8 @@ impl Filesystem for O2Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let blk = self.blk(ino);
-        match self.with(false, &[meta(blk)], |m, open| {
-            m.core.read_inode(blk)?;
-            *open.entry(blk).or_insert(0) += 1;
-            Ok(())
-        }) {
-            Ok(()) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
+        match self.open_inode(self.blk(ino), None) {
+            Ok(_) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
         }
     }
@@ -605,27 +667,28 @@ impl Filesystem for O2Fuse {
         if let (Some(f), Some(owner)) = (&self.flocks, lock_owner) {
             f.unlock(blk, owner.0);
         }
-        let r = self.with(false, &[meta(blk)], |m, open| {
+        // The open lock goes before the inode is looked at: an unlink from now on finds it
+        // given up (see fs::open_locks), one before has orphaned it.
+        if let Some(l) = &self.cluster {
+            l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
+        }
+        let orphan = self.with(false, &[meta(blk)], |m, open| {
             let last = match open.get_mut(&blk) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
                     false
                 }
-                _ => {
-                    open.remove(&blk);
-                    true
-                }
+                _ => open.remove(&blk).is_some(),
             };
-            if last && !m.read_only {
-                let inode = m.core.cache.read_inode(blk)?;
-                if inode.is_valid() && inode.flags & ORPHANED_FL != 0 && inode.links_count == 0 {
-                    m.core.reap_orphan(blk)?;
-                }
-            }
-            Ok(())
+            Ok(last && m.core.is_orphan(blk)?)
         });
-        match r {
-            Ok(()) => reply.ok(),
+        match orphan {
+            Ok(orphan) => {
+                if orphan {
+                    self.reap(blk);
+                }
+                reply.ok();
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -772,11 +835,12 @@ impl Filesystem for O2Fuse {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
-        match self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
-            let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
-            *open.entry(inode.blkno).or_insert(0) += 1;
-            Ok(inode)
-        }) {
+        // Opened as any other file once created: another node may unlink and free it before
+        // this one holds its open lock (then the generation differs or the inode is gone).
+        let created = self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
+            m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())
+        });
+        match created.and_then(|inode| self.open_inode(inode.blkno, Some(inode.generation))) {
             Ok(inode) => reply.created(
                 &self.ttl,
                 &self.entry_attr(&inode),

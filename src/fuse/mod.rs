@@ -6,6 +6,7 @@ pub mod attr;
 pub mod flock;
 pub mod kernel_mount;
 pub mod options;
+mod orphans;
 
 pub use adapter::O2Fuse;
 pub use options::MountOptions;

@@ -114,6 +114,12 @@ pub fn assert_fsck_ocfs2_clean(img: &Path) {
     }
 }
 
+/// The number after `what` in a daemon's log (its lines carry colour codes).
+pub fn logged_number(log: &str, what: &str) -> Option<u64> {
+    let at = log.find(what)? + what.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
 /// `debugfs.ocfs2 -R CMD IMG` output.
 pub fn debugfs(img: &Path, cmd: &str) -> String {
     text(&run(Command::new("debugfs.ocfs2").arg("-R").arg(cmd).arg(img)))
