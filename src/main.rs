@@ -389,10 +389,10 @@ fn serve_cluster(
         bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
     check_cluster_names(vol.sb(), &name, conf)?;
+    let locks = o2fs::fs::dlm_locks::DlmLocks::new(&vol.geo);
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
     let heartbeat = cli::cluster::disk_heartbeat(raw, mirror.is_none())?;
-    let locks = o2fs::fs::dlm_locks::DlmLocks::new();
     let stack = cli::cluster::Stack::start(
         conf,
         node,

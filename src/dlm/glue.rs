@@ -88,6 +88,17 @@ impl Cached {
         }
     }
 
+    /// Whether a local user asking for `mode` now would go first: no one queued, no peer
+    /// waiting for this lock, no request in flight, and no local holder in the way.
+    pub fn free_for(&self, mode: Mode) -> bool {
+        self.waiters.is_empty() && self.blocked.is_none() && self.busy.is_none() && self.local_free(mode)
+    }
+
+    /// Whether the mode this node was granted covers `mode`.
+    pub fn covers(&self, mode: Mode) -> bool {
+        covers(self.granted, mode)
+    }
+
     /// A local user asks for `mode`. Returns whether it was granted from the cache at once
     /// (no message); otherwise it waits under `ticket` and `step` says what to ask the DLM.
     pub fn acquire(&mut self, ticket: u64, mode: Mode) -> bool {

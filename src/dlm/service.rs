@@ -253,6 +253,47 @@ impl LockService {
         }
     }
 
+    /// Takes `res` at `mode` only if that needs neither a wait nor a message: the cache covers it,
+    /// or this node masters `res` and nothing is in the way (a lock nobody else can know yet,
+    /// such as a new inode's). Never runs a downconvert callback on this thread, so a caller may
+    /// hold what those callbacks take (the filesystem's core, in the middle of a request).
+    pub fn try_lock_now(self: &Arc<Self>, res: &ResName, mode: Mode) -> Option<LockGuard> {
+        {
+            let inner = self.inner.lock();
+            if inner.fenced.is_some() || (inner.recovering > 0 && !IN_RECOVERY.get()) {
+                return None;
+            }
+            let cached = inner.cache.get(res);
+            let free = cached.is_none_or(|c| c.free_for(mode));
+            let from_cache = free && cached.is_some_and(|c| c.covers(mode));
+            if !from_cache && !(free && inner.dlm.grants_at_once(res, cached.and_then(|c| c.id), mode)) {
+                return None;
+            }
+        }
+        let pending = self.begin_quiet(res, mode).ok()?;
+        let guard = match pending {
+            None => Some(self.guard(res, mode)),
+            Some(mut p) => match p.rx.as_mut().map(|rx| rx.try_recv()) {
+                Some(Ok(Ok(()))) => p.finish(Ok(Ok(()))).ok(),
+                // Not expected after the checks above; withdrawing may run callbacks: elsewhere.
+                _ => {
+                    std::thread::spawn(move || drop(p));
+                    None
+                }
+            },
+        };
+        if !self.inner.lock().downconverts.is_empty() {
+            let this = self.clone();
+            std::thread::spawn(move || this.run_downconverts());
+        }
+        guard
+    }
+
+    /// Whether this node masters `res` in the current view.
+    pub fn masters(&self, res: &ResName) -> bool {
+        self.inner.lock().dlm.masters(res)
+    }
+
     /// Blocks while this node recovers a dead node, unless called by that recovery.
     fn wait_for_recovery(&self) {
         if IN_RECOVERY.get() {
@@ -270,6 +311,13 @@ impl LockService {
 
     /// Granted from the cache (`None`), or a pending request that hears the outcome.
     fn begin(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<Option<Pending>, ServiceError> {
+        let pending = self.begin_quiet(res, mode)?;
+        self.run_downconverts();
+        Ok(pending)
+    }
+
+    /// [`begin`](Self::begin) without running the downconverts it may have queued.
+    fn begin_quiet(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<Option<Pending>, ServiceError> {
         let mut inner = self.inner.lock();
         if let Some(why) = &inner.fenced {
             return Err(ServiceError::Fenced(why.clone()));
@@ -285,7 +333,6 @@ impl LockService {
         inner.tickets.insert(ticket, tx);
         self.step(&mut inner, res);
         drop(inner);
-        self.run_downconverts();
         Ok(Some(Pending { svc: self.clone(), res: res.clone(), mode, ticket, rx: Some(rx), done: false }))
     }
 

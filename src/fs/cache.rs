@@ -99,8 +99,13 @@ impl MetaCache {
     }
 
     /// Ok when the running request may use `owner`'s blocks at `mode` (see `rights`).
-    pub fn check(&self, owner: u64, mode: LockMode) -> Result<()> {
+    pub fn check(&mut self, owner: u64, mode: LockMode) -> Result<()> {
         self.rights.check(owner, mode)
+    }
+
+    /// Whether an inode at `blkno` would have its cluster lock mastered here (see `rights`).
+    pub fn is_local(&self, blkno: u64) -> bool {
+        self.rights.is_local(blkno)
     }
 
     /// Forgets every clean block (another node may change any of them now). Dirty and logged

@@ -11,7 +11,7 @@ use super::dir::DirIndex;
 use super::error::{FsError, Result};
 use super::extent_tree::{self, Tree};
 use super::geometry::Geometry;
-use super::lock::LockMode;
+use super::lock::{LockMode, LockResource};
 use super::lockset::LockSet;
 use super::sysfiles::SysFiles;
 use crate::format::extent::ExtentList;
@@ -131,9 +131,10 @@ impl Core {
         }
     }
 
-    /// Ends an operation: its locks are no longer held.
-    pub fn end_op(&mut self) {
-        self.cache.rights().hold(&Default::default());
+    /// Ends an operation, done or failed: its locks are no longer held here. Returns the locks
+    /// it took on its way (see `rights`), which the caller's lock set must release.
+    pub fn end_op(&mut self) -> Vec<(LockResource, LockMode)> {
+        self.cache.rights().end()
     }
 
     /// Before the entries of directory `dir` change: the operation must hold its lock
@@ -223,13 +224,16 @@ impl Core {
     }
 
     /// A new inode from this slot's inode allocator, initialised per §4.7 (the caller links it
-    /// and writes it).
+    /// and writes it). On a cluster mount it is placed where this node masters its lock, if it
+    /// can be: the request then takes that lock without a message (see `rights`).
     pub fn new_inode(&mut self, mode: u16, uid: u32, gid: u32, now: Time) -> Result<Inode> {
+        let clustered = self.cache.rights().clustered();
         let (blkno, bit, gblk) = alloc_block(
             &mut self.cache,
             &self.geo,
             self.sys.inode_alloc[self.sys.slot as usize],
             self.sys.global_bitmap,
+            clustered,
         )?;
         self.next_generation = self.next_generation.wrapping_add(1);
         let bs = self.bs();

@@ -1,8 +1,13 @@
 //! The cluster-lock seam served by the DLM (a cluster mount): [`ClusterLocks`] over this node's
 //! [`LockService`]. Resource names follow OCFS2's lock names: a type letter, then the block
-//! number and generation in hex.
+//! number and generation in hex. An inode's locks carry a mastery key, the chunk of the volume
+//! its block lies in (one suballocator group's worth of blocks, [`Geometry::lock_chunk_blocks`]):
+//! every inode of a chunk has its locks mastered by one node, so a node that places its inode
+//! groups in chunks it masters (`is_local`) creates inodes whose locks cost no message, as
+//! OCFS2 masters a new inode's lock locally.
 
 use super::error::{FsError, Result};
+use super::geometry::Geometry;
 use super::lock::{ClusterLocks, DownconvertFn, LockMode, LockResource, RecoveryFn};
 use crate::dlm::service::{DownconvertHook, LockGuard, LockService, RecoveryHook};
 use crate::dlm::{Mode, ResName};
@@ -17,11 +22,11 @@ struct Names {
 }
 
 impl Names {
-    fn of(&mut self, res: LockResource) -> ResName {
+    fn of(&mut self, res: LockResource, chunk_blocks: u64) -> ResName {
         if let Some(n) = self.names.get(&res) {
             return n.clone();
         }
-        let n = DlmLocks::name(res);
+        let n = DlmLocks::name(res, chunk_blocks);
         self.names.insert(res, n.clone());
         self.resources.insert(n.clone(), res);
         n
@@ -29,8 +34,9 @@ impl Names {
 }
 
 /// Created before the lock service (whose hooks call into it), then bound to it.
-#[derive(Default)]
 pub struct DlmLocks {
+    /// Blocks per mastery chunk: the same on every node (it follows the volume's geometry).
+    chunk_blocks: u64,
     svc: OnceLock<Arc<LockService>>,
     /// Guards of the locks held, per resource and mode (released one per `release`).
     held: Mutex<HashMap<(LockResource, LockMode), Vec<LockGuard>>>,
@@ -42,8 +48,16 @@ pub struct DlmLocks {
 }
 
 impl DlmLocks {
-    pub fn new() -> Arc<DlmLocks> {
-        Arc::new(DlmLocks::default())
+    /// The locks of a volume of geometry `geo`.
+    pub fn new(geo: &Geometry) -> Arc<DlmLocks> {
+        Arc::new(DlmLocks {
+            chunk_blocks: geo.lock_chunk_blocks(),
+            svc: OnceLock::new(),
+            held: Mutex::default(),
+            names: Mutex::default(),
+            downconvert: OnceLock::new(),
+            recovery: OnceLock::new(),
+        })
     }
 
     pub fn bind(&self, svc: Arc<LockService>) {
@@ -70,31 +84,39 @@ impl DlmLocks {
         })
     }
 
-    fn name(res: LockResource) -> ResName {
-        let (kind, blkno, extra) = match res {
-            LockResource::Super => ('S', 0, 0),
-            LockResource::InodeMeta { blkno } => ('M', blkno, 0),
-            LockResource::InodeRw { blkno } => ('W', blkno, 0),
-            LockResource::InodeOpen { blkno } => ('O', blkno, 0),
-            LockResource::Rename => ('R', 0, 0),
-            LockResource::System { blkno } => ('M', blkno, 1),
-            LockResource::Journal { slot } => ('J', slot as u64, 0),
+    fn name(res: LockResource, chunk_blocks: u64) -> ResName {
+        let (kind, blkno, extra, inode) = match res {
+            LockResource::Super => ('S', 0, 0, false),
+            LockResource::InodeMeta { blkno } => ('M', blkno, 0, true),
+            LockResource::InodeRw { blkno } => ('W', blkno, 0, true),
+            LockResource::InodeOpen { blkno } => ('O', blkno, 0, true),
+            LockResource::Rename => ('R', 0, 0, false),
+            LockResource::System { blkno } => ('M', blkno, 1, false),
+            LockResource::Journal { slot } => ('J', slot as u64, 0, false),
         };
-        ResName::ocfs2(kind, blkno, extra)
+        let name = ResName::ocfs2(kind, blkno, extra);
+        match inode {
+            true => name.keyed(blkno / chunk_blocks.max(1)),
+            false => name,
+        }
+    }
+
+    fn service(&self) -> Result<&Arc<LockService>> {
+        self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))
+    }
+
+    fn hold(&self, res: LockResource, mode: LockMode, guard: LockGuard) {
+        self.held.lock().entry((res, mode)).or_default().push(guard);
     }
 
     /// Blocks until held (not from the lock service's own runtime threads).
     fn take(&self, res: LockResource, mode: LockMode) -> Result<()> {
-        let svc = self.svc.get().ok_or(FsError::Refused("the cluster lock service is not running".into()))?;
-        let dlm_mode = match mode {
-            LockMode::Nl => return Ok(()),
-            LockMode::Pr => Mode::Pr,
-            LockMode::Ex => Mode::Ex,
-        };
-        let name = self.names.lock().of(res);
+        let svc = self.service()?;
+        let Some(dlm_mode) = dlm_mode(mode) else { return Ok(()) };
+        let name = self.names.lock().of(res, self.chunk_blocks);
         match svc.lock_blocking(&name, dlm_mode) {
             Ok(g) => {
-                self.held.lock().entry((res, mode)).or_default().push(g);
+                self.hold(res, mode, g);
                 Ok(())
             }
             Err(e) => {
@@ -105,9 +127,31 @@ impl DlmLocks {
     }
 }
 
+/// The DLM mode of a lock mode (None for NL, which needs no lock).
+fn dlm_mode(mode: LockMode) -> Option<Mode> {
+    match mode {
+        LockMode::Nl => None,
+        LockMode::Pr => Some(Mode::Pr),
+        LockMode::Ex => Some(Mode::Ex),
+    }
+}
+
 impl ClusterLocks for DlmLocks {
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()> {
         self.take(res, mode)
+    }
+
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> bool {
+        let (Ok(svc), Some(dlm_mode)) = (self.service(), dlm_mode(mode)) else { return mode == LockMode::Nl };
+        let name = self.names.lock().of(res, self.chunk_blocks);
+        let Some(g) = svc.try_lock_now(&name, dlm_mode) else { return false };
+        self.hold(res, mode, g);
+        true
+    }
+
+    fn is_local(&self, res: LockResource) -> bool {
+        // Not remembered: placing an inode group asks about many candidate chunks.
+        self.service().is_ok_and(|svc| svc.masters(&DlmLocks::name(res, self.chunk_blocks)))
     }
 
     fn release(&self, res: LockResource, mode: LockMode) {

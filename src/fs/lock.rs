@@ -42,6 +42,13 @@ pub type RecoveryFn = Box<dyn Fn(u32) + Send + Sync>;
 pub trait ClusterLocks: Send + Sync {
     /// Blocks until `res` is held at `mode` or stronger by this node.
     fn acquire(&self, res: LockResource, mode: LockMode) -> Result<()>;
+    /// Takes `res` at `mode` only if that needs no wait and no message (cached, or mastered here
+    /// with nothing in the way); false otherwise. Safe to call in the middle of a request: it
+    /// never runs a downconvert callback on the calling thread.
+    fn try_acquire(&self, res: LockResource, mode: LockMode) -> bool;
+    /// Whether taking `res` would be decided on this node (it masters the lock): where a new
+    /// inode is best placed.
+    fn is_local(&self, res: LockResource) -> bool;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
@@ -58,6 +65,12 @@ pub struct LocalLocks;
 impl ClusterLocks for LocalLocks {
     fn acquire(&self, _res: LockResource, _mode: LockMode) -> Result<()> {
         Ok(())
+    }
+    fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> bool {
+        true
+    }
+    fn is_local(&self, _res: LockResource) -> bool {
+        true
     }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
     fn on_downconvert(&self, _f: DownconvertFn) {}

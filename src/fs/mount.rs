@@ -124,7 +124,7 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     core.sys.slot = slot as u16;
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
     if cfg.live_nodes.is_some() {
-        core.cache.set_rights(Rights::cluster(&core.sys));
+        core.cache.set_rights(Rights::cluster(&core.sys, cfg.locks.clone()));
     }
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
@@ -136,15 +136,12 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
         core.begin_op(held);
         let mut map = map.clone();
         let r = settle_slots(&mut core, &mut map, slot, cfg.node, alive).and_then(|()| core.cache.commit());
-        match r {
-            Ok(()) => Ok(map),
-            Err(e) => {
-                core.abort_op();
-                Err(e)
-            }
+        if r.is_err() {
+            core.abort_op();
         }
+        held.adopt(core.end_op());
+        r.map(|()| map)
     })?;
-    core.end_op();
     slot_map.write(&mut core, &map)?;
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");

@@ -162,7 +162,7 @@ impl O2Fuse {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
         let Some(locks) = &self.cluster else {
-            return attempt(&self.state, &LockSet::default(), &mut f).map_err(|e| self.failed(e));
+            return attempt(&self.state, &mut LockSet::default(), &mut f).map_err(|e| self.failed(e));
         };
         let mode = if mutating { LockMode::Ex } else { LockMode::Pr };
         let mut set = LockSet::default();
@@ -214,10 +214,11 @@ impl O2Fuse {
     }
 }
 
-/// One run of a request on the core under the cluster locks `held`, undone if it fails.
+/// One run of a request on the core under the cluster locks `held`, undone if it fails; the
+/// locks it took on its way join `held`.
 fn attempt<T>(
     state: &Mutex<State>,
-    held: &LockSet,
+    held: &mut LockSet,
     f: &mut impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
 ) -> crate::fs::Result<T> {
     let mut st = state.lock();
@@ -247,7 +248,7 @@ fn attempt<T>(
         }
         Ok(v)
     });
-    m.core.end_op();
+    held.adopt(m.core.end_op());
     r
 }
 
