@@ -321,7 +321,6 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     let cfg = MountConfig {
         read_only: opts.read_only,
         cache_bytes: opts.cache_bytes,
-        data_ordered: opts.data_ordered,
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         ..Default::default()
     };
@@ -418,7 +417,6 @@ fn serve_cluster(
     locks.acquire(LockResource::Super, LockMode::Ex)?;
     let cfg = MountConfig {
         cache_bytes: opts.cache_bytes,
-        data_ordered: opts.data_ordered,
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         node: stack.number as u32,
         live_nodes: Some(stack.members()),
