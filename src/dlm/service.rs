@@ -78,6 +78,11 @@ pub struct LockService {
     downconvert: Option<DownconvertHook>,
     /// Messages handed to the cluster runtime since the start.
     sent: AtomicU64,
+    /// How long a lock granted up is kept against blocked peers (ms; see `glue`): 0 unless an
+    /// owner sets it.
+    min_hold_ms: AtomicU64,
+    /// The runtime the service was started on (its timers run there).
+    rt: tokio::runtime::Handle,
 }
 
 /// A held lock; dropping it releases the local hold (the DLM lock stays cached).
@@ -182,6 +187,8 @@ impl LockService {
             recovery,
             downconvert,
             sent: AtomicU64::new(0),
+            min_hold_ms: AtomicU64::new(0),
+            rt: tokio::runtime::Handle::current(),
         });
         let s = svc.clone();
         tokio::spawn(async move {
@@ -190,6 +197,16 @@ impl LockService {
             }
         });
         svc
+    }
+
+    /// Keeps every lock granted up for at least `hold` against blocked peers (see `glue`).
+    pub fn set_min_hold(&self, hold: Duration) {
+        self.min_hold_ms.store(hold.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The service's clock, in milliseconds since it started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Messages this node's lock service sent to others since it started.
@@ -326,7 +343,7 @@ impl LockService {
         inner.next_ticket += 1;
         let cached = inner.cache.entry(res.clone()).or_default();
         tracing::trace!(res = res.as_str(), ticket, ?mode, state = ?cached, "acquire");
-        if cached.acquire(ticket, mode) {
+        if cached.acquire(ticket, mode, self.now_ms()) {
             return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
@@ -348,7 +365,8 @@ impl LockService {
 
     /// Lets the cache of `res` act, then everything the engine produced.
     fn step(&self, inner: &mut Inner, res: &ResName) {
-        let actions = inner.cache.get_mut(res).map(Cached::step).unwrap_or_default();
+        let now = self.now_ms();
+        let actions = inner.cache.get_mut(res).map(|c| c.step(now)).unwrap_or_default();
         self.perform(inner, res, actions);
         self.pump(inner);
     }
@@ -387,8 +405,28 @@ impl LockService {
                         let _ = tx.send(Ok(()));
                     }
                 }
+                Action::Recheck { at } => {
+                    let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
+                    let (this, res) = (self.this.clone(), res.clone());
+                    self.rt.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        // The recheck may downconvert, whose callback blocks: not on a worker.
+                        tokio::task::spawn_blocking(move || this.upgrade().map(|svc| svc.recheck(&res)));
+                    });
+                }
             }
         }
+    }
+
+    /// A hold on `res` ended: act on what waited for it.
+    fn recheck(&self, res: &ResName) {
+        let mut inner = self.inner.lock();
+        if let Some(c) = inner.cache.get_mut(res) {
+            c.rechecked();
+        }
+        self.step(&mut inner, res);
+        drop(inner);
+        self.run_downconverts();
     }
 
     /// Runs owners' downconvert callbacks outside the mutex, then tells the DLM.
@@ -412,7 +450,9 @@ impl LockService {
 
     /// Handles every engine output until there is none.
     fn pump(&self, inner: &mut Inner) {
-        inner.dlm.set_time(self.started.elapsed().as_millis() as u64);
+        let now = self.now_ms();
+        inner.dlm.set_time(now);
+        let hold_until = now + self.min_hold_ms.load(Ordering::Relaxed);
         while let Some(ev) = inner.dlm.poll_event() {
             tracing::trace!(event = ?ev, "dlm");
             let (id, event) = match ev {
@@ -437,7 +477,7 @@ impl LockService {
             let Some(c) = inner.cache.get_mut(&res) else { continue };
             let mut actions = match event {
                 Event::Granted { mode, lvb, .. } => {
-                    c.granted(mode, lvb);
+                    c.granted(mode, lvb, hold_until);
                     Vec::new()
                 }
                 Event::Failed { error, .. } => {
@@ -451,7 +491,7 @@ impl LockService {
                 }
                 _ => Vec::new(),
             };
-            actions.extend(c.step());
+            actions.extend(c.step(now));
             self.perform(inner, &res, actions);
         }
     }
