@@ -281,9 +281,11 @@ impl LockService {
                 return None;
             }
             let cached = inner.cache.get(res);
-            let free = cached.is_none_or(|c| c.free_for(mode));
-            let from_cache = free && cached.is_some_and(|c| c.covers(mode));
-            if !from_cache && !(free && inner.dlm.grants_at_once(res, cached.and_then(|c| c.id), mode)) {
+            if !cached.is_none_or(|c| c.free_for(mode)) {
+                return None;
+            }
+            let from_cache = cached.is_some_and(|c| c.covers(mode));
+            if !from_cache && !inner.dlm.grants_at_once(res, cached.and_then(|c| c.id), mode) {
                 return None;
             }
         }

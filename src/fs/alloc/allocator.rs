@@ -172,30 +172,32 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 
 /// Suballocator: allocates one block (an inode or extent block), growing the allocator by a
 /// new group of `cl_cpg` clusters from the global bitmap when it is full. Returns
-/// (block number, bit, group blkno). With `local_locks` (an inode allocator on a cluster
-/// mount) the block is taken where this node masters the new inode's cluster lock if it can
-/// be: first from such groups, then from a new group placed on a chunk this node masters
+/// (block number, bit, group blkno). With `place` (an inode allocator on a cluster mount) the
+/// block is taken where this node masters the new inode's cluster lock if it can be: first
+/// from such groups, then from a new group placed on a chunk this node masters
 /// (`Geometry::lock_chunk_blocks`), and only then anywhere.
 pub fn alloc_block(
     cache: &mut MetaCache,
     geo: &Geometry,
     sub_blkno: u64,
     bitmap_blkno: u64,
-    local_locks: bool,
+    place: Option<&mut Placement>,
 ) -> Result<(u64, u16, u64)> {
-    if local_locks {
+    let mut place = place;
+    if let Some(place) = place.as_deref_mut() {
         let sub = cache.read_inode(sub_blkno)?;
         let local: Vec<u64> = groups_of(cache, &sub)?.into_iter().filter(|&g| cache.is_local(g)).collect();
-        let found = match alloc_bits_in(cache, sub, 1, 1, local)? {
-            Some(found) => Some(found),
-            None => match alloc_local_clusters(cache, geo, sub_blkno, bitmap_blkno)? {
+        let mut found = alloc_bits_in(cache, sub, 1, 1, local)?;
+        if found.is_none() && place.seek_chunks {
+            match alloc_local_clusters(cache, geo, sub_blkno, bitmap_blkno)? {
                 Some(cluster) => {
                     let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
-                    alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?
+                    found = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?;
                 }
-                None => None,
-            },
-        };
+                // Scanning the global bitmap takes its lock: not again before the next growth.
+                None => place.seek_chunks = false,
+            }
+        }
         if let Some((gblk, bit, _)) = found {
             return Ok((gblk + bit as u64, bit as u16, gblk));
         }
@@ -205,9 +207,27 @@ pub fn alloc_block(
     }
     let cpg = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
     let (cluster, _) = alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None)?;
+    if let Some(place) = place {
+        place.seek_chunks = true;
+    }
     let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
     let (gblk, bit, _) = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?.ok_or(FsError::NoSpace)?;
     Ok((gblk + bit as u64, bit as u16, gblk))
+}
+
+/// Where an inode allocator places new inodes on a cluster mount (see [`alloc_block`]).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Whether to look for free chunks this node masters when its own groups are full. Cleared
+    /// when none is found (each look scans the global bitmap under its cluster lock), set again
+    /// when the allocator grows anyway.
+    pub seek_chunks: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement { seek_chunks: true }
+    }
 }
 
 /// Global bitmap: claims `cl_cpg` clusters for a new group of suballocator `sub_blkno`, starting
