@@ -2,7 +2,8 @@
 # Two-node figures (issue 6, "Speed"), in one run, beside the single-node figure of the same run:
 #   single  one node mounting an image alone (`o2fs mount IMAGE DIR`, no cluster),
 #   shared  two nodes (n0 on 127.0.20.1, n1 on 127.0.20.2) mounting one shared image at once,
-#   mirror  two nodes (127.0.21.1/.2), each mounting its own replica of the mirror (`-r`).
+#   mirror  two nodes (127.0.21.1/.2), each mounting its own replica of the mirror (`-r`); the
+#           jobs start once n1's fresh replica is resynced from n0's.
 # Jobs: (a) one node creates NFILES files of 1 KiB in a directory while the other idles;
 # (b) both nodes create NFILES files each, in a directory of their own, at once; (c) both create
 # NFILES each in one directory at once; (d) fio sequential 1 MiB write (bench/fio/seq-write.fio)
@@ -18,7 +19,7 @@
 # Usage: bench/cluster.sh [--record]   Environment: QUICK, TARGETS (default: single shared
 # mirror), NFILES, BENCH_WORK, KEEP, BENCH_NOTE.
 set -euo pipefail
-source "$(dirname "$0")/args.sh" 19 "$@"
+source "$(dirname "$0")/args.sh" 20 "$@"
 
 if [ "${QUICK:-0}" = 1 ]; then
   file_size=16M runtime=2 nfiles=${NFILES:-200} image_size=512M
@@ -187,6 +188,20 @@ mount_target() {
       for i in 0 1; do mount_node "$i" -r "$work/r0.res"; done ;;
   esac
   for i in 0 1; do wait_mounted "${mnt[i]}" "${node_pid[i]}" "$t-n$i" || return 1; done
+  [ "$t" != mirror ] || wait_in_sync
+}
+
+# wait_in_sync: on the mirror, n1's fresh replica is fully resynced from n0's once both are up;
+# the jobs start when that is over (else they measure the resync too).
+wait_in_sync() {
+  local _
+  for _ in $(seq 1200); do
+    "$bin/o2fs" status --node n0 --socket "$work/n0.sock" --json 2>/dev/null |
+      jq -e '.mirror.replication == "Established" and .mirror.out_of_sync_bytes == 0' >/dev/null && return 0
+    sleep 0.5
+  done
+  echo "  the replicas were not in sync after 600 s" >&2
+  return 1
 }
 
 # umount_target: unmounts n1 and n0, then waits for both daemons (on the mirror a node's

@@ -334,7 +334,6 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     let cfg = MountConfig {
         read_only: opts.read_only,
         cache_bytes: opts.cache_bytes,
-        data_ordered: opts.data_ordered,
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         ..Default::default()
     };
@@ -402,10 +401,10 @@ fn serve_cluster(
         bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
     check_cluster_names(vol.sb(), &name, conf)?;
+    let locks = o2fs::fs::dlm_locks::DlmLocks::new(&vol.geo);
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
     let heartbeat = cli::cluster::disk_heartbeat(raw, mirror.is_none())?;
-    let locks = o2fs::fs::dlm_locks::DlmLocks::new();
     let stack = cli::cluster::Stack::start(
         conf,
         node,
@@ -431,7 +430,6 @@ fn serve_cluster(
     locks.acquire(LockResource::Super, LockMode::Ex)?;
     let cfg = MountConfig {
         cache_bytes: opts.cache_bytes,
-        data_ordered: opts.data_ordered,
         local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
         node: stack.number as u32,
         live_nodes: Some(stack.members()),

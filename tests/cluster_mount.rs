@@ -295,10 +295,17 @@ fn nodes_in_separate_directories_work_without_lock_traffic() {
     }
     work(&d0, 0, 2);
     work(&d1, 1, 2);
+    const N: usize = 200;
+    // New files included: a node places its new inodes where it masters their locks.
+    let create = |d: &Path, tag: u8, prefix: &str| {
+        for i in 0..N {
+            std::fs::write(d.join(format!("dir{tag}/{prefix}{i}")), format!("{tag}:{i}")).unwrap();
+        }
+    };
     let before = [lock_messages(&s, 0), lock_messages(&s, 1)];
     std::thread::scope(|sc| {
-        sc.spawn(|| work(&d0, 0, 100));
-        sc.spawn(|| work(&d1, 1, 100));
+        sc.spawn(|| (work(&d0, 0, 100), create(&d0, 0, "new")));
+        sc.spawn(|| (work(&d1, 1, 100), create(&d1, 1, "new")));
     });
     let after = [lock_messages(&s, 0), lock_messages(&s, 1)];
     assert_eq!(before, after, "lock messages sent by n0 and n1 while each worked in its own directory");
@@ -312,19 +319,13 @@ fn nodes_in_separate_directories_work_without_lock_traffic() {
     }
     assert!(lock_messages(&s, 1) > after[1], "reading n0's files took n0's locks");
     // Both create files in their own directories at once: all seen on both.
-    const N: usize = 200;
     std::thread::scope(|sc| {
-        for (d, tag) in [(&d0, 0u8), (&d1, 1u8)] {
-            sc.spawn(move || {
-                for i in 0..N {
-                    std::fs::write(d.join(format!("dir{tag}/f{i}")), format!("{tag}:{i}")).unwrap();
-                }
-            });
-        }
+        sc.spawn(|| create(&d0, 0, "f"));
+        sc.spawn(|| create(&d1, 1, "f"));
     });
     for d in [&d0, &d1] {
         for tag in 0..2u8 {
-            assert_eq!(std::fs::read_dir(d.join(format!("dir{tag}"))).unwrap().count(), N + 2);
+            assert_eq!(std::fs::read_dir(d.join(format!("dir{tag}"))).unwrap().count(), 2 * N + 2);
             assert_eq!(read(&d.join(format!("dir{tag}/f{}", N - 1))), format!("{tag}:{}", N - 1).as_bytes());
         }
     }

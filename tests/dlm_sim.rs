@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use o2fs::cluster::membership::{MemberEvent, MemberMsg, Membership, Timing};
-use o2fs::dlm::{Dlm, Event, LockError, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName};
+use o2fs::dlm::{master_of, Dlm, Event, LockError, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName};
 use o2fs::testutil::{seed_count_from_env, seed_from_env, Rng};
 
 const SEEDS: u64 = 10_000;
@@ -87,6 +87,8 @@ struct Stats {
     cuts: u64,
     fences: u64,
     unknown_deaths_holding_locks: u64,
+    /// Requests the engine said it would grant at once, without a message.
+    at_once: u64,
 }
 
 impl Stats {
@@ -104,6 +106,7 @@ impl Stats {
         self.cuts += o.cuts;
         self.fences += o.fences;
         self.unknown_deaths_holding_locks += o.unknown_deaths_holding_locks;
+        self.at_once += o.at_once;
     }
 }
 
@@ -141,7 +144,9 @@ impl Sim {
     fn new(seed: u64, views_from: Views) -> Sim {
         let mut rng = Rng::new(seed);
         let n = 2 + rng.below(4) as NodeId;
-        let names = (0..RESOURCES as u64).map(|i| ResName::ocfs2('M', i, 7)).collect();
+        // Two resources share a mastery key (as the inodes of one chunk of a volume do).
+        let name = |i: u64| ResName::ocfs2('M', i, 7);
+        let names = (0..RESOURCES as u64).map(|i| if i < 2 { name(i).keyed(1) } else { name(i) }).collect();
         let mut sim = Sim {
             seed,
             step: 0,
@@ -617,11 +622,23 @@ impl Sim {
                 let res = self.rng.below(RESOURCES as u64) as usize;
                 let (mode, noqueue) = (self.random_mode(), self.rng.below(4) == 0);
                 let n = self.nodes.get_mut(&node).unwrap();
+                let at_once = n.dlm.grants_at_once(&self.names[res], None, mode);
                 let lock = n.dlm.lock(&self.names[res], mode, LockFlags { noqueue });
                 if self.trace {
-                    eprintln!("{} node {node}: lock {lock:?} res {res} {mode} noqueue {noqueue}", self.step);
+                    eprintln!(
+                        "{} node {node}: lock {lock:?} res {res} {mode} noqueue {noqueue} at once {at_once}",
+                        self.step
+                    );
                 }
                 n.locks.insert(lock, ClientLock { res, held: None, pending: true, unlocking: false });
+                if at_once {
+                    // Promised without a message: granted before anything is delivered.
+                    self.stats.at_once += 1;
+                    self.drain(true);
+                    if self.nodes[&node].locks.get(&lock).and_then(|l| l.held) != Some(mode) {
+                        self.fail(&format!("node {node}: lock {lock:?} on {res} at {mode} was not granted at once"));
+                    }
+                }
             }
             1 if !idle.is_empty() => {
                 let lock = idle[self.rng.below(idle.len() as u64) as usize];
@@ -787,6 +804,17 @@ impl Sim {
                 self.fail(&format!("node {id} not settled: epoch {:?}", n.dlm.epoch()));
             }
         }
+        // Each resource is mastered where the mastery function says, so resources keyed alike
+        // are mastered together.
+        let live: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        for (&id, n) in &self.nodes {
+            for r in n.dlm.dump().into_iter().filter(|r| r.mastered_here) {
+                let name = self.names.iter().find(|m| m.as_str() == r.name);
+                if name.and_then(|m| master_of(m, &live)) != Some(id) {
+                    self.fail(&format!("node {id} masters {} in the view {live:?}", r.name));
+                }
+            }
+        }
         for (&id, n) in &self.nodes {
             for r in n.dlm.dump().into_iter().filter(|r| r.mastered_here) {
                 let head = r.converting.first().or(r.waiting.first());
@@ -873,7 +901,7 @@ fn sweep(views_from: Views, default: u64) -> Stats {
     }
     eprintln!("dlm_sim ({views_from:?} views): {seeds} seeds: {total:?}");
     let s = &total;
-    let exercised = [s.grants, s.lvbs_seen, s.basts, s.not_queued, s.cancelled, s.joins, s.recoveries];
+    let exercised = [s.grants, s.lvbs_seen, s.basts, s.not_queued, s.cancelled, s.joins, s.recoveries, s.at_once];
     assert!(exercised.iter().all(|&n| n > seeds / 10), "too little exercised: {total:?}");
     assert!(s.crashes > seeds / 2 && s.recoveries >= s.crashes / 2, "{total:?}");
     total

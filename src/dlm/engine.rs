@@ -189,6 +189,21 @@ impl Dlm {
         self.deaths.unrecovered_nodes()
     }
 
+    /// Whether this node masters `res` in the current view (its locks cost no message).
+    pub fn masters(&self, res: &ResName) -> bool {
+        self.master(res) == Some(self.me)
+    }
+
+    /// Whether a request of this node for `res` at `mode` (a conversion of its lock `id`, if it
+    /// has one) would be granted here and now, without a message or a wait: this node masters
+    /// `res`, the view's rebuild is complete, and nothing queued or granted is in the way.
+    pub fn grants_at_once(&self, res: &ResName, id: Option<LockId>, mode: Mode) -> bool {
+        let Some(view) = self.view.as_ref().filter(|_| self.ready && self.masters(res)) else { return false };
+        let judge = super::recovery::Judge { members: &view.members, deaths: &self.deaths };
+        let trusted = !self.deaths.any_unrecovered();
+        (self.mastered.get(res)).map_or(trusted, |r| r.grants_at_once(self.me, id, mode, &judge))
+    }
+
     pub(super) fn is_member(&self) -> bool {
         self.view.as_ref().is_some_and(|v| v.members.contains(&self.me))
     }

@@ -1,7 +1,9 @@
 //! Who masters a resource: rendezvous (highest-random-weight) hashing of the resource name and
 //! each member's node number, so that every member computes the same master from the same view
 //! without a directory lookup, and a membership change moves only the resources of the nodes that
-//! came or went. The hash is fixed (FNV-1a 64) so that all builds and runs agree.
+//! came or went. The hash is fixed (FNV-1a 64) so that all builds and runs agree. What is hashed
+//! is the name's mastery key ([`ResName::mastery_key`]): resources keyed alike share their master
+//! in every view, which lets the filesystem place a new inode where this node masters its lock.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +17,7 @@ fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
 }
 
 fn weight(res: &ResName, node: NodeId) -> u64 {
-    fnv1a64(res.as_str().bytes().chain([node]))
+    fnv1a64(res.mastery_key().bytes().chain([node]))
 }
 
 /// The master of `res` among `members` (None when there are none): the member of highest weight,
@@ -52,6 +54,21 @@ mod tests {
         }
         assert!(per_node.iter().all(|&c| c > 20), "{per_node:?}");
         assert_eq!(master_of(&names[0], &BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn names_keyed_alike_share_their_master_in_every_view() {
+        let views: Vec<BTreeSet<NodeId>> = vec![(0..2).collect(), (0..5).collect(), [1, 3, 4].into()];
+        for key in 0..50u64 {
+            let names: Vec<ResName> = (0..10).map(|b| ResName::ocfs2('M', key * 1024 + b, 0).keyed(key)).collect();
+            for members in &views {
+                let master = master_of(&names[0], members);
+                assert!(names.iter().all(|n| master_of(n, members) == master), "key {key} in {members:?}");
+            }
+        }
+        let two: BTreeSet<NodeId> = (0..2).collect();
+        let masters: BTreeSet<_> = (0..50).map(|k| master_of(&ResName::ocfs2('M', 0, 0).keyed(k), &two)).collect();
+        assert_eq!(masters.len(), 2, "keys spread over the members");
     }
 
     const PINNED: [NodeId; 8] = [4, 4, 1, 4, 3, 0, 4, 2];

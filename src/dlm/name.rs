@@ -10,7 +10,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const LVB_LEN: usize = 64;
 
 /// The name of a lock resource: 1 to 64 printable ASCII characters, no spaces. Checked on
-/// construction and when decoded from the network.
+/// construction and when decoded from the network. A name may end with a mastery key after an
+/// `@` ([`ResName::keyed`]): resources with the same key have the same master (see [`super::master`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ResName(String);
@@ -35,6 +36,18 @@ impl ResName {
     pub fn ocfs2(kind: char, blkno: u64, generation: u32) -> ResName {
         let kind = if kind.is_ascii_graphic() { kind } else { '?' };
         ResName(format!("{kind}000000{blkno:016x}{generation:08x}"))
+    }
+
+    /// This name with the mastery key `key`: every resource keyed alike has one master, so a
+    /// node can steer what it creates to resources it masters itself (their locks then cost no
+    /// message). The result stays valid: an OCFS2 name plus the key in hex is at most 48 bytes.
+    pub fn keyed(&self, key: u64) -> ResName {
+        ResName(format!("{}@{key:x}", self.0))
+    }
+
+    /// What the master is chosen by: the key after the last `@`, else the whole name.
+    pub fn mastery_key(&self) -> &str {
+        self.0.rsplit_once('@').map_or(&self.0, |(_, key)| key)
     }
 }
 
@@ -92,6 +105,16 @@ mod tests {
         assert_eq!(n.as_str(), "M0000000000000000001234deadbeef");
         assert_eq!(n.as_str().len(), 31);
         assert_eq!(&ResName::ocfs2('\n', 1, 2).as_str()[..1], "?");
+    }
+
+    #[test]
+    fn keyed_names_are_valid_and_carry_their_key() {
+        let n = ResName::ocfs2('M', u64::MAX, u32::MAX).keyed(u64::MAX);
+        assert_eq!(ResName::new(n.as_str()).unwrap(), n);
+        assert_eq!(n.mastery_key(), "ffffffffffffffff");
+        assert_eq!(ResName::ocfs2('M', 0x1234, 0).keyed(4).mastery_key(), "4");
+        let plain = ResName::ocfs2('M', 1, 0);
+        assert_eq!(plain.mastery_key(), plain.as_str());
     }
 
     #[test]

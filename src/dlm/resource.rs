@@ -191,6 +191,13 @@ impl Resource {
         self.waiting.retain(|w| judge.alive(w.node));
     }
 
+    /// Whether a request of `node` for `mode` (a conversion of its lock `id`, if it has one here)
+    /// would be granted at once: nobody waits ahead of it and nothing granted is in its way.
+    pub fn grants_at_once(&self, node: NodeId, id: Option<LockId>, mode: Mode, judge: &Judge) -> bool {
+        let w = Waiter { node, id: id.unwrap_or(LockId(u64::MAX)), wanted: mode, noqueue: false, since_ms: 0 };
+        self.converting.is_empty() && self.waiting.is_empty() && self.can_grant(&w, judge)
+    }
+
     fn can_grant(&self, w: &Waiter, judge: &Judge) -> bool {
         let others = self.granted.iter().filter(|h| (h.node, h.id) != (w.node, w.id));
         let blocked = others.filter(|h| !judge.ignores(w.node, h.node)).any(|h| !h.mode.compatible(w.wanted));

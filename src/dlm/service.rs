@@ -87,6 +87,11 @@ pub struct LockService {
     downconvert: Option<DownconvertHook>,
     /// Messages handed to the cluster runtime since the start.
     sent: AtomicU64,
+    /// How long a lock granted up is kept against blocked peers (ms; see `glue`): 0 unless an
+    /// owner sets it.
+    min_hold_ms: AtomicU64,
+    /// The runtime the service was started on (its timers run there).
+    rt: tokio::runtime::Handle,
 }
 
 /// A held lock; dropping it releases the local hold (the DLM lock stays cached).
@@ -217,6 +222,8 @@ impl LockService {
             recovery,
             downconvert,
             sent: AtomicU64::new(0),
+            min_hold_ms: AtomicU64::new(0),
+            rt: tokio::runtime::Handle::current(),
         });
         let s = svc.clone();
         tokio::spawn(async move {
@@ -225,6 +232,16 @@ impl LockService {
             }
         });
         svc
+    }
+
+    /// Keeps every lock granted up for at least `hold` against blocked peers (see `glue`).
+    pub fn set_min_hold(&self, hold: Duration) {
+        self.min_hold_ms.store(hold.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The service's clock, in milliseconds since it started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Messages this node's lock service sent to others since it started.
@@ -298,6 +315,49 @@ impl LockService {
         rt.block_on(self.lock(res, mode, Some(TRY_FOR)))
     }
 
+    /// Takes `res` at `mode` only if that needs neither a wait nor a message: the cache covers it,
+    /// or this node masters `res` and nothing is in the way (a lock nobody else can know yet,
+    /// such as a new inode's). Never runs a downconvert callback on this thread, so a caller may
+    /// hold what those callbacks take (the filesystem's core, in the middle of a request).
+    pub fn try_lock_now(self: &Arc<Self>, res: &ResName, mode: Mode) -> Option<LockGuard> {
+        {
+            let inner = self.inner.lock();
+            if inner.fenced.is_some() || (inner.recovering > 0 && !IN_RECOVERY.get()) {
+                return None;
+            }
+            let cached = inner.cache.get(res);
+            if !cached.is_none_or(|c| c.free_for(mode)) {
+                return None;
+            }
+            let from_cache = cached.is_some_and(|c| c.covers(mode));
+            if !from_cache && !inner.dlm.grants_at_once(res, cached.and_then(|c| c.id), mode) {
+                return None;
+            }
+        }
+        let pending = self.begin_quiet(res, mode).ok()?;
+        let guard = match pending {
+            None => Some(self.guard(res, mode)),
+            Some(mut p) => match p.rx.as_mut().map(|rx| rx.try_recv()) {
+                Some(Ok(Ok(()))) => p.finish(Ok(Ok(()))).ok(),
+                // Not expected after the checks above; withdrawing may run callbacks: elsewhere.
+                _ => {
+                    std::thread::spawn(move || drop(p));
+                    None
+                }
+            },
+        };
+        if !self.inner.lock().downconverts.is_empty() {
+            let this = self.clone();
+            std::thread::spawn(move || this.run_downconverts());
+        }
+        guard
+    }
+
+    /// Whether this node masters `res` in the current view.
+    pub fn masters(&self, res: &ResName) -> bool {
+        self.inner.lock().dlm.masters(res)
+    }
+
     /// Blocks while this node recovers a dead node, unless called by that recovery.
     fn wait_for_recovery(&self) {
         if IN_RECOVERY.get() {
@@ -315,6 +375,13 @@ impl LockService {
 
     /// Granted from the cache (`None`), or a pending request that hears the outcome.
     fn begin(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<Option<Pending>, ServiceError> {
+        let pending = self.begin_quiet(res, mode)?;
+        self.run_downconverts();
+        Ok(pending)
+    }
+
+    /// [`begin`](Self::begin) without running the downconverts it may have queued.
+    fn begin_quiet(self: &Arc<Self>, res: &ResName, mode: Mode) -> Result<Option<Pending>, ServiceError> {
         let mut inner = self.inner.lock();
         if let Some(why) = &inner.fenced {
             return Err(ServiceError::Fenced(why.clone()));
@@ -323,14 +390,13 @@ impl LockService {
         inner.next_ticket += 1;
         let cached = inner.cache.entry(res.clone()).or_default();
         tracing::trace!(res = res.as_str(), ticket, ?mode, state = ?cached, "acquire");
-        if cached.acquire(ticket, mode) {
+        if cached.acquire(ticket, mode, self.now_ms()) {
             return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
         inner.tickets.insert(ticket, tx);
         self.step(&mut inner, res);
         drop(inner);
-        self.run_downconverts();
         Ok(Some(Pending { svc: self.clone(), res: res.clone(), mode, ticket, rx: Some(rx), done: false }))
     }
 
@@ -346,7 +412,8 @@ impl LockService {
 
     /// Lets the cache of `res` act, then everything the engine produced.
     fn step(&self, inner: &mut Inner, res: &ResName) {
-        let actions = inner.cache.get_mut(res).map(Cached::step).unwrap_or_default();
+        let now = self.now_ms();
+        let actions = inner.cache.get_mut(res).map(|c| c.step(now)).unwrap_or_default();
         self.perform(inner, res, actions);
         self.pump(inner);
     }
@@ -385,8 +452,28 @@ impl LockService {
                         let _ = tx.send(Ok(()));
                     }
                 }
+                Action::Recheck { at } => {
+                    let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
+                    let (this, res) = (self.this.clone(), res.clone());
+                    self.rt.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        // The recheck may downconvert, whose callback blocks: not on a worker.
+                        tokio::task::spawn_blocking(move || this.upgrade().map(|svc| svc.recheck(&res)));
+                    });
+                }
             }
         }
+    }
+
+    /// A hold on `res` ended: act on what waited for it.
+    fn recheck(&self, res: &ResName) {
+        let mut inner = self.inner.lock();
+        if let Some(c) = inner.cache.get_mut(res) {
+            c.rechecked();
+        }
+        self.step(&mut inner, res);
+        drop(inner);
+        self.run_downconverts();
     }
 
     /// Runs owners' downconvert callbacks outside the mutex, then tells the DLM.
@@ -410,7 +497,9 @@ impl LockService {
 
     /// Handles every engine output until there is none.
     fn pump(&self, inner: &mut Inner) {
-        inner.dlm.set_time(self.started.elapsed().as_millis() as u64);
+        let now = self.now_ms();
+        inner.dlm.set_time(now);
+        let hold_until = now + self.min_hold_ms.load(Ordering::Relaxed);
         while let Some(ev) = inner.dlm.poll_event() {
             tracing::trace!(event = ?ev, "dlm");
             let (id, event) = match ev {
@@ -442,7 +531,7 @@ impl LockService {
             let Some(c) = inner.cache.get_mut(&res) else { continue };
             let mut actions = match event {
                 Event::Granted { mode, lvb, .. } => {
-                    c.granted(mode, lvb);
+                    c.granted(mode, lvb, hold_until);
                     Vec::new()
                 }
                 Event::Failed { error, .. } => {
@@ -456,7 +545,7 @@ impl LockService {
                 }
                 _ => Vec::new(),
             };
-            actions.extend(c.step());
+            actions.extend(c.step(now));
             self.perform(inner, &res, actions);
         }
     }

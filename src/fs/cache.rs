@@ -99,8 +99,13 @@ impl MetaCache {
     }
 
     /// Ok when the running request may use `owner`'s blocks at `mode` (see `rights`).
-    pub fn check(&self, owner: u64, mode: LockMode) -> Result<()> {
+    pub fn check(&mut self, owner: u64, mode: LockMode) -> Result<()> {
         self.rights.check(owner, mode)
+    }
+
+    /// Whether an inode at `blkno` would have its cluster lock mastered here (see `rights`).
+    pub fn is_local(&self, blkno: u64) -> bool {
+        self.rights.is_local(blkno)
     }
 
     /// Forgets every clean block (another node may change any of them now). Dirty and logged
@@ -251,10 +256,24 @@ impl MetaCache {
         !self.dirty.is_empty()
     }
 
-    /// True when a block of `owner` changed since the last checkpoint (it is not in place on
-    /// the device yet).
-    pub fn unwritten(&self, owner: u64) -> bool {
-        self.unwritten.contains(&owner)
+    /// Puts `owner`'s changes in place on the device, durably (its lock is about to go: the next
+    /// holder reads them there), with as little as that takes: nothing when none changed since
+    /// the last checkpoint; a commit only when the running transaction has some of its blocks
+    /// (the other owners' stay in it); then a checkpoint, which empties the log — a replay after
+    /// a crash must never write an old copy over what the next holder changes.
+    pub fn write_back(&mut self, owner: u64) -> Result<()> {
+        if !self.unwritten.contains(&owner) {
+            return Ok(());
+        }
+        // A dirty block without an owner (restored by an undo) may be anyone's.
+        if self.dirty.keys().any(|b| self.owners.get(b).is_none_or(|&o| o == owner)) {
+            self.commit()?;
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.checkpoint()?;
+        }
+        self.unwritten = self.dirty.keys().filter_map(|b| self.owners.get(b).copied()).collect();
+        Ok(())
     }
 
     /// True when the running transaction should be committed before it grows further.

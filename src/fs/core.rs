@@ -4,14 +4,14 @@
 //! cluster locks of a `LockSet`, taken before; a block whose lock the set lacks fails the call
 //! with `FsError::NeedLock` (see `rights` and `lockset`).
 
-use super::alloc::allocator::{alloc_block, alloc_clusters, free_block, free_clusters};
+use super::alloc::allocator::{alloc_block, alloc_clusters, free_block, free_clusters, Placement};
 use super::alloc::local_alloc;
 use super::cache::MetaCache;
 use super::dir::DirIndex;
 use super::error::{FsError, Result};
 use super::extent_tree::{self, Tree};
 use super::geometry::Geometry;
-use super::lock::LockMode;
+use super::lock::{LockMode, LockResource};
 use super::lockset::LockSet;
 use super::sysfiles::SysFiles;
 use crate::format::extent::ExtentList;
@@ -54,6 +54,8 @@ pub struct Core {
     dirs_changed: Vec<u64>,
     /// Size of the local-alloc window in clusters (0: allocate from the global bitmap).
     pub window_clusters: u32,
+    /// Where new inodes go on a cluster mount.
+    placement: Placement,
 }
 
 impl Core {
@@ -81,6 +83,7 @@ impl Core {
             checkpoint_wanted: false,
             dirs_changed: Vec::new(),
             window_clusters: 0,
+            placement: Placement::default(),
         }
     }
 
@@ -131,9 +134,10 @@ impl Core {
         }
     }
 
-    /// Ends an operation: its locks are no longer held.
-    pub fn end_op(&mut self) {
-        self.cache.rights().hold(&Default::default());
+    /// Ends an operation, done or failed: its locks are no longer held here. Returns the locks
+    /// it took on its way (see `rights`), which the caller's lock set must release.
+    pub fn end_op(&mut self) -> Vec<(LockResource, LockMode)> {
+        self.cache.rights().end()
     }
 
     /// Before the entries of directory `dir` change: the operation must hold its lock
@@ -223,13 +227,16 @@ impl Core {
     }
 
     /// A new inode from this slot's inode allocator, initialised per §4.7 (the caller links it
-    /// and writes it).
+    /// and writes it). On a cluster mount it is placed where this node masters its lock, if it
+    /// can be: the request then takes that lock without a message (see `rights`).
     pub fn new_inode(&mut self, mode: u16, uid: u32, gid: u32, now: Time) -> Result<Inode> {
+        let place = self.cache.rights().clustered().then_some(&mut self.placement);
         let (blkno, bit, gblk) = alloc_block(
             &mut self.cache,
             &self.geo,
             self.sys.inode_alloc[self.sys.slot as usize],
             self.sys.global_bitmap,
+            place,
         )?;
         self.next_generation = self.next_generation.wrapping_add(1);
         let bs = self.bs();

@@ -163,7 +163,7 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
                 Some(eb) => eb,
                 None => {
                     let (blkno, bit, loc) =
-                        alloc_block(cache, geo, sys.extent_alloc[sys.slot as usize], sys.global_bitmap)?;
+                        alloc_block(cache, geo, sys.extent_alloc[sys.slot as usize], sys.global_bitmap, None)?;
                     Eb { blkno, slot: sys.slot, bit, loc }
                 }
             };

@@ -51,6 +51,28 @@ impl Geometry {
         bytes.div_ceil(self.cluster_size as u64)
     }
 
+    /// Bytes in a suballocator group as mkfs makes them: 4 MiB (1 MiB for 512-byte and 2 MiB
+    /// for 1 KiB blocks), and at least one cluster.
+    pub fn suballoc_group_bytes(&self) -> u64 {
+        let bytes: u64 = match self.block_size {
+            512 => 1 << 20,
+            1024 => 2 << 20,
+            _ => 4 << 20,
+        };
+        bytes.max(self.cluster_size as u64)
+    }
+
+    /// Suballocator clusters per group (`cl_cpg`) as mkfs makes them.
+    pub fn suballoc_cpg(&self) -> u64 {
+        self.suballoc_group_bytes() / self.cluster_size as u64
+    }
+
+    /// Blocks per chunk of the volume whose inodes share the master of their cluster locks: one
+    /// suballocator group's worth, so that a group placed on a chunk boundary lies in one.
+    pub fn lock_chunk_blocks(&self) -> u64 {
+        self.suballoc_group_bytes() / self.block_size as u64
+    }
+
     /// Bits (clusters) per global-bitmap group: (bs − 64) × 8.
     pub fn global_cpg(&self) -> u32 {
         group_bitmap_bytes(self.block_size) as u32 * 8

@@ -5,10 +5,8 @@
 use super::cache::MetaSink;
 use super::error::{FsError, Result};
 use super::volume::Volume;
-use crate::dev::BlockDevice;
 use crate::format::inode::{Inode, JOURNAL_DIRTY_FL};
 use crate::journal::{Journal, JournalMap};
-use std::sync::Arc;
 
 impl From<crate::journal::JournalError> for FsError {
     fn from(e: crate::journal::JournalError) -> Self {
@@ -64,25 +62,20 @@ pub fn recover_slot(vol: &Volume, blkno: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// Commits go to the log; checkpoints write them in place.
+/// Commits go to the log; checkpoints write them in place. A commit makes the file data written
+/// before it durable too, before its commit block (data=ordered, whatever the mount option).
 pub struct JournalSink {
     journal: Journal,
-    dev: Arc<dyn BlockDevice>,
-    /// data=ordered: file data is flushed before the transaction that points at it.
-    ordered: bool,
 }
 
 impl JournalSink {
-    pub fn new(journal: Journal, dev: Arc<dyn BlockDevice>, ordered: bool) -> Self {
-        JournalSink { journal, dev, ordered }
+    pub fn new(journal: Journal) -> Self {
+        JournalSink { journal }
     }
 }
 
 impl MetaSink for JournalSink {
     fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        if self.ordered {
-            self.dev.flush()?;
-        }
         self.journal.commit(blocks, Vec::new())?;
         Ok(())
     }

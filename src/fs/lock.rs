@@ -54,6 +54,13 @@ pub trait ClusterLocks: Send + Sync {
     /// inode takes exclusive first, so a try at EX after an unlink fails exactly when some node
     /// still has the inode open.
     fn try_acquire(&self, res: LockResource, mode: LockMode) -> Result<bool>;
+    /// Takes `res` at `mode` only if that needs no wait and no message (cached, or mastered here
+    /// with nothing in the way); false otherwise. Safe to call in the middle of a request: it
+    /// never runs a downconvert callback on the calling thread.
+    fn take_now(&self, res: LockResource, mode: LockMode) -> bool;
+    /// Whether taking `res` would be decided on this node (it masters the lock): where a new
+    /// inode is best placed.
+    fn is_local(&self, res: LockResource) -> bool;
     /// Ends this node's use; the lock may stay cached at its mode until another node wants it.
     fn release(&self, res: LockResource, mode: LockMode);
     /// Registers the callback run before a cached lock is downconverted.
@@ -73,6 +80,12 @@ impl ClusterLocks for LocalLocks {
     }
     fn try_acquire(&self, _res: LockResource, _mode: LockMode) -> Result<bool> {
         Ok(true)
+    }
+    fn take_now(&self, _res: LockResource, _mode: LockMode) -> bool {
+        true
+    }
+    fn is_local(&self, _res: LockResource) -> bool {
+        true
     }
     fn release(&self, _res: LockResource, _mode: LockMode) {}
     fn on_downconvert(&self, _f: DownconvertFn) {}

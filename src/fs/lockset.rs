@@ -4,7 +4,9 @@
 //! are only ever taken in one global order (`LockResource`'s), so no two requests — on one node
 //! or on two — wait for each other in a cycle: a missing lock that sorts after every lock held
 //! is taken on top of them; any other means giving every lock back and taking the grown set
-//! from the start. A set only grows, so the reruns end.
+//! from the start. A set only grows, so the reruns end. A lock a request could take without
+//! waiting (`rights`) it took on its way, out of order (no wait, no cycle); it joins the set
+//! (`adopt`) and is released with it.
 
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, LockMode, LockResource};
@@ -22,6 +24,14 @@ impl LockSet {
         let grew = *m < mode;
         *m = (*m).max(mode);
         grew
+    }
+
+    /// Adds locks already taken (a request took them on its way without waiting).
+    pub fn adopt(&mut self, taken: Vec<(LockResource, LockMode)>) {
+        for (res, mode) in taken {
+            let m = self.locks.entry(res).or_insert(mode);
+            *m = (*m).max(mode);
+        }
     }
 
     pub fn locks(&self) -> &BTreeMap<LockResource, LockMode> {
@@ -44,11 +54,12 @@ impl LockSet {
 }
 
 /// Runs `attempt` under `set`, growing the set and running it again while it asks for a lock the
-/// set lacks. `attempt` must leave nothing behind when it fails (the core's `abort_op`).
+/// set lacks. `attempt` must leave nothing behind when it fails (the core's `abort_op`), and
+/// must `adopt` into the set the locks it took on its way.
 pub fn run_locked<T>(
     locks: &dyn ClusterLocks,
     set: &mut LockSet,
-    mut attempt: impl FnMut(&LockSet) -> Result<T>,
+    mut attempt: impl FnMut(&mut LockSet) -> Result<T>,
 ) -> Result<T> {
     set.acquire(locks)?;
     loop {

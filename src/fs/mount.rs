@@ -24,8 +24,6 @@ pub struct MountConfig {
     pub cache_bytes: usize,
     /// Node number written into the slot map (0 for a single-node mount).
     pub node: u32,
-    /// data=ordered: file data reaches the device before the metadata pointing at it commits.
-    pub data_ordered: bool,
     /// Cluster locks (LocalLocks for a single-node mount); the mount's own changes are made
     /// under them (the caller holds the super lock exclusive).
     pub locks: Arc<dyn ClusterLocks>,
@@ -44,7 +42,6 @@ impl Default for MountConfig {
             read_only: false,
             cache_bytes: 64 << 20,
             node: 0,
-            data_ordered: true,
             locks: Arc::new(LocalLocks),
             local_alloc_bytes: 8 << 20,
             live_nodes: None,
@@ -119,12 +116,12 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let journal_blkno = sys0.journal[slot];
     let journal = open_journal(&vol, &vol.read_inode(journal_blkno)?)?;
     set_dirty_flag(&vol, journal_blkno, true)?;
-    let sink = JournalSink::new(journal, dev.clone(), cfg.data_ordered);
+    let sink = JournalSink::new(journal);
     let mut core = new_core(&vol, sys0, cfg, Some(Box::new(sink)));
     core.sys.slot = slot as u16;
     core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
     if cfg.live_nodes.is_some() {
-        core.cache.set_rights(Rights::cluster(&core.sys));
+        core.cache.set_rights(Rights::cluster(&core.sys, cfg.locks.clone()));
     }
 
     // Slots left occupied by nodes that are not alive are crashes: finish their orphans, give
@@ -139,15 +136,12 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
         let mut map = map.clone();
         let orphans = cfg.live_nodes.is_none();
         let r = settle_slots(&mut core, &mut map, slot, cfg.node, alive, orphans).and_then(|()| core.cache.commit());
-        match r {
-            Ok(()) => Ok(map),
-            Err(e) => {
-                core.abort_op();
-                Err(e)
-            }
+        if r.is_err() {
+            core.abort_op();
         }
+        held.adopt(core.end_op());
+        r.map(|()| map)
     })?;
-    core.end_op();
     slot_map.write(&mut core, &map)?;
     core.cache.flush()?;
     tracing::info!("mounted in slot {slot}");
@@ -262,14 +256,10 @@ impl Mounted {
     }
 
     /// Before this node's cluster lock on `owner`'s blocks goes down: our changes to them reach
-    /// their place on the device, where the next holder reads them (the whole journal is
-    /// checkpointed, when they have any); losing read rights too, what we cached of `owner` goes.
+    /// their place on the device, where the next holder reads them (`MetaCache::write_back`);
+    /// losing read rights too, what we cached of `owner` goes.
     pub fn yield_lock(&mut self, owner: u64, keep_read: bool) -> Result<()> {
-        // The journal's checkpoint flushes what it wrote in place; the other node reads the
-        // device, so no further flush of ours is needed for it to see the changes.
-        if self.core.cache.unwritten(owner) {
-            self.core.cache.checkpoint()?;
-        }
+        self.core.cache.write_back(owner)?;
         if !keep_read {
             self.core.drop_owner(owner);
         }

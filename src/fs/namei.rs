@@ -184,7 +184,7 @@ impl Core {
     /// Checks the cluster locks `drop_link` will need, before the operation changes any
     /// directory: a request that needs one more lock reruns, and the directories it changed
     /// lose their indexes (a big one's rebuild scans all its blocks).
-    fn check_drop_link(&self, inode: &Inode, open: bool) -> Result<()> {
+    fn check_drop_link(&mut self, inode: &Inode, open: bool) -> Result<()> {
         self.cache.check(inode.blkno, LockMode::Ex)?;
         if (inode.is_dir() || inode.links_count <= 1) && !open {
             if let Some(alloc) = self.sys.inode_alloc_of(inode.suballoc_slot) {

@@ -10,23 +10,33 @@
 //! mounts in the slot reads them), and the `System` lock is what makes that hand-over checkpoint
 //! the recoverer's changes first. Uncontended, it stays cached at EX and costs no message.
 //! A single-node mount checks nothing.
+//!
+//! A lock the request lacks is first tried at once (`ClusterLocks::take_now`: cached, or
+//! mastered here with nobody in the way — a new inode's lock, say); the request goes on holding
+//! it, and `end_op` hands it to the request's lock set. Only a lock that would mean a wait or a
+//! message makes the request rerun (`FsError::NeedLock`).
 
 use super::error::{FsError, Result};
-use super::lock::{LockMode, LockResource};
+use super::lock::{ClusterLocks, LockMode, LockResource};
 use super::sysfiles::SysFiles;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Rights {
     /// None on a single-node mount.
     system: Option<HashMap<u64, LockResource>>,
+    /// Where missing locks are tried (a cluster mount).
+    locks: Option<Arc<dyn ClusterLocks>>,
     /// What the running request holds.
     held: BTreeMap<LockResource, LockMode>,
+    /// The locks the running request took on its way (part of `held`).
+    taken: Vec<(LockResource, LockMode)>,
 }
 
 impl Rights {
-    /// The rights of a cluster mount.
-    pub fn cluster(sys: &SysFiles) -> Rights {
+    /// The rights of a cluster mount taking its locks from `locks`.
+    pub fn cluster(sys: &SysFiles, locks: Arc<dyn ClusterLocks>) -> Rights {
         let mut system = HashMap::new();
         let files = [&sys.inode_alloc, &sys.extent_alloc, &sys.local_alloc, &sys.truncate_log, &sys.orphan_dir];
         for blkno in files.into_iter().flatten().copied().chain([sys.global_bitmap]) {
@@ -37,7 +47,7 @@ impl Rights {
         for blkno in [sys.slot_map, sys.heartbeat] {
             system.insert(blkno, LockResource::Super);
         }
-        Rights { system: Some(system), held: BTreeMap::new() }
+        Rights { system: Some(system), locks: Some(locks), held: BTreeMap::new(), taken: Vec::new() }
     }
 
     /// The lock covering the blocks of `owner`; None on a single-node mount.
@@ -46,17 +56,42 @@ impl Rights {
         Some(system.get(&owner).copied().unwrap_or(LockResource::InodeMeta { blkno: owner }))
     }
 
-    /// Ok when the running request may use the blocks of `owner` at `mode`; otherwise the lock
-    /// it must take first.
-    pub fn check(&self, owner: u64, mode: LockMode) -> Result<()> {
-        match self.covering(owner) {
-            Some(res) if self.held.get(&res).is_none_or(|&m| m < mode) => Err(FsError::NeedLock(res, mode)),
-            _ => Ok(()),
+    /// Ok when the running request may use the blocks of `owner` at `mode`, taking the covering
+    /// lock if that needs no wait; otherwise the lock it must take first.
+    pub fn check(&mut self, owner: u64, mode: LockMode) -> Result<()> {
+        let Some(res) = self.covering(owner) else { return Ok(()) };
+        if self.held.get(&res).is_some_and(|&m| m >= mode) {
+            return Ok(());
         }
+        // Held weaker: converting it up may have to wait for this very request's hold.
+        if !self.held.contains_key(&res) && self.locks.as_ref().is_some_and(|l| l.take_now(res, mode)) {
+            self.held.insert(res, mode);
+            self.taken.push((res, mode));
+            return Ok(());
+        }
+        Err(FsError::NeedLock(res, mode))
     }
 
-    /// The locks the running request holds (none between requests).
+    /// Whether this is a cluster mount's (blocks are used under cluster locks).
+    pub fn clustered(&self) -> bool {
+        self.locks.is_some()
+    }
+
+    /// Whether a new inode placed at block `blkno` would have its lock mastered here.
+    pub fn is_local(&self, blkno: u64) -> bool {
+        self.locks.as_ref().is_none_or(|l| l.is_local(LockResource::InodeMeta { blkno }))
+    }
+
+    /// A request starts holding `held`.
     pub fn hold(&mut self, held: &BTreeMap<LockResource, LockMode>) {
         self.held.clone_from(held);
+        self.taken.clear();
+    }
+
+    /// The request ends: it holds nothing more here; returns the locks it took on its way, which
+    /// its lock set must release.
+    pub fn end(&mut self) -> Vec<(LockResource, LockMode)> {
+        self.held.clear();
+        std::mem::take(&mut self.taken)
     }
 }

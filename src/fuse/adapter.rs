@@ -264,15 +264,16 @@ pub(super) fn request<T>(
     mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
 ) -> crate::fs::Result<T> {
     match locks {
-        None => attempt(state, &LockSet::default(), &mut f),
+        None => attempt(state, &mut LockSet::default(), &mut f),
         Some(locks) => run_locked(locks, &mut set, |held| attempt(state, held, &mut f)),
     }
 }
 
-/// One run of a request on the core under the cluster locks `held`, undone if it fails.
+/// One run of a request on the core under the cluster locks `held`, undone if it fails; the
+/// locks it took on its way join `held`.
 fn attempt<T>(
     state: &Mutex<State>,
-    held: &LockSet,
+    held: &mut LockSet,
     f: &mut impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
 ) -> crate::fs::Result<T> {
     let mut st = state.lock();
@@ -302,7 +303,7 @@ fn attempt<T>(
         }
         Ok(v)
     });
-    m.core.end_op();
+    held.adopt(m.core.end_op());
     r
 }
 

@@ -15,8 +15,6 @@ pub struct MountOptions {
     pub read_only: bool,
     /// commit=SECONDS: how often metadata is made durable.
     pub commit: Duration,
-    /// data=ordered (true) or writeback.
-    pub data_ordered: bool,
     /// localalloc=MB: size of the local-alloc window (default 8; 0: allocate from the global
     /// bitmap).
     pub localalloc_mb: u32,
@@ -34,7 +32,6 @@ impl Default for MountOptions {
         MountOptions {
             read_only: false,
             commit: Duration::from_secs(5),
-            data_ordered: true,
             localalloc_mb: 8,
             errors: ErrorsBehavior::RemountRo,
             cache_bytes: 64 << 20,
@@ -67,13 +64,12 @@ impl MountOptions {
                         .map_err(|_| format!("commit={} is not a number of seconds", val.unwrap_or("")))?;
                     self.commit = Duration::from_secs(if s == 0 { 5 } else { s });
                 }
-                "data" => {
-                    self.data_ordered = match need("ordered or writeback")? {
-                        "ordered" => true,
-                        "writeback" => false,
-                        v => return Err(format!("data={v}: expected ordered or writeback")),
-                    }
-                }
+                // Both modes get ordered data: every commit makes the data written before it
+                // durable ahead of its commit block (the journal flushes the device there).
+                "data" => match need("ordered or writeback")? {
+                    "ordered" | "writeback" => {}
+                    v => return Err(format!("data={v}: expected ordered or writeback")),
+                },
                 "localalloc" => {
                     self.localalloc_mb =
                         need("megabytes")?.parse().map_err(|_| "localalloc takes a number of MB".to_string())?
@@ -109,7 +105,7 @@ mod tests {
     fn parses_ocfs2_and_o2fs_options_and_refuses_unknown_ones() {
         let mut o = MountOptions::default();
         o.parse_into("ro,commit=10,data=writeback,localalloc=8,errors=panic,cache=128M,noatime").unwrap();
-        assert!(o.read_only && !o.data_ordered);
+        assert!(o.read_only);
         assert_eq!(o.commit, Duration::from_secs(10));
         assert_eq!((o.localalloc_mb, o.cache_bytes), (8, 128 << 20));
         assert_eq!(o.errors, ErrorsBehavior::Panic);

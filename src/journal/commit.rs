@@ -1,6 +1,9 @@
 //! Writing one transaction to the log (§13.9): revoke blocks, descriptor blocks each followed by
-//! the (escaped) copies it describes, then the commit block; all durable before the superblock
-//! is made to name the log.
+//! the (escaped) copies it describes, then the commit block. The commit point, in two flushes:
+//! the blocks before the commit block are made durable (with every data write before them, which
+//! gives data=ordered), then the commit block — and the superblock, when it must start naming
+//! the log — is written and made durable. A crash before the second flush leaves no commit block
+//! to replay, or one whose blocks are all there (JBD2 orders its commit block the same way).
 
 use super::{Journal, JournalError, Result};
 use crate::format::jbd2::*;
@@ -11,8 +14,9 @@ impl Journal {
     /// Commits one transaction: `blocks` (filesystem block, new contents of one block each) are
     /// logged, `revokes` forbid replaying earlier logged copies of those blocks (a block freed
     /// from metadata use; its pending contents are dropped, not checkpointed). The transaction
-    /// is durable when this returns its ID. Checkpoints first when the log would otherwise
-    /// wrap onto transactions not yet checkpointed. After a device error the journal is aborted.
+    /// is durable when this returns its ID, and so is every device write made before the call.
+    /// Checkpoints first when the log would otherwise wrap onto transactions not yet
+    /// checkpointed. After a device error the journal is aborted.
     pub fn commit(&mut self, blocks: Vec<(u64, Vec<u8>)>, revokes: Vec<u64>) -> Result<u32> {
         self.check_usable()?;
         if !self.loaded {
@@ -38,26 +42,9 @@ impl Journal {
         let tid = self.next_tid;
         let log = self.build_log(tid, &blocks, &revokes, needed)?;
         let start = self.head;
-        let result = self.write_log(start, &log).and_then(|_| self.flush("writing a transaction"));
-        if let Err(e) = result {
+        if let Err(e) = self.write_commit(start, &log, tid, !revokes.is_empty()) {
             self.aborted = true;
             return Err(e);
-        }
-        let was_empty = self.sb.start == 0;
-        let add_revoke = !revokes.is_empty() && self.sb.feature_incompat & FEATURE_INCOMPAT_REVOKE == 0;
-        if was_empty || add_revoke {
-            // Only now, with the log durable, may the superblock name it (§13.9 step 3).
-            if was_empty {
-                self.sb.start = start;
-                self.sb.sequence = tid;
-            }
-            if add_revoke {
-                self.sb.feature_incompat |= FEATURE_INCOMPAT_REVOKE;
-            }
-            if let Err(e) = self.write_superblock() {
-                self.aborted = true;
-                return Err(e);
-            }
         }
 
         self.head = self.advance(start, needed as u32);
@@ -162,6 +149,31 @@ impl Journal {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         CommitBlock { sequence: tid, commit_sec: now.as_secs(), commit_nsec: now.subsec_nanos() }.encode(next()?);
         Ok(log)
+    }
+
+    /// Writes transaction `tid`'s `log` (its commit block last) from log position `start` and
+    /// makes it durable, as the module says: the blocks before the commit block first, then the
+    /// commit block with the superblock when it changes — to name the log if it was empty
+    /// (§13.9 step 3), or to set the revoke feature.
+    fn write_commit(&mut self, start: u32, log: &[u8], tid: u32, revokes: bool) -> Result<()> {
+        let (body, commit) = log.split_at(log.len() - self.bs);
+        self.write_log(start, body)?;
+        self.flush("writing a transaction")?;
+        let at = self.advance(start, (body.len() / self.bs) as u32);
+        self.write_jblocks(at as u64, commit)?;
+        let name_log = self.sb.start == 0;
+        let add_revoke = revokes && self.sb.feature_incompat & FEATURE_INCOMPAT_REVOKE == 0;
+        if name_log {
+            self.sb.start = start;
+            self.sb.sequence = tid;
+        }
+        if add_revoke {
+            self.sb.feature_incompat |= FEATURE_INCOMPAT_REVOKE;
+        }
+        if name_log || add_revoke {
+            self.store_superblock()?;
+        }
+        self.flush("committing a transaction")
     }
 
     /// Writes `log` from log position `start`, wrapping at `s_maxlen` to `s_first`.
@@ -351,6 +363,22 @@ mod tests {
         assert!(matches!(j.checkpoint(), Err(JournalError::Aborted)));
     }
 
+    /// Two flushes make a transaction durable (its blocks, then its commit block with the
+    /// superblock naming the log), and two a checkpoint (the blocks in place, then the emptied log).
+    #[test]
+    fn a_commit_and_a_checkpoint_take_two_flushes_each() {
+        let lay = Layout::new(4096, false);
+        let dev = lay.device(0, 1);
+        let mut j = lay.open(&dev).unwrap();
+        for round in 0..3 {
+            let before = dev.flushes();
+            j.commit(vec![(1, lay.pattern(1, round)), (2, lay.pattern(2, round))], vec![3]).unwrap();
+            assert_eq!(dev.flushes() - before, 2, "round {round}: commit");
+            j.checkpoint().unwrap();
+            assert_eq!(dev.flushes() - before, 4, "round {round}: checkpoint");
+        }
+    }
+
     /// A crash at any write of a commit leaves the transaction all there or not at all, and a
     /// commit that returned is always there.
     #[test]
@@ -363,7 +391,12 @@ mod tests {
             if !empty_first {
                 j.commit(vec![(1, lay.pattern(1, 1)), (2, lay.pattern(2, 1))], vec![]).unwrap();
             }
-            dev.fail_writes_after((seed / 3 % 4) as usize);
+            // A write fails, or (every other seed) a flush: then every write of the commit
+            // was made, and a crash keeps any part of them.
+            match seed % 2 {
+                0 => dev.fail_writes_after((seed / 3 % 4) as usize),
+                _ => dev.fail_flushes_after((seed / 3 % 3) as usize),
+            }
             let r = j.commit((1..80).map(|b| (b, lay.pattern(b, 2))).collect(), vec![]);
             let crashed = dev.crash(Some(seed));
             let mut j2 = lay.open(&crashed).unwrap();

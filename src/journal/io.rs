@@ -51,11 +51,16 @@ impl Journal {
 
     /// Writes `self.sb` and flushes: the superblock update is durable on return.
     pub(super) fn write_superblock(&mut self) -> Result<()> {
+        self.store_superblock()?;
+        self.flush("the journal superblock")
+    }
+
+    /// Writes `self.sb`, for the caller's next flush to make durable.
+    pub(super) fn store_superblock(&mut self) -> Result<()> {
         let n = SUPERBLOCK_SIZE.div_ceil(self.bs);
         let mut buf = vec![0u8; n * self.bs];
         self.sb.encode(&mut buf);
-        self.write_jblocks(0, &buf)?;
-        self.flush("the journal superblock")
+        self.write_jblocks(0, &buf)
     }
 
     /// Writes a block in place (checkpoint or replay).

@@ -19,6 +19,10 @@ struct State {
     written: Vec<(u64, usize)>,
     /// Writes fail once this many more have succeeded.
     fail_after: Option<usize>,
+    /// Flushes fail (making nothing durable) once this many more have succeeded.
+    fail_flushes_after: Option<usize>,
+    /// Flushes that succeeded.
+    flushes: u64,
 }
 
 pub struct MemDevice {
@@ -41,17 +45,21 @@ impl MemDevice {
     }
 
     /// A new device holding what a power failure now would leave: the flushed contents plus
-    /// each unflushed write with probability 1/2 (chosen by `seed`; `None` keeps none).
+    /// each 512-byte sector of the unflushed writes with probability 1/2 (chosen by `seed`;
+    /// `None` keeps none): a device keeps a sector whole, and nothing larger.
     pub fn crash(&self, seed: Option<u64>) -> Arc<MemDevice> {
         self.with(|s| {
             let mut data = s.durable.clone();
             let mut x = seed.unwrap_or(0) | 1;
             for (off, bytes) in &s.unflushed {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if seed.is_some() && x & 1 == 1 {
-                    data[*off as usize..*off as usize + bytes.len()].copy_from_slice(bytes);
+                for (i, sector) in bytes.chunks(512).enumerate() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if seed.is_some() && x & 1 == 1 {
+                        let at = *off as usize + i * 512;
+                        data[at..at + sector.len()].copy_from_slice(sector);
+                    }
                 }
             }
             Arc::new(MemDevice {
@@ -89,6 +97,15 @@ impl MemDevice {
     pub fn fail_writes_after(&self, n: usize) {
         self.with(|s| s.fail_after = Some(n));
     }
+
+    pub fn fail_flushes_after(&self, n: usize) {
+        self.with(|s| s.fail_flushes_after = Some(n));
+    }
+
+    /// Flushes that succeeded so far.
+    pub fn flushes(&self) -> u64 {
+        self.with(|s| s.flushes)
+    }
 }
 
 impl BlockDevice for MemDevice {
@@ -125,10 +142,18 @@ impl BlockDevice for MemDevice {
 
     fn flush(&self) -> Result<()> {
         self.with(|s| {
+            if let Some(n) = s.fail_flushes_after.as_mut() {
+                if *n == 0 {
+                    let source = std::io::Error::other("injected flush failure");
+                    return Err(DevError::Io { op: "flush", offset: 0, len: 0, source });
+                }
+                *n -= 1;
+            }
             s.durable = s.current.clone();
             s.unflushed.clear();
-        });
-        Ok(())
+            s.flushes += 1;
+            Ok(())
+        })
     }
 }
 

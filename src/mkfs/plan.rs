@@ -146,13 +146,7 @@ pub fn plan(opts: &MkfsOptions, device_bytes: u64) -> Result<Plan, String> {
             journal_clusters * cs as u64 >> 20
         ));
     }
-    // Suballocator groups hold 4 MiB (1 MiB for 512-byte and 2 MiB for 1 KiB blocks).
-    let group_bytes: u64 = match bs {
-        512 => 1 << 20,
-        1024 => 2 << 20,
-        _ => 4 << 20,
-    };
-    let suballoc_cpg = (group_bytes / cs as u64).max(1) as u16;
+    let suballoc_cpg = geo.suballoc_cpg() as u16;
     let extent_alloc_groups = extent_alloc_groups(opts.fs_type, suballoc_cpg, cs, slots, geo.volume_bytes());
     let journal64 = opts.journal64 || volume_blocks > u32::MAX as u64;
     if opts.label.len() >= 64 {

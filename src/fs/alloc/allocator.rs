@@ -4,6 +4,7 @@
 
 use super::chain::{clear_bit, new_group, set_bit};
 use crate::format::chain::ChainList;
+use crate::format::group::GroupDesc;
 use crate::format::inode::{Id2, Inode};
 use crate::fs::bitmap;
 use crate::fs::cache::MetaCache;
@@ -45,9 +46,21 @@ pub fn alloc_bits(
     min: u32,
     preferred: &[u64],
 ) -> Result<Option<(u64, u32, u32)>> {
-    let mut alloc = cache.read_inode(alloc_blkno)?;
+    let alloc = cache.read_inode(alloc_blkno)?;
     let mut groups = preferred.to_vec();
     groups.extend(groups_of(cache, &alloc)?);
+    alloc_bits_in(cache, alloc, want, min, groups)
+}
+
+/// [`alloc_bits`] in `groups` only, in that order.
+fn alloc_bits_in(
+    cache: &mut MetaCache,
+    mut alloc: Inode,
+    want: u32,
+    min: u32,
+    groups: Vec<u64>,
+) -> Result<Option<(u64, u32, u32)>> {
+    let alloc_blkno = alloc.blkno;
     for gblk in groups {
         let mut gd = cache.read_group(gblk, alloc_blkno)?;
         if gd.parent_dinode != alloc_blkno || (gd.free_bits_count as u32) < min {
@@ -61,18 +74,23 @@ pub fn alloc_bits(
                 len += 1;
             }
             if len as u32 >= min {
-                for bit in start..start + len {
-                    set_bit(&mut gd, bit as u16);
-                }
-                adjust_counts(&mut alloc, gd.chain, -(len as i64))?;
-                cache.write_group(&gd)?;
-                cache.write_inode(&alloc)?;
+                claim(cache, &mut alloc, &mut gd, start, len)?;
                 return Ok(Some((gblk, start as u32, len as u32)));
             }
             from = start + len;
         }
     }
     Ok(None)
+}
+
+/// Sets the free bits `start..start + len` of group `gd` of allocator `alloc`, with the counters.
+fn claim(cache: &mut MetaCache, alloc: &mut Inode, gd: &mut GroupDesc, start: usize, len: usize) -> Result<()> {
+    for bit in start..start + len {
+        set_bit(gd, bit as u16);
+    }
+    adjust_counts(alloc, gd.chain, -(len as i64))?;
+    cache.write_group(gd)?;
+    cache.write_inode(alloc)
 }
 
 /// Clears `count` bits from `bit` in group `gblk` of allocator `alloc_blkno`.
@@ -154,29 +172,104 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 
 /// Suballocator: allocates one block (an inode or extent block), growing the allocator by a
 /// new group of `cl_cpg` clusters from the global bitmap when it is full. Returns
-/// (block number, bit, group blkno).
+/// (block number, bit, group blkno). With `place` (an inode allocator on a cluster mount) the
+/// block is taken where this node masters the new inode's cluster lock if it can be: first
+/// from such groups, then from a new group placed on a chunk this node masters
+/// (`Geometry::lock_chunk_blocks`), and only then anywhere.
 pub fn alloc_block(
     cache: &mut MetaCache,
     geo: &Geometry,
     sub_blkno: u64,
     bitmap_blkno: u64,
+    place: Option<&mut Placement>,
 ) -> Result<(u64, u16, u64)> {
+    let mut place = place;
+    if let Some(place) = place.as_deref_mut() {
+        let sub = cache.read_inode(sub_blkno)?;
+        let local: Vec<u64> = groups_of(cache, &sub)?.into_iter().filter(|&g| cache.is_local(g)).collect();
+        let mut found = alloc_bits_in(cache, sub, 1, 1, local)?;
+        if found.is_none() && place.seek_chunks {
+            match alloc_local_clusters(cache, geo, sub_blkno, bitmap_blkno)? {
+                Some(cluster) => {
+                    let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
+                    found = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?;
+                }
+                // Scanning the global bitmap takes its lock: not again before the next growth.
+                None => place.seek_chunks = false,
+            }
+        }
+        if let Some((gblk, bit, _)) = found {
+            return Ok((gblk + bit as u64, bit as u16, gblk));
+        }
+    }
     if let Some((gblk, bit, _)) = alloc_bits(cache, sub_blkno, 1, 1, &[])? {
         return Ok((gblk + bit as u64, bit as u16, gblk));
     }
-    let gblk = grow(cache, geo, sub_blkno, bitmap_blkno)?;
+    let cpg = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
+    let (cluster, _) = alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None)?;
+    if let Some(place) = place {
+        place.seek_chunks = true;
+    }
+    let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
     let (gblk, bit, _) = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?.ok_or(FsError::NoSpace)?;
     Ok((gblk + bit as u64, bit as u16, gblk))
 }
 
-/// Adds a group to a suballocator (§6.4 "Grow a suballocator"): claims `cl_cpg` contiguous
-/// clusters, zeroes them (so stale blocks never look like live inodes), writes the descriptor,
-/// and pushes it at the head of the chain with the fewest bits.
-fn grow(cache: &mut MetaCache, geo: &Geometry, sub_blkno: u64, bitmap_blkno: u64) -> Result<u64> {
+/// Where an inode allocator places new inodes on a cluster mount (see [`alloc_block`]).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Whether to look for free chunks this node masters when its own groups are full. Cleared
+    /// when none is found (each look scans the global bitmap under its cluster lock), set again
+    /// when the allocator grows anyway.
+    pub seek_chunks: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement { seek_chunks: true }
+    }
+}
+
+/// Global bitmap: claims `cl_cpg` clusters for a new group of suballocator `sub_blkno`, starting
+/// on a chunk boundary, in chunks whose inodes' locks this node masters; None if there are no
+/// such free clusters.
+fn alloc_local_clusters(
+    cache: &mut MetaCache,
+    geo: &Geometry,
+    sub_blkno: u64,
+    bitmap_blkno: u64,
+) -> Result<Option<u64>> {
+    let len = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u64;
+    let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+    let mut bitmap = cache.read_inode(bitmap_blkno)?;
+    for gblk in groups_of(cache, &bitmap)? {
+        let mut gd = cache.read_group(gblk, bitmap_blkno)?;
+        if (gd.free_bits_count as u64) < len {
+            continue;
+        }
+        let first = group_first_cluster(geo, gblk);
+        let end = first + gd.bits as u64;
+        let mut c = first.div_ceil(chunk) * chunk;
+        while c + len <= end {
+            let bit = (c - first) as usize;
+            let free = (bit..bit + len as usize).all(|b| !bitmap::test(&gd.bitmap, b));
+            if free && (c..c + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k))) {
+                claim(cache, &mut bitmap, &mut gd, bit, len as usize)?;
+                return Ok(Some(c));
+            }
+            c += chunk;
+        }
+    }
+    Ok(None)
+}
+
+/// Adds a group at `cluster` (claimed in the global bitmap) to a suballocator (§6.4 "Grow a
+/// suballocator"): zeroes its `cl_cpg` clusters (so stale blocks never look like live
+/// inodes), writes the descriptor, and pushes it at the head of the chain with the fewest bits.
+fn grow_at(cache: &mut MetaCache, geo: &Geometry, sub_blkno: u64, cluster: u64) -> Result<u64> {
     let mut sub = cache.read_inode(sub_blkno)?;
     let cl = chain_of(&sub)?.clone();
     let cpg = cl.cpg as u32;
-    let (cluster, _) = alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None)?;
     let gblk = geo.cluster_to_blkno(cluster);
     cache.dev().zero_range(cluster * geo.cluster_size as u64, cpg as u64 * geo.cluster_size as u64)?;
     let bits = (cpg as u64 * cl.bpc as u64) as u16;
