@@ -13,12 +13,14 @@ use super::extent_tree::{self, Tree};
 use super::geometry::Geometry;
 use super::lock::{LockMode, LockResource};
 use super::lockset::LockSet;
+use super::read_gate::ReadGate;
 use super::sysfiles::SysFiles;
 use crate::format::extent::ExtentList;
 use crate::format::features::{Features, INCOMPAT_INLINE_DATA, INCOMPAT_SPARSE_ALLOC, RO_COMPAT_UNWRITTEN};
 use crate::format::inline::InlineData;
 use crate::format::inode::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A moment with nanoseconds, as inodes store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct Core {
     pub window_clusters: u32,
     /// Where new inodes go on a cluster mount.
     placement: Placement,
+    /// File data reads in flight outside the core (freeing clusters waits for them).
+    pub reads: Arc<ReadGate>,
 }
 
 impl Core {
@@ -84,6 +88,7 @@ impl Core {
             dirs_changed: Vec::new(),
             window_clusters: 0,
             placement: Placement::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -206,7 +211,10 @@ impl Core {
         local_alloc::close(&mut self.cache, &self.geo, la, self.sys.global_bitmap)
     }
 
+    /// Gives clusters back to the global bitmap, once no read in flight can still be reading
+    /// them (they may go to another file at once).
     pub fn free_clusters(&mut self, start_blkno: u64, clusters: u64) -> Result<()> {
+        self.reads.drain();
         let c = self.geo.blkno_to_cluster(start_blkno);
         free_clusters(&mut self.cache, &self.geo, self.sys.global_bitmap, c, clusters)
     }

@@ -6,9 +6,12 @@ use super::core::{Core, Time};
 use super::error::{FsError, Result};
 use super::extent_map;
 use super::lock::LockMode;
+use super::read_gate::InFlight;
+use crate::dev::BlockDevice;
 use crate::format::extent::{ExtentList, ExtentRec, EXT_UNWRITTEN};
 use crate::format::inline::inline_capacity;
 use crate::format::inode::{Id2, Inode, INLINE_DATA_FL, S_IFMT, S_IFREG};
+use std::sync::Arc;
 
 /// What `lseek` looks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,38 +28,42 @@ impl Core {
 
     /// Reads up to `len` bytes at `off` (short at end of file).
     pub fn file_read(&mut self, inode: &Inode, off: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_plan(inode, off, len)?.run()
+    }
+
+    /// What reading up to `len` bytes at `off` takes: the bytes themselves (inline data, end of
+    /// file), or the device ranges to copy, to be read after the core is released.
+    pub fn read_plan(&mut self, inode: &Inode, off: u64, len: u64) -> Result<ReadPlan> {
         if off >= inode.size {
-            return Ok(Vec::new());
+            return Ok(ReadPlan::Ready(Vec::new()));
         }
         let len = len.min(inode.size - off) as usize;
         if let Id2::Inline(d) = &inode.id2 {
             let end = (off as usize + len).min(d.data.len());
-            return Ok(d.data.get(off as usize..end).unwrap_or(&[]).to_vec());
+            return Ok(ReadPlan::Ready(d.data.get(off as usize..end).unwrap_or(&[]).to_vec()));
         }
         let tree = self.load_tree(inode)?;
-        let mut out = vec![0u8; len];
         let cs = self.cs();
+        let mut runs = Vec::new();
         let mut pos = off;
         while pos < off + len as u64 {
             let cpos = pos / cs;
             let chunk_end = ((cpos + 1) * cs).min(off + len as u64);
             if let Some(r) = extent_map::lookup(&tree.recs, cpos).filter(|r| r.flags & EXT_UNWRITTEN == 0) {
-                // Read the whole contiguous run at once.
+                // The whole contiguous run at once; holes and unwritten extents read as zeros.
                 let run_end = (r.end() * cs).min(off + len as u64);
                 let phys = r.blkno * self.bs() as u64 + (pos - r.cpos as u64 * cs);
-                let dst = &mut out[(pos - off) as usize..(run_end - off) as usize];
-                self.cache.dev().read_at(dst, phys)?;
+                runs.push(((pos - off) as usize, phys, (run_end - pos) as usize));
                 pos = run_end;
             } else {
                 pos = chunk_end;
             }
         }
-        Ok(out)
+        Ok(ReadPlan::Device { dev: self.cache.dev().clone(), len, runs, _in_flight: self.reads.enter() })
     }
 
     /// Writes `data` at `off`, allocating what is missing; updates size and times in `inode`
-    /// (the caller writes it).
-    /// Writes `data` at `off`; returns how many bytes went in: all of them, or fewer when the
+    /// (the caller writes it). Returns how many bytes went in: all of them, or fewer when the
     /// volume filled up part-way (a short write, as kernel filesystems give; the next write
     /// then fails with ENOSPC).
     pub fn file_write(&mut self, inode: &mut Inode, off: u64, data: &[u8], now: Time) -> Result<usize> {
@@ -373,5 +380,32 @@ impl Core {
             pos = run_end;
         }
         Ok(())
+    }
+}
+
+/// A file read planned under the core: run it after releasing the core (see `read_gate`).
+pub enum ReadPlan {
+    Ready(Vec<u8>),
+    /// `len` bytes: `(offset in the result, device offset, length)` runs, zeros elsewhere.
+    Device {
+        dev: Arc<dyn BlockDevice>,
+        len: usize,
+        runs: Vec<(usize, u64, usize)>,
+        _in_flight: InFlight,
+    },
+}
+
+impl ReadPlan {
+    pub fn run(self) -> Result<Vec<u8>> {
+        match self {
+            ReadPlan::Ready(data) => Ok(data),
+            ReadPlan::Device { dev, len, runs, _in_flight } => {
+                let mut out = vec![0u8; len];
+                for (at, phys, n) in runs {
+                    dev.read_at(&mut out[at..at + n], phys)?;
+                }
+                Ok(out)
+            }
+        }
     }
 }

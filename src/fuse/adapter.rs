@@ -164,6 +164,18 @@ impl O2Fuse {
         seeds: &[LockResource],
         f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
     ) -> Result<T, Errno> {
+        self.with_then(mutating, seeds, f, Ok)
+    }
+
+    /// [`with`](Self::with), then `then` on what `f` returned, with the core released but the
+    /// cluster locks still held (a file's data is read there).
+    fn with_then<T, U>(
+        &self,
+        mutating: bool,
+        seeds: &[LockResource],
+        f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+        then: impl FnMut(T) -> crate::fs::Result<U>,
+    ) -> Result<U, Errno> {
         if mutating && self.read_only.load(Ordering::Relaxed) {
             return Err(Errno::from_i32(crate::fs::error::libc_errno::EROFS));
         }
@@ -175,7 +187,7 @@ impl O2Fuse {
         if mutating {
             set.want(self.local_alloc, LockMode::Ex);
         }
-        request(self.cluster.as_deref(), &self.state, set, f).map_err(|e| self.failed(e))
+        request_then(self.cluster.as_deref(), &self.state, set, f, then).map_err(|e| self.failed(e))
     }
 
     /// Frees `ino`, which a request here orphaned or closed last, if no node has it open.
@@ -260,12 +272,24 @@ impl O2Fuse {
 pub(super) fn request<T>(
     locks: Option<&dyn ClusterLocks>,
     state: &Mutex<State>,
+    set: LockSet,
+    f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
+) -> crate::fs::Result<T> {
+    request_then(locks, state, set, f, Ok)
+}
+
+/// [`request`], then `then` on its result once the core is released, the cluster locks still
+/// held.
+fn request_then<T, U>(
+    locks: Option<&dyn ClusterLocks>,
+    state: &Mutex<State>,
     mut set: LockSet,
     mut f: impl FnMut(&mut Mounted, &mut HashMap<u64, u32>) -> crate::fs::Result<T>,
-) -> crate::fs::Result<T> {
+    mut then: impl FnMut(T) -> crate::fs::Result<U>,
+) -> crate::fs::Result<U> {
     match locks {
-        None => attempt(state, &mut LockSet::default(), &mut f),
-        Some(locks) => run_locked(locks, &mut set, |held| attempt(state, held, &mut f)),
+        None => attempt(state, &mut LockSet::default(), &mut f).and_then(then),
+        Some(locks) => run_locked(locks, &mut set, |held| attempt(state, held, &mut f).and_then(&mut then)),
     }
 }
 
@@ -609,10 +633,12 @@ impl Filesystem for O2Fuse {
         reply: ReplyData,
     ) {
         let blk = self.blk(ino);
-        match self.with(false, &[meta(blk)], |m, _| {
+        // The data is copied outside the core's mutex (crate::fs::read_gate).
+        let planned = |m: &mut Mounted, _: &mut HashMap<u64, u32>| {
             let inode = m.core.read_inode(blk)?;
-            m.core.file_read(&inode, offset, size as u64)
-        }) {
+            m.core.read_plan(&inode, offset, size as u64)
+        };
+        match self.with_then(false, &[meta(blk)], planned, |plan| plan.run()) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
