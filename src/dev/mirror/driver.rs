@@ -150,6 +150,10 @@ impl Turns {
         }
         let now = core.now();
         for (conn, msg) in msgs {
+            if core.stopped {
+                // The engine is down: nothing more reaches the replica.
+                continue;
+            }
             let msg = if core.conn != Some(conn) || self.peer_queued.load(Ordering::Acquire) > 0 {
                 msg
             } else if holder == Holder::Thread {
