@@ -1,5 +1,6 @@
-//! The mirror over real sockets: two `o2fs mirror up` processes on 127.0.0.1 and 127.0.0.2, each
-//! with its own resource file, replica and meta-disk in a temporary folder and ports of its own.
+//! The mirror over real sockets: two `o2fs mirror up` processes on 127.0.0.1 and 127.0.0.2 (or
+//! 127.0.34.1 and .2 for the later tests), each with its own resource file, replica and
+//! meta-disk in a temporary folder and ports of its own.
 //! Writes and reads go through the admin socket's `write`/`read` (the MirrorDevice path).
 //! Daemons are killed by PID when a test ends, even when it fails.
 
@@ -503,7 +504,7 @@ fn sync_target_reads_unsynced_blocks_from_the_peer() {
     assert_eq!(alpha["hex"], "4d");
 }
 
-/// Addresses of this file's tests that need no namespace beyond the first ones' (taken: 127.0.0.x).
+/// Addresses of the tests of roles, fencing and zero resync (the tests above use 127.0.0.1/.2).
 const IPS_34: [&str; 2] = ["127.0.34.1", "127.0.34.2"];
 
 fn o2fs_admin(cmd: &str, node: &Node) -> std::process::Output {

@@ -6,20 +6,22 @@
 //! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
 //! through channels. Tokio tasks never block: they send on unbounded channels, and hand an
 //! acknowledgement (no disk I/O) to the engine themselves only when its lock is free at once.
-//! The engine side never awaits: its messages go onto the socket when it takes them at once,
-//! else to a sending task.
+//! A peer message that arrives while a thread holds the engine's lock waits in an inbox, and
+//! that thread hands it to the engine before it lets go ([`Turns`]). The engine side never
+//! awaits: its messages go onto the socket when it takes them at once, else to a sending task.
 //!
 //! Each of these spares a thread wake-up, which on a busy machine costs more than the work: a
 //! caller runs its request itself rather than handing it to the engine thread, then blocks on a
 //! reply channel until the request completes — at once for a local read or a degraded write, on
-//! the peer's ack otherwise.
+//! the peer's ack otherwise; an ack that arrives while the caller still holds the engine (its
+//! local write, the flush that follows) is taken by the caller itself.
 //!
 //! Connections: both nodes listen on their `address`; the node listed first in the resource file
 //! connects (one connection at a time, no crossing attempts). Every connection is authenticated
 //! by `net` (HMAC-SHA1 over the shared secret, peer name and address checked, refusals logged on
 //! both sides).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc as tmpsc, watch};
 
@@ -98,8 +100,80 @@ struct Core {
     start: Instant,
     /// The engine was shut down: requests fail.
     stopped: bool,
-    /// Peer messages handed to the engine thread and not yet taken by the engine.
-    peer_queued: Arc<AtomicUsize>,
+}
+
+/// The engine's lock and the peer's messages on their way to the engine. A message that
+/// arrives while a thread holds the lock waits in `inbox`, and that thread hands it to the
+/// engine before it lets go ([`Turns::release`]): no thread is woken for it.
+struct Turns {
+    core: Mutex<Core>,
+    inbox: Mutex<VecDeque<(u64, Msg)>>,
+    /// Peer messages handed to the engine thread and not yet taken by the engine; while there
+    /// are any, later ones go the same way (the engine takes the peer's messages in order).
+    peer_queued: AtomicUsize,
+    events: mpsc::Sender<Event>,
+}
+
+/// Who lets go of the engine's lock: a plain thread, which may do the disk I/O a peer message
+/// needs, or the network task, which may not and passes such messages to the engine thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Thread,
+    Task,
+}
+
+impl Turns {
+    /// Hands the inbox to the engine, then lets go of the lock; looks again once it is free (a
+    /// message may have arrived just before) and takes the lock back for it if nobody has.
+    fn release<'t>(&'t self, mut core: MutexGuard<'t, Core>, holder: Holder) {
+        loop {
+            self.take_inbox(&mut core, holder);
+            drop(core);
+            if self.inbox.lock().is_empty() {
+                return;
+            }
+            match self.core.try_lock() {
+                Some(again) => core = again,
+                None => return,
+            }
+        }
+    }
+
+    /// Hands the inbox to the engine in order. The engine thread takes a message of a
+    /// connection the engine has not taken up yet (its `Up` is on the way there), one that
+    /// needs disk I/O when the network task holds the lock, and every message after one of
+    /// those.
+    fn take_inbox(&self, core: &mut Core, holder: Holder) {
+        let msgs: Vec<(u64, Msg)> = self.inbox.lock().drain(..).collect();
+        if msgs.is_empty() {
+            return;
+        }
+        let now = core.now();
+        for (conn, msg) in msgs {
+            if core.stopped {
+                // The engine is down: nothing more reaches the replica.
+                continue;
+            }
+            let msg = if core.conn != Some(conn) || self.peer_queued.load(Ordering::Acquire) > 0 {
+                msg
+            } else if holder == Holder::Thread {
+                core.engine.receive(now, msg);
+                continue;
+            } else {
+                match core.engine.receive_ack(now, msg) {
+                    Ok(()) => continue,
+                    Err(msg) => msg,
+                }
+            };
+            self.to_engine_thread(conn, msg);
+        }
+        core.route();
+    }
+
+    fn to_engine_thread(&self, conn: u64, msg: Msg) {
+        self.peer_queued.fetch_add(1, Ordering::AcqRel);
+        let _ = self.events.send(Event::Peer { conn, msg });
+    }
 }
 
 /// The connection the engine uses (its messages go there as it makes them), and what the
@@ -151,7 +225,7 @@ fn send_to(outbox: &Outbox, msg: Msg) {
 /// One node's running mirror. Dropping it shuts the engine down cleanly.
 pub struct Mirror {
     events: mpsc::Sender<Event>,
-    core: Arc<Mutex<Core>>,
+    turns: Arc<Turns>,
     /// [`Core::outbox`], read without the engine's lock.
     outbox: Outbox,
     replica: Arc<dyn BlockDevice>,
@@ -250,8 +324,7 @@ impl Mirror {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(SocketAddr::V4(host.address)))
             .map_err(|source| MirrorError::Listen { addr: SocketAddr::V4(host.address), source })?;
-        let peer_queued = Arc::new(AtomicUsize::new(0));
-        let core = Arc::new(Mutex::new(Core {
+        let core = Mutex::new(Core {
             engine,
             waiters: HashMap::new(),
             next_id: 0,
@@ -260,8 +333,9 @@ impl Mirror {
             wants: wants_tx,
             start: Instant::now(),
             stopped: false,
-            peer_queued: peer_queued.clone(),
-        }));
+        });
+        let turns =
+            Arc::new(Turns { core, inbox: Mutex::default(), peer_queued: AtomicUsize::new(0), events: events.clone() });
         let link = Link {
             me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
             peer_name: peer.name.clone(),
@@ -271,15 +345,14 @@ impl Mirror {
             cfg: net_cfg,
             events: events.clone(),
             next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-            core: core.clone(),
-            peer_queued: peer_queued.clone(),
+            turns: turns.clone(),
         };
         let link = Arc::new(link);
         runtime.spawn(link.clone().listen(listener));
         if node_id == 0 {
             runtime.spawn(link.connect_loop(wants_rx));
         }
-        let shared = core.clone();
+        let shared = turns.clone();
         let engine = std::thread::Builder::new()
             .name("o2fs-mirror".into())
             .spawn(move || engine_loop(&shared, rx))
@@ -287,7 +360,7 @@ impl Mirror {
         tracing::info!(resource = %res.name, node = %opts.node, size, "mirror up");
         Ok(Mirror {
             events,
-            core,
+            turns,
             outbox: traffic,
             replica,
             size,
@@ -301,7 +374,7 @@ impl Mirror {
 
     /// The device the filesystem (or a test) writes through.
     pub fn device(&self) -> MirrorDevice {
-        MirrorDevice { core: self.core.clone(), replica: self.replica.clone(), size: self.size }
+        MirrorDevice { turns: self.turns.clone(), replica: self.replica.clone(), size: self.size }
     }
 
     /// Answers one admin request (`status`, `verify`, `connect`, `disconnect`, `invalidate`,
@@ -454,9 +527,7 @@ struct Link {
     cfg: NetConfig,
     events: mpsc::Sender<Event>,
     next_conn: Arc<std::sync::atomic::AtomicU64>,
-    core: Arc<Mutex<Core>>,
-    /// [`Core::peer_queued`].
-    peer_queued: Arc<AtomicUsize>,
+    turns: Arc<Turns>,
 }
 
 impl Link {
@@ -526,17 +597,11 @@ impl Link {
             sender.shutdown().await;
         });
         let events = self.events.clone();
-        let (core, queued) = (self.core.clone(), self.peer_queued.clone());
+        let turns = self.turns.clone();
         tokio::spawn(async move {
             let reason = loop {
                 match receiver.recv::<Msg>().await {
-                    Ok(Some(msg)) => {
-                        let Some(msg) = take_ack(&core, id, msg) else { continue };
-                        queued.fetch_add(1, Ordering::AcqRel);
-                        if events.send(Event::Peer { conn: id, msg }).is_err() {
-                            return;
-                        }
-                    }
+                    Ok(Some(msg)) => take_msg(&turns, id, msg),
                     Ok(None) => break "closed by the peer".to_string(),
                     Err(e) => break e.to_string(),
                 }
@@ -546,32 +611,28 @@ impl Link {
     }
 }
 
-/// Hands an acknowledgement to the engine from the network task, sparing the engine thread's
-/// wake-up, when the engine is free at once and no earlier message of the peer waits for the
-/// engine thread (the engine takes the peer's messages in order). Gives the message back
-/// otherwise. No disk I/O, no waiting: fit for a tokio task.
-fn take_ack(core: &Mutex<Core>, conn: u64, msg: Msg) -> Option<Msg> {
-    let Some(mut core) = core.try_lock() else { return Some(msg) };
-    if core.stopped || core.conn != Some(conn) || core.peer_queued.load(Ordering::Acquire) > 0 {
-        return Some(msg);
+/// A peer message, from the network task (no disk I/O, no waiting): handed to the engine here
+/// when that needs no disk I/O and the engine is free at once; left in the inbox when a thread
+/// holds the engine (it takes the message before it lets go); else, or while earlier messages
+/// wait for the engine thread, passed to the engine thread.
+fn take_msg(turns: &Turns, conn: u64, msg: Msg) {
+    if turns.peer_queued.load(Ordering::Acquire) > 0 {
+        return turns.to_engine_thread(conn, msg);
     }
-    let now = core.now();
-    match core.engine.receive_ack(now, msg) {
-        Ok(()) => {
-            core.route();
-            None
-        }
-        Err(msg) => Some(msg),
+    turns.inbox.lock().push_back((conn, msg));
+    // Taken here when the lock is free; else by its holder, who looks again once it let go.
+    if let Some(core) = turns.core.try_lock() {
+        turns.release(core, Holder::Task);
     }
 }
 
 /// The engine thread: applies events in order and ticks every 10 ms.
-fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
+fn engine_loop(turns: &Turns, rx: mpsc::Receiver<Event>) {
     loop {
         let event = rx.recv_timeout(Duration::from_millis(10));
-        let mut core = core.lock();
+        let mut core = turns.core.lock();
         let now = core.now();
-        let Core { engine, conn, outbox, peer_queued, .. } = &mut *core;
+        let Core { engine, conn, outbox, .. } = &mut *core;
         match event {
             Ok(Event::Up { conn: id, peer, wire }) => {
                 if conn.is_none() && engine.wants_connection() {
@@ -594,7 +655,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
                 if *conn == Some(id) {
                     engine.receive(now, msg);
                 }
-                peer_queued.fetch_sub(1, Ordering::AcqRel);
+                turns.peer_queued.fetch_sub(1, Ordering::AcqRel);
             }
             Ok(Event::Admin { request, reply }) => {
                 let _ = reply.send(super::admin::handle(engine, now, &request));
@@ -617,6 +678,7 @@ fn engine_loop(core: &Mutex<Core>, rx: mpsc::Receiver<Event>) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         core.settle(now);
+        turns.release(core, Holder::Thread);
     }
 }
 
@@ -670,7 +732,7 @@ impl Core {
 /// completion (protocol C: both replicas have the data when `write_at` returns).
 #[derive(Clone)]
 pub struct MirrorDevice {
-    core: Arc<Mutex<Core>>,
+    turns: Arc<Turns>,
     replica: Arc<dyn BlockDevice>,
     size: u64,
 }
@@ -694,7 +756,7 @@ impl MirrorDevice {
         let stopped =
             || DevError::Io { op, offset, len, source: std::io::Error::other("the mirror engine has stopped") };
         let (reply, rx) = mpsc::channel();
-        let mut core = self.core.lock();
+        let mut core = self.turns.core.lock();
         if core.stopped {
             return Err(stopped());
         }
@@ -703,15 +765,15 @@ impl MirrorDevice {
         core.waiters.insert(id, waiter(reply));
         let now = core.now();
         submit(&mut core.engine, now, id);
-        drop(core);
+        self.turns.release(core, Holder::Thread);
         unlocked();
-        let mut core = self.core.lock();
+        let mut core = self.turns.core.lock();
         // Stopped meanwhile: the waiter is gone, and `recv` says so.
         if !core.stopped {
             let now = core.now();
             core.settle(now);
         }
-        drop(core);
+        self.turns.release(core, Holder::Thread);
         match rx.recv() {
             Ok(r) => r.map_err(fail),
             Err(_) => Err(stopped()),
