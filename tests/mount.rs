@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -705,6 +705,58 @@ fn fill_the_volume_twice() {
     let (second, _) = fill(&v.mnt);
     let diff = first.abs_diff(second) as f64 / first as f64;
     assert!(diff <= 0.05, "first fill {first} bytes, second {second}");
+    unmount_and_check(m);
+}
+
+/// Clusters freed by one file and taken by another must read as zeros wherever the new file
+/// never wrote: the allocator zeroes only what the write that takes them does not cover.
+#[test]
+fn reused_clusters_read_zeros_where_never_written() {
+    if !have_ocfs2_tools() {
+        return;
+    }
+    let v = Vol::new("4096", "65536", 32 * MIB, &[]);
+    let m = v.mount();
+    // Every free cluster gets nonzero bytes, then goes back to the allocator.
+    fill(&v.mnt);
+    for e in fs::read_dir(&v.mnt).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("fill") {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let mut expected = Vec::new();
+    for i in 0..80u64 {
+        let path = v.p(&format!("reuse{i:03}"));
+        let mut f = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let mut model = Vec::new();
+        if i % 2 == 1 {
+            // Unwritten extents turned written by a small write inside them.
+            nix::fcntl::fallocate(f.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, 131072).unwrap();
+            model.resize(131072, 0);
+        }
+        // Small writes at unaligned offsets in fresh clusters, one across a cluster boundary.
+        for (off, len) in [(5000 + i, 100), (65530, 12), (200_000 + 7 * i, 10)] {
+            let data = pattern(i * 3 + off, len as usize);
+            f.write_all_at(&data, off).unwrap();
+            let end = (off + len) as usize;
+            model.resize(model.len().max(end), 0);
+            model[off as usize..end].copy_from_slice(&data);
+        }
+        expected.push((path, model));
+    }
+    // Read back from the volume, not from the kernel's page cache.
+    unmount_and_check(m);
+    let m = v.mount();
+    for (path, model) in &expected {
+        let got = fs::read(path).unwrap();
+        let first_bad = got.iter().zip(model).position(|(a, b)| a != b);
+        assert!(
+            got.len() == model.len() && first_bad.is_none(),
+            "{}: first differing byte {first_bad:?}",
+            path.display()
+        );
+    }
     unmount_and_check(m);
 }
 

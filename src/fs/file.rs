@@ -11,6 +11,7 @@ use crate::dev::BlockDevice;
 use crate::format::extent::{ExtentList, ExtentRec, EXT_UNWRITTEN};
 use crate::format::inline::inline_capacity;
 use crate::format::inode::{Id2, Inode, INLINE_DATA_FL, S_IFMT, S_IFREG};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// What `lseek` looks for.
@@ -85,7 +86,7 @@ impl Core {
         }
         let mut end = end;
         if !data.is_empty() {
-            end = self.ensure_written(inode, off, end)?;
+            end = self.ensure_written(inode, off, end, true)?;
             self.write_mapped(inode, off, &data[..(end - off) as usize])?;
         }
         inode.size = inode.size.max(end);
@@ -94,17 +95,24 @@ impl Core {
     }
 
     /// [`ensure_written`](Self::ensure_written) of the whole range, or ENOSPC.
-    fn ensure_all_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<()> {
-        match self.ensure_written(inode, off, end)? {
+    fn ensure_all_written(&mut self, inode: &mut Inode, off: u64, end: u64, caller_writes: bool) -> Result<()> {
+        match self.ensure_written(inode, off, end, caller_writes)? {
             reached if reached < end => Err(FsError::NoSpace),
             _ => Ok(()),
         }
     }
 
-    /// Makes `[off, end)` backed by written clusters: allocates holes (zeroed) and converts
-    /// unwritten extents (zeroing them first, since they were never written). Returns where
-    /// the backed range ends: `end`, or less when the volume filled up after `off`.
-    fn ensure_written(&mut self, inode: &mut Inode, off: u64, end: u64) -> Result<u64> {
+    /// Makes `[off, end)` backed by written clusters: allocates holes and converts unwritten
+    /// extents, zeroing them since they were never written — except, when `caller_writes`,
+    /// the part of `[off, end)` the caller writes next (zeroing clusters about to be
+    /// overwritten doubles the data written, and on a host file it punches and reallocates
+    /// them). Returns where the backed range ends: `end`, or less when the volume filled up
+    /// after `off` (then a cluster boundary, so every cluster taken lies inside what the caller
+    /// writes). The data goes to the device before the transaction that maps it commits
+    /// (ordered mode), and an operation that fails gives the clusters back, so stale bytes are
+    /// never readable.
+    fn ensure_written(&mut self, inode: &mut Inode, off: u64, end: u64, caller_writes: bool) -> Result<u64> {
+        let covered = if caller_writes { off..end } else { off..off };
         let cs = self.cs();
         let bpc = self.geo.bpc();
         let (first, last) = (off / cs, (end - 1) / cs);
@@ -120,7 +128,7 @@ impl Core {
                 }
                 Some(r) => {
                     let stop = r.end().min(last + 1);
-                    self.zero_clusters(r.blkno + (c - r.cpos as u64) * bpc, stop - c).map(|()| {
+                    self.zero_uncovered(r.blkno + (c - r.cpos as u64) * bpc, c, stop - c, &covered).map(|()| {
                         extent_map::mark_written(&mut tree.recs, c, stop - c, bpc);
                         stop
                     })
@@ -130,7 +138,7 @@ impl Core {
                     let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
                     let want = (last + 1).min(next) - c;
                     let goal = goal_after(&tree.recs, c, &self.geo);
-                    self.alloc_hole(&mut tree.recs, c, want, goal, 0).map(|got| c + got)
+                    self.alloc_hole(&mut tree.recs, c, want, goal, 0, &covered).map(|got| c + got)
                 }
             };
             match step {
@@ -152,8 +160,9 @@ impl Core {
         Ok(reached)
     }
 
-    /// Maps up to `want` new clusters at logical cluster `c` (zeroed unless `flags` says
-    /// unwritten); returns how many it got.
+    /// Maps up to `want` new clusters at logical cluster `c` (zeroed outside the file bytes
+    /// `covered`, which the caller writes, unless `flags` says unwritten); returns how many it
+    /// got.
     fn alloc_hole(
         &mut self,
         recs: &mut Vec<ExtentRec>,
@@ -161,11 +170,12 @@ impl Core {
         want: u64,
         goal: Option<u64>,
         flags: u8,
+        covered: &Range<u64>,
     ) -> Result<u64> {
         let (cluster, got) = self.alloc_clusters(want, goal)?;
         let blkno = self.geo.cluster_to_blkno(cluster);
         if flags & EXT_UNWRITTEN == 0 {
-            self.zero_clusters(blkno, got)?;
+            self.zero_uncovered(blkno, c, got, covered)?;
         }
         extent_map::insert(recs, c as u32, got as u32, blkno, flags, self.geo.bpc());
         Ok(got)
@@ -178,7 +188,7 @@ impl Core {
         inode.dyn_features &= !INLINE_DATA_FL;
         inode.id2 = Id2::Extents(ExtentList::empty(crate::format::extent::recs_per_inode(self.bs())));
         if !bytes.is_empty() {
-            self.ensure_all_written(inode, 0, bytes.len() as u64)?;
+            self.ensure_all_written(inode, 0, bytes.len() as u64, true)?;
             self.write_mapped(inode, 0, &bytes)?;
         }
         Ok(())
@@ -224,7 +234,7 @@ impl Core {
                 }
             }
         } else if size > inode.size && !self.sparse_enabled() {
-            self.ensure_all_written(inode, inode.size, size)?;
+            self.ensure_all_written(inode, inode.size, size, false)?;
         }
         inode.size = size;
         touch_mtime(inode, now);
@@ -309,7 +319,7 @@ impl Core {
             let next = tree.recs.iter().map(|r| r.cpos as u64).filter(|&p| p > c).min().unwrap_or(u64::MAX);
             let want = (last + 1).min(next) - c;
             let goal = goal_after(&tree.recs, c, &self.geo);
-            c += self.alloc_hole(&mut tree.recs, c, want, goal, flags)?;
+            c += self.alloc_hole(&mut tree.recs, c, want, goal, flags, &(off..off))?;
         }
         self.store_tree(inode, &mut tree)?;
         if !keep_size && end > inode.size {
@@ -360,6 +370,23 @@ fn touch_mtime(inode: &mut Inode, now: Time) {
 }
 
 impl Core {
+    /// Zeroes the `n` clusters at device block `blkno`, which hold file clusters `c..c + n`,
+    /// except for the file bytes in `covered`.
+    fn zero_uncovered(&mut self, blkno: u64, c: u64, n: u64, covered: &Range<u64>) -> Result<()> {
+        let (cs, bs) = (self.cs(), self.bs() as u64);
+        let (start, end) = (c * cs, (c + n) * cs);
+        if covered.is_empty() || covered.end <= start || covered.start >= end {
+            return self.zero_clusters(blkno, n);
+        }
+        let phys = |pos: u64| blkno * bs + (pos - start);
+        for (s, e) in [(start, covered.start.max(start)), (covered.end.min(end), end)] {
+            if e > s {
+                self.cache.dev().zero_range(phys(s), e - s)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes file bytes through the extent map, run by run (the range must be mapped).
     fn write_mapped(&mut self, inode: &Inode, off: u64, data: &[u8]) -> Result<()> {
         let tree = self.load_tree(inode)?;
