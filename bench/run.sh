@@ -13,15 +13,19 @@
 # times out is reported as FAIL (with its error under the table), never hidden; a FUSE target
 # whose mount stops answering is torn down and remounted on a fresh image for the next step.
 # Needs root (mounts, drop_caches). QUICK=1: tiny sizes for a smoke run.
-# Usage: bench/run.sh [--record]   Environment: QUICK, DROP_CACHES, TARGETS, BENCH_WORK, KEEP,
-# BENCH_NOTE (a sentence added to the notes, e.g. about other load on the machine).
+# The whole sequence runs ROUNDS times (default 3; 1 with QUICK), each on fresh instances, with
+# the order of the targets rotated every round; the table shows each figure's median. One round
+# of a shared machine can be several times off (the host disk and other work vary from minute
+# to minute), and the target measured last would always pay for what the others left behind.
+# Usage: bench/run.sh [--record]   Environment: QUICK, ROUNDS, DROP_CACHES, TARGETS, BENCH_WORK,
+# KEEP, BENCH_NOTE (a sentence added to the notes, e.g. about other load on the machine).
 set -euo pipefail
 source "$(dirname "$0")/args.sh" 18 "$@"
 
 if [ "${QUICK:-0}" = 1 ]; then
-  file_size=16M runtime=2 nfiles=500 pm_files=200 pm_tx=1000 image_size=512M
+  file_size=16M runtime=2 nfiles=500 pm_files=200 pm_tx=1000 image_size=512M rounds=${ROUNDS:-1}
 else
-  file_size=256M runtime=10 nfiles=20000 pm_files=5000 pm_tx=20000 image_size=2G
+  file_size=256M runtime=10 nfiles=20000 pm_files=5000 pm_tx=20000 image_size=2G rounds=${ROUNDS:-3}
 fi
 drop=${DROP_CACHES:-1}
 targets=(${TARGETS:-host passthrough fuse2fs o2fs})
@@ -206,13 +210,14 @@ mark() { # TARGET STEP
   trail[$1]+="${trail[$1]:+, }$2 $(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status")"
 }
 
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-start=$(date +%s)
-for t in "${targets[@]}"; do
+# one_target TARGET: the whole sequence on a fresh instance; figures go to res[TARGET,row].
+one_target() {
+  local t=$1
   echo "== $t"
+  trail[$t]="" remounted[$t]=""
   if ! mount_target "$t"; then
     fail "$t" mount "could not mount: $(logtail "$work/logs/$t.log" 3)"
-    continue
+    return 0
   fi
   mark "$t" mounted
   echo "  seq write";  run_fio "$t" seqw seq-write write bw_bytes 1048576; mark "$t" "seq write"
@@ -233,6 +238,36 @@ for t in "${targets[@]}"; do
       fail o2fs fsck "fsck.ocfs2 -fn after the run: $(grep -v '^$' "$work/logs/o2fs-fsck.out" | tail -3 | tr '\n' ' ')"
     fi
   fi
+}
+
+median() { # VALUES...: the median of the numbers among them, else the first value (FAIL, n/a)
+  local nums
+  nums=$(printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g) || true
+  [ -n "$nums" ] || { echo "${1:-}"; return; }
+  local n; n=$(echo "$nums" | wc -l)
+  if [ $((n % 2)) = 1 ]; then echo "$nums" | sed -n "$(((n + 1) / 2))p"
+  else echo "$nums" | sed -n "$((n / 2)),$((n / 2 + 1))p" | awk '{ s += $1 } END { printf "%.1f", s / 2 }'; fi
+}
+
+declare -A rounds_of # rounds_of[target,row] = the figures of every round, space-separated
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
+for ((round = 0; round < rounds; round++)); do
+  [ "$rounds" = 1 ] || echo "= round $((round + 1)) of $rounds"
+  for ((i = 0; i < ${#targets[@]}; i++)); do
+    t=${targets[(i + round) % ${#targets[@]}]}
+    one_target "$t"
+    for r in "${rows[@]}"; do
+      [ -z "${res[$t,$r]:-}" ] || rounds_of[$t,$r]+="${rounds_of[$t,$r]:+ }${res[$t,$r]}"
+      unset "res[$t,$r]"
+    done
+  done
+done
+for t in "${targets[@]}"; do
+  for r in "${rows[@]}"; do
+    # shellcheck disable=SC2086 # the figures are words
+    [ -z "${rounds_of[$t,$r]:-}" ] || res[$t,$r]=$(median ${rounds_of[$t,$r]})
+  done
 done
 elapsed=$(($(date +%s) - start))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -259,6 +294,7 @@ table=$(
 )
 notes=$(
   echo "Files of $file_size, fio runtime bound ${runtime}s, images of $image_size; caches dropped before reads: $([ "$drop" = 1 ] && echo yes || echo no)."
+  [ "$rounds" = 1 ] || echo "Each figure is the median of $rounds rounds (fresh instances, order of the targets rotated each round); o2fs's figures per round: $(for r in seqw seqr randw randr; do printf '%s [%s]; ' "$r" "${rounds_of[o2fs,$r]:-}"; done | sed 's/; $//')."
   echo "Ratios are o2fs / peer: above 1 means o2fs is faster, except the RSS rows (above 1: o2fs uses more)."
   echo "Build: $build_note. Run took ${elapsed}s; load average at start $load_start, at end $load_end."
   for r in "${remarks[@]}"; do echo "$r"; done
