@@ -334,7 +334,7 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     let cfg = MountConfig {
         read_only: opts.read_only,
         cache_bytes: opts.cache_bytes,
-        local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
+        local_alloc_bytes: opts.localalloc_mb.map(|mb| (mb as u64) << 20),
         ..Default::default()
     };
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
@@ -430,7 +430,7 @@ fn serve_cluster(
     locks.acquire(LockResource::Super, LockMode::Ex)?;
     let cfg = MountConfig {
         cache_bytes: opts.cache_bytes,
-        local_alloc_bytes: (opts.localalloc_mb as u64) << 20,
+        local_alloc_bytes: opts.localalloc_mb.map(|mb| (mb as u64) << 20),
         node: stack.number as u32,
         live_nodes: Some(stack.members()),
         locks: locks.clone(),

@@ -3,6 +3,7 @@
 //! reverse at unmount (ocfs2-format.md §1.2, §12.1, §13.8). The caller has made sure no other
 //! node is alive on the volume (disk heartbeat, or the cluster's membership).
 
+use super::alloc::local_alloc;
 use super::cache::{MetaCache, MetaSink};
 use super::core::Core;
 use super::error::{FsError, Result};
@@ -27,8 +28,9 @@ pub struct MountConfig {
     /// Cluster locks (LocalLocks for a single-node mount); the mount's own changes are made
     /// under them (the caller holds the super lock exclusive).
     pub locks: Arc<dyn ClusterLocks>,
-    /// Local-alloc window size in bytes (0: allocate from the global bitmap directly).
-    pub local_alloc_bytes: u64,
+    /// Local-alloc window size in bytes (0: allocate from the global bitmap directly; None:
+    /// sized by the volume, `local_alloc::default_window`).
+    pub local_alloc_bytes: Option<u64>,
     /// Cluster mount: the nodes alive in the cluster (this one included). Slots they occupy are
     /// theirs; only other occupied slots are crashes to recover; every metadata block is used
     /// under its cluster lock (`rights`). None: a single-node mount, where every dirty journal
@@ -43,7 +45,7 @@ impl Default for MountConfig {
             cache_bytes: 64 << 20,
             node: 0,
             locks: Arc::new(LocalLocks),
-            local_alloc_bytes: 8 << 20,
+            local_alloc_bytes: None,
             live_nodes: None,
         }
     }
@@ -119,7 +121,10 @@ pub fn mount(dev: Arc<dyn BlockDevice>, cfg: &MountConfig) -> Result<Mounted> {
     let sink = JournalSink::new(journal);
     let mut core = new_core(&vol, sys0, cfg, Some(Box::new(sink)));
     core.sys.slot = slot as u16;
-    core.window_clusters = (cfg.local_alloc_bytes / vol.geo.cluster_size as u64) as u32;
+    core.window_clusters = match cfg.local_alloc_bytes {
+        Some(bytes) => (bytes / vol.geo.cluster_size as u64) as u32,
+        None => local_alloc::default_window(&vol.geo, sb.max_slots as u32),
+    };
     if cfg.live_nodes.is_some() {
         core.cache.set_rights(Rights::cluster(&core.sys, cfg.locks.clone()));
     }

@@ -15,9 +15,9 @@ pub struct MountOptions {
     pub read_only: bool,
     /// commit=SECONDS: how often metadata is made durable.
     pub commit: Duration,
-    /// localalloc=MB: size of the local-alloc window (default 8; 0: allocate from the global
-    /// bitmap).
-    pub localalloc_mb: u32,
+    /// localalloc=MB: size of the local-alloc window (0: allocate from the global bitmap;
+    /// None: sized by the volume as the OCFS2 driver sizes it).
+    pub localalloc_mb: Option<u32>,
     pub errors: ErrorsBehavior,
     /// cache=SIZE: metadata cache bytes.
     pub cache_bytes: usize,
@@ -32,7 +32,7 @@ impl Default for MountOptions {
         MountOptions {
             read_only: false,
             commit: Duration::from_secs(5),
-            localalloc_mb: 8,
+            localalloc_mb: None,
             errors: ErrorsBehavior::RemountRo,
             cache_bytes: 64 << 20,
             allow_other: false,
@@ -72,7 +72,7 @@ impl MountOptions {
                 },
                 "localalloc" => {
                     self.localalloc_mb =
-                        need("megabytes")?.parse().map_err(|_| "localalloc takes a number of MB".to_string())?
+                        Some(need("megabytes")?.parse().map_err(|_| "localalloc takes a number of MB".to_string())?);
                 }
                 "errors" => {
                     self.errors = match need("remount-ro, panic or continue")? {
@@ -107,7 +107,7 @@ mod tests {
         o.parse_into("ro,commit=10,data=writeback,localalloc=8,errors=panic,cache=128M,noatime").unwrap();
         assert!(o.read_only);
         assert_eq!(o.commit, Duration::from_secs(10));
-        assert_eq!((o.localalloc_mb, o.cache_bytes), (8, 128 << 20));
+        assert_eq!((o.localalloc_mb, o.cache_bytes), (Some(8), 128 << 20));
         assert_eq!(o.errors, ErrorsBehavior::Panic);
         assert_eq!(o.kernel, vec!["noatime".to_string()]);
         assert!(o.parse_into("bogus").unwrap_err().contains("bogus"));

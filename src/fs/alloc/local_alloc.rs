@@ -6,7 +6,7 @@
 
 use super::allocator::{alloc_bits, free_clusters};
 use crate::format::inode::{Id2, Inode};
-use crate::format::local_alloc::LocalAlloc;
+use crate::format::local_alloc::{la_bitmap_bytes, LocalAlloc};
 use crate::fs::bitmap;
 use crate::fs::cache::MetaCache;
 use crate::fs::error::{FsError, Result};
@@ -18,6 +18,22 @@ fn window(inode: &mut Inode) -> Result<&mut LocalAlloc> {
         Id2::LocalAlloc(la) => Ok(la),
         _ => Err(FsError::Corrupt { blkno, what: "local alloc inode without a local-alloc bitmap".into() }),
     }
+}
+
+/// The window size a mount gets without `localalloc=`, in clusters, chosen as the OCFS2 kernel
+/// driver chooses it: as much as one global-bitmap group covers, at most 256 MiB, at most an
+/// even share of the volume per slot, and at most what the window's bitmap holds (§7.1). Block sizes whose groups are small keep the old 8 MiB.
+/// A small window makes a busy writer refill often, and on a cluster mount every refill takes
+/// the global bitmap's lock from the other nodes.
+pub fn default_window(geo: &Geometry, slots: u32) -> u32 {
+    const MIB: u64 = 1 << 20;
+    let (bs, cs) = (geo.block_size as u64, geo.cluster_size as u64);
+    if (bs == 512 && cs <= 8192) || (bs == 1024 && cs == 4096) {
+        return (8 * MIB / cs) as u32;
+    }
+    let la_bits = la_bitmap_bytes(geo.block_size) as u64 * 8;
+    let per_slot = geo.total_clusters as u64 / slots.max(1) as u64;
+    [geo.global_cpg() as u64, 256 * MIB / cs, per_slot, la_bits].into_iter().min().unwrap_or(0).max(1) as u32
 }
 
 /// Up to `want` clusters from the window of `la_blkno`, near `goal`, opening or refilling a
@@ -107,4 +123,21 @@ pub fn close(cache: &mut MetaCache, geo: &Geometry, la_blkno: u64, bitmap_blkno:
 pub fn unused(cache: &mut MetaCache, la_blkno: u64) -> Result<u64> {
     let inode = cache.read_inode(la_blkno)?;
     Ok(inode.bitmap_total().saturating_sub(inode.bitmap_used()) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_window_follows_the_volume() {
+        // 4 KiB blocks and clusters, 2 GiB, one slot: the window's bitmap is the limit.
+        assert_eq!(default_window(&Geometry::new(12, 12, 1 << 19), 1), (4096 - 0xD0) * 8);
+        // 64 MiB over 4 slots: an even share each.
+        assert_eq!(default_window(&Geometry::new(12, 12, 1 << 14), 4), 1 << 12);
+        // 1 MiB clusters on 1 TiB: 256 MiB.
+        assert_eq!(default_window(&Geometry::new(12, 20, 1 << 20), 2), 256);
+        // 512-byte blocks with 4 KiB clusters keep the old 8 MiB.
+        assert_eq!(default_window(&Geometry::new(9, 12, 1 << 19), 1), 2048);
+    }
 }
