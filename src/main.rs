@@ -197,8 +197,12 @@ fn main() {
     // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
     // Two arenas keep the daemon's memory close to its caches (many per-thread arenas hold on to
     // freed 4 KiB metadata blocks).
+    // A fixed mmap threshold: buffers of 128 KiB and more (FUSE reads and writes, journal
+    // transactions) are mapped and unmapped on their own; glibc's sliding threshold would
+    // otherwise move them into the heap after the first large free, where they fragment it.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -6,6 +6,7 @@ use super::core::{Core, Time};
 use super::error::{FsError, Result};
 use super::extent_map;
 use super::lock::LockMode;
+use super::read_buf::ReadBuf;
 use super::read_gate::InFlight;
 use crate::dev::BlockDevice;
 use crate::format::extent::{ExtentList, ExtentRec, EXT_UNWRITTEN};
@@ -29,7 +30,7 @@ impl Core {
 
     /// Reads up to `len` bytes at `off` (short at end of file).
     pub fn file_read(&mut self, inode: &Inode, off: u64, len: u64) -> Result<Vec<u8>> {
-        self.read_plan(inode, off, len)?.run()
+        self.read_plan(inode, off, len)?.run().map(ReadBuf::into_vec)
     }
 
     /// What reading up to `len` bytes at `off` takes: the bytes themselves (inline data, end of
@@ -423,13 +424,13 @@ pub enum ReadPlan {
 }
 
 impl ReadPlan {
-    pub fn run(self) -> Result<Vec<u8>> {
+    pub fn run(self) -> Result<ReadBuf> {
         match self {
-            ReadPlan::Ready(data) => Ok(data),
+            ReadPlan::Ready(data) => Ok(ReadBuf::from_vec(data)),
             ReadPlan::Device { dev, len, runs, _in_flight } => {
-                let mut out = vec![0u8; len];
+                let mut out = ReadBuf::zeroed(len);
                 for (at, phys, n) in runs {
-                    dev.read_at(&mut out[at..at + n], phys)?;
+                    dev.read_at(&mut out.as_mut_slice()[at..at + n], phys)?;
                 }
                 Ok(out)
             }

@@ -18,6 +18,7 @@ pub mod lockset;
 pub mod mount;
 pub mod namei;
 pub mod open_locks;
+pub mod read_buf;
 pub mod read_gate;
 pub mod rights;
 pub mod sysfile;
