@@ -149,7 +149,7 @@ run_files() { # TARGET
   if [ "$t" = passthrough ] && [ "$(ulimit -Hn)" -lt $((nfiles + 1000)) ]; then
     # passthrough_ll holds a descriptor per inode the kernel caches; short of that it fails.
     for ph in create stat unlink; do res[$t,$ph]=n/a; done
-    remarks+=("passthrough_ll skips the $nfiles-file workload: it keeps one descriptor open per cached inode and the open-file hard limit here is $(ulimit -Hn), which root may not raise in this container.")
+    [[ " ${remarks[*]} " == *"passthrough_ll skips"* ]] || remarks+=("passthrough_ll skips the $nfiles-file workload: it keeps one descriptor open per cached inode and the open-file hard limit here is $(ulimit -Hn), which root may not raise in this container.")
     return 0
   fi
   DROP_CACHES=$drop timeout -k 10 "$slow_timeout" bench/files.sh "$mnt" "$nfiles" >"$out" 2>"$work/logs/$t-files.err" || rc=$?
