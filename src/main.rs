@@ -344,7 +344,7 @@ fn serve(a: &MountArgs, source: Source, dir: &Path, opts: &MountOptions, mut rea
     let mounted = mount(dev, &cfg).with_context(|| format!("mounting {}", image.display()))?;
     let fs = O2Fuse::new(mounted, opts);
     let unmount_failed = fs.unmount_failed();
-    let session = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&source.name(), opts))
+    let (session, _) = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&source.name(), opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
     ready.done();
     let served = session_result(session.run(), &unmount_failed);
@@ -450,12 +450,15 @@ fn serve_cluster(
     };
     let fs = O2Fuse::new_clustered(mounted, opts, locks.clone());
     let unmount_failed = fs.unmount_failed();
+    let kcache = fs.kernel_cache();
     locks.release(LockResource::Super, LockMode::Ex);
     fs.reap_orphans();
     let admin_mirror = mirror.as_ref().map(|(m, _)| m.clone());
-    stack.serve_admin(&a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node)), admin_mirror)?;
-    let session = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&name, opts))
+    let socket = a.socket.clone().unwrap_or_else(|| o2fs::net::admin::default_socket(node));
+    stack.serve_admin(&socket, admin_mirror, Some(kcache.clone()))?;
+    let (session, notify) = o2fs::fuse::kernel_mount::session(fs, dir, &fuse_config(&name, opts))
         .with_context(|| format!("mounting on {}", dir.display()))?;
+    kcache.bind(session.notifier(), notify);
     ready.done();
     let served = session_result(session.run(), &unmount_failed);
     // After the clean unmount: leave the cluster.

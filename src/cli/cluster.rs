@@ -10,6 +10,7 @@ use o2fs::dev::mirror::driver::Mirror;
 use o2fs::dev::FileDevice;
 use o2fs::dlm::service::{DownconvertHook, LockService, RecoveryHook, ServiceError, TRY_FOR};
 use o2fs::dlm::{Mode, ResName, ResourceDump};
+use o2fs::fuse::kcache::KernelCache;
 use o2fs::net::admin::{self, AdminClient, AdminConn, AdminListener};
 use o2fs::net::NetConfig;
 use serde_json::{json, Value};
@@ -200,13 +201,21 @@ impl Stack {
 
     /// Answers admin requests on `socket` from now on: the cluster's, and the mirror's when
     /// this node runs on one (its status section joins the cluster's; its commands pass
-    /// through). On the mirror the socket is served by the mirror's runtime, which outlives the
+    /// through), and, on a mount, the requests its FUSE adapter served (`mount`). On the mirror
+    /// the socket is served by the mirror's runtime, which outlives the
     /// cluster's: an unmounted node whose replica lingers for its peer still answers.
-    pub fn serve_admin(&self, socket: &Path, mirror: Option<Arc<Mirror>>) -> Result<()> {
+    pub fn serve_admin(
+        &self,
+        socket: &Path,
+        mirror: Option<Arc<Mirror>>,
+        mount: Option<Arc<KernelCache>>,
+    ) -> Result<()> {
         let rt = mirror.as_ref().map_or_else(|| self.rt.handle().clone(), |m| m.runtime().clone());
         let listener = rt.block_on(AdminListener::bind(socket))?;
         let (svc, handle) = (self.svc.clone(), self.handle.clone());
-        rt.spawn(listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), mirror.clone(), conn)));
+        rt.spawn(
+            listener.serve(move |conn| serve_admin(svc.clone(), handle.clone(), mirror.clone(), mount.clone(), conn)),
+        );
         Ok(())
     }
 
@@ -284,7 +293,7 @@ fn up(a: UpArgs) -> Result<()> {
         };
         let recovery = Arc::new(|dead: u8| tracing::info!(dead, "node {dead} is recovered (no filesystem here)"));
         let stack = Stack::start(&a.conf, &a.node.node, &a.join, disk, recovery, None)?;
-        stack.serve_admin(&socket, None)?;
+        stack.serve_admin(&socket, None, None)?;
         ready.done();
         stack.rt.block_on(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -301,7 +310,13 @@ fn up(a: UpArgs) -> Result<()> {
 
 /// Answers one admin client: `status`, `locks`, and `lock` (held until the client closes the
 /// connection or sends `unlock`; if this node fences meanwhile the client is told at once).
-async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mirror: Option<Arc<Mirror>>, mut conn: AdminConn) {
+async fn serve_admin(
+    svc: Arc<LockService>,
+    cluster: ClusterHandle,
+    mirror: Option<Arc<Mirror>>,
+    mount: Option<Arc<KernelCache>>,
+    mut conn: AdminConn,
+) {
     while let Ok(Some(req)) = conn.recv().await {
         let reply = match (req["cmd"].as_str(), &mirror) {
             (Some("status"), _) => {
@@ -313,6 +328,9 @@ async fn serve_admin(svc: Arc<LockService>, cluster: ClusterHandle, mirror: Opti
                 if let Some(m) = &mirror {
                     let section = super::mirror::answer(m, req.clone()).await["mirror"].take();
                     reply["mirror"] = section;
+                }
+                if let Some(k) = &mount {
+                    reply["fuse_requests"] = k.counts.to_json();
                 }
                 reply
             }

@@ -6,6 +6,7 @@
 
 use super::attr::{attr, kind_of_dirent};
 use super::flock::Flocks;
+use super::kcache::KernelCache;
 use super::options::{ErrorsBehavior, MountOptions};
 use super::orphans::{reap_if_unused, reap_orphans};
 use crate::format::inode::{Inode, S_IFMT, S_IFREG};
@@ -26,9 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may keep attributes and names of a single-node mount. A cluster mount
-/// gives no time at all: another node may change anything once this one's lock is gone.
-const TTL: Duration = Duration::from_secs(1);
 const FALLOC_FL_KEEP_SIZE: i32 = 1;
 const FALLOC_FL_PUNCH_HOLE: i32 = 2;
 const SEEK_DATA: i32 = 3;
@@ -54,7 +52,8 @@ pub struct O2Fuse {
     inode_alloc: LockResource,
     /// The lock of this node's local-alloc window, which every change may allocate from.
     local_alloc: LockResource,
-    ttl: Duration,
+    /// What the kernel may cache of the replies, and its invalidation when a lock goes.
+    kcache: Arc<KernelCache>,
     root: u64,
     cluster_size: u64,
     read_only: AtomicBool,
@@ -110,19 +109,19 @@ impl O2Fuse {
         let cluster_size = mounted.core.cs();
         let read_only = mounted.read_only;
         let state = Arc::new(Mutex::new(State { mounted: Some(mounted), open: HashMap::new() }));
+        let kcache = Arc::new(KernelCache::new(cluster.is_some(), root));
         if let Some(locks) = &cluster {
-            register_cluster_callbacks(locks, &state);
+            register_cluster_callbacks(locks, &state, &kcache);
         }
         let stop = Arc::new(AtomicBool::new(false));
         spawn_commit_thread(state.clone(), stop.clone(), opts.commit);
-        let ttl = if cluster.is_some() { Duration::ZERO } else { TTL };
         O2Fuse {
             state,
             flocks: cluster.clone().map(Flocks::new),
             cluster,
             inode_alloc,
             local_alloc,
-            ttl,
+            kcache,
             root,
             cluster_size,
             read_only: AtomicBool::new(read_only),
@@ -136,6 +135,12 @@ impl O2Fuse {
     /// an error instead of reporting a clean unmount.
     pub fn unmount_failed(&self) -> Arc<AtomicBool> {
         self.unmount_failed.clone()
+    }
+
+    /// The kernel caches of this mount: bound to the session once mounted, their counts shown
+    /// by `o2fs status`.
+    pub fn kernel_cache(&self) -> Arc<KernelCache> {
+        self.kcache.clone()
     }
 
     fn blk(&self, ino: INodeNo) -> u64 {
@@ -265,6 +270,14 @@ impl O2Fuse {
     fn entry_attr(&self, inode: &Inode) -> FileAttr {
         attr(self.ino(inode.blkno), inode, self.cluster_size)
     }
+
+    /// Replies the entry of `inode`, whose name the kernel may keep for `name_ttl`
+    /// (`KernelCache::name_ttl`); `looked_up`: a LOOKUP, else a reply that made or linked it.
+    fn reply_entry(&self, reply: ReplyEntry, name_ttl: Duration, inode: &Inode, looked_up: bool) {
+        let ino = self.ino(inode.blkno);
+        let attr_ttl = if looked_up { self.kcache.looked_up(ino) } else { self.kcache.handed_out(ino) };
+        reply.entry_with_ttls(&attr_ttl, &name_ttl, &self.entry_attr(inode), Generation(inode.generation as u64));
+    }
 }
 
 /// Runs `f` as one request on the core: on a cluster mount under the cluster locks of `set`,
@@ -335,8 +348,8 @@ fn attempt<T>(
 /// this node's changes go in place (others read them there next) and, when read rights go
 /// too, what it cached of that inode goes; a dead node's slot is recovered here when the cluster
 /// picks this node to do it.
-fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<State>>) {
-    let st = state.clone();
+fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<State>>, kcache: &Arc<KernelCache>) {
+    let (st, kcache) = (state.clone(), kcache.clone());
     locks.on_downconvert(Box::new(move |res, mode| {
         // The super lock covers only the slot map, which is never cached.
         let (LockResource::InodeMeta { blkno } | LockResource::System { blkno }) = res else { return };
@@ -345,6 +358,11 @@ fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<S
             if let Err(e) = m.yield_lock(blkno, mode != LockMode::Nl) {
                 tracing::error!("checkpoint before giving up {res:?}: {e}");
             }
+        }
+        // The kernel's copies go after ours (a request refilling them meanwhile would read
+        // ours), outside the core's mutex, while local requests wait for the lock.
+        if let (LockResource::InodeMeta { blkno }, LockMode::Nl) = (res, mode) {
+            kcache.lost(blkno);
         }
     }));
     let (st, weak) = (state.clone(), Arc::downgrade(locks));
@@ -435,6 +453,8 @@ impl Filesystem for O2Fuse {
 
     fn destroy(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Unmounted: the kernel caches nothing of ours any more.
+        self.kcache.unbind();
         if let Some(f) = &self.flocks {
             f.unlock_all();
         }
@@ -461,17 +481,24 @@ impl Filesystem for O2Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.kcache.counts.lookup.fetch_add(1, Ordering::Relaxed);
+        let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         match self.with(false, &[meta(parent)], |m, _| m.core.lookup(parent, name.as_bytes())) {
-            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => self.reply_entry(reply, name_ttl, &inode, true),
             Err(e) => reply.error(e),
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.kcache.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.kcache.counts.getattr.fetch_add(1, Ordering::Relaxed);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
-            Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
+            Ok(inode) => reply.attr(&self.kcache.attr_ttl(), &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
     }
@@ -506,7 +533,7 @@ impl Filesystem for O2Fuse {
             ctime: ctime.map(to_time),
         };
         match self.with(true, &[meta(blk)], |m, _| m.core.setattr(blk, change, now)) {
-            Ok(inode) => reply.attr(&self.ttl, &self.entry_attr(&inode)),
+            Ok(inode) => reply.attr(&self.kcache.changed_ttl(), &self.entry_attr(&inode)),
             Err(e) => reply.error(e),
         }
     }
@@ -520,25 +547,27 @@ impl Filesystem for O2Fuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = (mode & !umask & 0o7777) as u16 | (mode as u16 & S_IFMT);
         match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
             m.core.create(parent, name.as_bytes(), mode, rdev as u64, who, Time::now())
         }) {
-            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => self.reply_entry(reply, name_ttl, &inode, false),
             Err(e) => reply.error(e),
         }
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = crate::format::inode::S_IFDIR | (mode & !umask & 0o7777) as u16;
         match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
             m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())
         }) {
-            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => self.reply_entry(reply, name_ttl, &inode, false),
             Err(e) => reply.error(e),
         }
     }
@@ -571,12 +600,13 @@ impl Filesystem for O2Fuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
         match self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
             m.core.symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), who, Time::now())
         }) {
-            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => self.reply_entry(reply, name_ttl, &inode, false),
             Err(e) => reply.error(e),
         }
     }
@@ -613,9 +643,10 @@ impl Filesystem for O2Fuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name_ttl = self.kcache.name_ttl(newparent.0);
         let (blk, np) = (self.blk(ino), self.blk(newparent));
         match self.with(true, &[meta(blk), meta(np)], |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
-            Ok(inode) => reply.entry(&self.ttl, &self.entry_attr(&inode), Generation(inode.generation as u64)),
+            Ok(inode) => self.reply_entry(reply, name_ttl, &inode, false),
             Err(e) => reply.error(e),
         }
     }
@@ -875,7 +906,7 @@ impl Filesystem for O2Fuse {
         });
         match created.and_then(|inode| self.open_inode(inode.blkno, Some(inode.generation))) {
             Ok(inode) => reply.created(
-                &self.ttl,
+                &self.kcache.handed_out(self.ino(inode.blkno)),
                 &self.entry_attr(&inode),
                 Generation(inode.generation as u64),
                 FileHandle(0),

@@ -7,6 +7,7 @@ use fuser::{Config, Filesystem, MountOption, Session, SessionACL};
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -14,15 +15,19 @@ use std::path::Path;
 /// The filesystem type the kernel shows for our mounts.
 pub const FS_TYPE: &str = "fuse.o2fs";
 
-/// Mounts `fs` on `dir` with `config` and returns its session (the INIT handshake done).
-pub fn session<FS: Filesystem>(fs: FS, dir: &Path, config: &Config) -> io::Result<Session<FS>> {
+/// Mounts `fs` on `dir` with `config` and returns its session (the INIT handshake done) and,
+/// when this process opened /dev/fuse itself, a second descriptor of it for the notifications
+/// fuser's `Notifier` cannot send (see `kcache`).
+pub fn session<FS: Filesystem>(fs: FS, dir: &Path, config: &Config) -> io::Result<(Session<FS>, Option<File>)> {
     let Some(fd) = mount(dir, config)? else {
-        return Session::new(fs, dir, config);
+        return Ok((Session::new(fs, dir, config)?, None));
     };
-    Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
+    let notify = fd.try_clone().map(File::from);
+    let session = Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| {
         // The kernel side is mounted but nobody will serve it: take it away again.
         let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
-    })
+    })?;
+    Ok((session, notify.ok()))
 }
 
 /// Opens /dev/fuse and mounts it on `dir`; None when this process may not mount.

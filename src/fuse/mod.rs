@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod attr;
 pub mod flock;
+pub mod kcache;
 pub mod kernel_mount;
 pub mod options;
 mod orphans;

@@ -28,11 +28,16 @@ fn random_port() -> u16 {
 
 /// cluster.conf of `nodes` nodes n0, n1… on `net`.1, `net`.2… and its secret, in `dir`.
 fn write_cluster_conf(dir: &Path, name: &str, net: &str, port: u16, nodes: usize) -> PathBuf {
-    let mut conf = format!("cluster:\n\tnode_count = {nodes}\n\tname = {name}\n\n");
-    for i in 0..nodes {
+    let addresses: Vec<String> = (1..=nodes).map(|i| format!("{net}.{i}")).collect();
+    write_cluster_conf_at(dir, name, &addresses, port)
+}
+
+/// cluster.conf of nodes n0, n1… on `addresses` and its secret, in `dir`.
+fn write_cluster_conf_at(dir: &Path, name: &str, addresses: &[String], port: u16) -> PathBuf {
+    let mut conf = format!("cluster:\n\tnode_count = {}\n\tname = {name}\n\n", addresses.len());
+    for (i, addr) in addresses.iter().enumerate() {
         conf += &format!(
-            "node:\n\tip_port = {port}\n\tip_address = {net}.{}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = {name}\n\n",
-            i + 1
+            "node:\n\tip_port = {port}\n\tip_address = {addr}\n\tnumber = {i}\n\tname = n{i}\n\tcluster = {name}\n\n"
         );
     }
     let path = dir.join("cluster.conf");
@@ -62,9 +67,14 @@ impl Shared {
 
     /// The same with `nodes` nodes on `net`.1, `net`.2, …
     pub fn with_nodes(net: &str, nodes: usize) -> Shared {
+        Shared::at(&(1..=nodes).map(|i| format!("{net}.{i}")).collect::<Vec<_>>())
+    }
+
+    /// The same with a node on each of `addresses`.
+    pub fn at(addresses: &[String]) -> Shared {
         let dir = tempfile::tempdir().unwrap();
         let port = random_port();
-        let conf = write_cluster_conf(dir.path(), &format!("m{port}"), net, port, nodes);
+        let conf = write_cluster_conf_at(dir.path(), &format!("m{port}"), addresses, port);
         let image = dir.path().join("vol.img");
         std::fs::File::create(&image).unwrap().set_len(512 << 20).unwrap();
         let out = run(Command::new(bin("mkfs.o2fs")).args(["-q", "-N", "4", "-F"]).arg(&image));
@@ -77,6 +87,11 @@ impl Shared {
         let args = node_args(self.dir.path(), &self.conf, i);
         let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
+    }
+
+    /// What node `i`'s daemon reports (`o2fs status --json`).
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        status(&self.dir.path().join(format!("n{i}.sock")), i)
     }
 
     /// Unmounts every node (highest first) and judges the image with fsck.ocfs2.
@@ -199,12 +214,7 @@ impl OnMirror {
     }
 
     pub fn status(&self, i: usize) -> serde_json::Value {
-        let reply = o2fs::net::admin::request(
-            &self.socket(i),
-            &serde_json::json!({"cmd": "status"}),
-            std::time::Duration::from_secs(20),
-        );
-        reply.unwrap_or_else(|e| panic!("status of n{i}: {e}"))
+        status(&self.socket(i), i)
     }
 
     pub fn wait_both_in_sync(&self) {
@@ -236,6 +246,13 @@ impl OnMirror {
         let digest = Sha1::digest(read(&self.replica(i)));
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// What the daemon of node `i` answering on `socket` reports (`o2fs status --json`).
+fn status(socket: &Path, i: usize) -> serde_json::Value {
+    let reply =
+        o2fs::net::admin::request(socket, &serde_json::json!({"cmd": "status"}), std::time::Duration::from_secs(20));
+    reply.unwrap_or_else(|e| panic!("status of n{i}: {e}"))
 }
 
 pub fn read(p: &Path) -> Vec<u8> {

@@ -1,0 +1,213 @@
+//! What the kernel may cache of our replies (attributes, names) and how long, and the
+//! invalidations that take it back when a cluster lock goes (shared/docs/DESIGN.md "Kernel caches
+//! through FUSE").
+//!
+//! A single-node mount lets the kernel keep everything for [`TTL`]. A cluster mount lets it keep
+//! as much, but only what a cluster lock of this node covers, and takes it back when this node
+//! loses read rights on that lock (`lost`, from the downconvert callback, before the lock goes):
+//! - attributes of an inode: `FUSE_NOTIFY_INVAL_INODE` with offset -1 (attributes only: it takes
+//!   no page or inode lock, so it cannot wait for a request that waits for the lock). A reply
+//!   the kernel asked for before that invalidation is dropped by the kernel (its `attr_version`
+//!   check), so a reply sent after the lock went cannot leave stale attributes behind — except
+//!   where the kernel skips that check: a reply that makes a new kernel inode (the inode was
+//!   not in the kernel when the invalidation came, it finds nothing to invalidate), and the
+//!   replies of CREATE, MKNOD, MKDIR, SYMLINK, LINK and SETATTR. Those carry attribute TTL 0.
+//! - names: `FUSE_NOTIFY_INC_EPOCH` (Linux 6.16), which makes every name the kernel looked up
+//!   before it stale. Per-name `FUSE_NOTIFY_INVAL_ENTRY` is not used: it takes the directory's
+//!   i_rwsem, which a LOOKUP or CREATE of this node holds while it waits for the very lock being
+//!   given up (a deadlock). The kernel samples the epoch before it sends a request, so a name
+//!   replied after the bump is stale too. Without the epoch notification (older kernels, or no
+//!   descriptor of our own for /dev/fuse), names get TTL 0.
+//! The page cache is not kept on cluster mounts (files open with FOPEN_DIRECT_IO).
+
+use fuser::{INodeNo, Notifier};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long the kernel may keep attributes and names (while the covering lock stays, on a
+/// cluster mount).
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// The kernel's notification code for "names from before are stale" (fuse_notify_code).
+const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+
+/// Requests served, for `o2fs status --json`: how much of the kernel's traffic the caches spare.
+#[derive(Default)]
+pub struct RequestCounts {
+    pub lookup: AtomicU64,
+    pub getattr: AtomicU64,
+}
+
+impl RequestCounts {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lookup": self.lookup.load(Ordering::Relaxed),
+            "getattr": self.getattr.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The channel to the kernel for notifications, once the session is mounted.
+struct Channel {
+    notifier: Notifier,
+    /// Our own descriptor of the session's /dev/fuse, for the notification fuser lacks.
+    epoch: Option<File>,
+}
+
+pub struct KernelCache {
+    clustered: bool,
+    /// The root directory's block (FUSE inode 1).
+    root: u64,
+    channel: Mutex<Option<Channel>>,
+    /// Names may be cached (the kernel takes epoch notifications).
+    names: AtomicBool,
+    /// Lookup counts the kernel holds, per FUSE inode (entry replies minus FORGETs): an inode
+    /// not in here is not in the kernel.
+    known: Mutex<HashMap<u64, u64>>,
+    /// Directories (FUSE inodes) whose names were handed out since the last epoch bump.
+    parents: Mutex<HashSet<u64>>,
+    pub counts: RequestCounts,
+}
+
+impl KernelCache {
+    pub fn new(clustered: bool, root: u64) -> KernelCache {
+        KernelCache {
+            clustered,
+            root,
+            channel: Mutex::new(None),
+            names: AtomicBool::new(!clustered),
+            known: Mutex::default(),
+            parents: Mutex::default(),
+            counts: RequestCounts::default(),
+        }
+    }
+
+    /// The mounted session's channel: invalidations go through it from now on. With `epoch`
+    /// (a descriptor of the session's /dev/fuse) whose epoch notification the kernel takes,
+    /// names are cached too.
+    pub fn bind(&self, notifier: Notifier, epoch: Option<File>) {
+        let epoch = epoch.filter(|f| match inc_epoch(f) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!("the kernel takes no FUSE epoch notification ({e}): names are not cached");
+                false
+            }
+        });
+        self.names.store(!self.clustered || epoch.is_some(), Ordering::SeqCst);
+        *self.channel.lock() = Some(Channel { notifier, epoch });
+    }
+
+    /// The session ends: no more notifications (and our descriptor of /dev/fuse is closed).
+    pub fn unbind(&self) {
+        *self.channel.lock() = None;
+    }
+
+    /// The name TTL of an entry replied under directory `parent` (a FUSE inode). Called before
+    /// the request takes its locks: a loss of `parent`'s lock from then on bumps the epoch.
+    pub fn name_ttl(&self, parent: u64) -> Duration {
+        if !self.names.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        if self.clustered {
+            self.parents.lock().insert(parent);
+        }
+        TTL
+    }
+
+    /// The attribute TTL of a LOOKUP reply for `ino`, which the kernel holds once more.
+    pub fn looked_up(&self, ino: u64) -> Duration {
+        if !self.clustered {
+            return TTL;
+        }
+        let mut known = self.known.lock();
+        let n = known.entry(ino).or_insert(0);
+        *n += 1;
+        if *n > 1 || ino == 1 {
+            TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The attribute TTL of a reply that makes or links an entry for `ino` (CREATE, MKDIR…),
+    /// which the kernel holds once more.
+    pub fn handed_out(&self, ino: u64) -> Duration {
+        if !self.clustered {
+            return TTL;
+        }
+        *self.known.lock().entry(ino).or_insert(0) += 1;
+        Duration::ZERO
+    }
+
+    /// The attribute TTL of a GETATTR reply.
+    pub fn attr_ttl(&self) -> Duration {
+        TTL
+    }
+
+    /// The attribute TTL of a SETATTR reply.
+    pub fn changed_ttl(&self) -> Duration {
+        if self.clustered {
+            Duration::ZERO
+        } else {
+            TTL
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if !self.clustered {
+            return;
+        }
+        let mut known = self.known.lock();
+        if let Some(c) = known.get_mut(&ino) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                known.remove(&ino);
+            }
+        }
+    }
+
+    /// This node is losing read rights on the metadata lock of inode block `blkno`: what the
+    /// kernel caches under it goes. Called from the downconvert callback, before the lock goes,
+    /// never from a FUSE request; takes no lock a request holds.
+    pub fn lost(&self, blkno: u64) {
+        let ino = if blkno == self.root { 1 } else { blkno };
+        let attrs = ino == 1 || self.known.lock().contains_key(&ino);
+        let names = {
+            let mut parents = self.parents.lock();
+            let had = parents.contains(&ino);
+            if had {
+                parents.clear();
+            }
+            had
+        };
+        if !attrs && !names {
+            return;
+        }
+        let channel = self.channel.lock();
+        let Some(ch) = channel.as_ref() else { return };
+        if attrs {
+            if let Err(e) = ch.notifier.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!(ino, "invalidating the kernel's attributes: {e}");
+            }
+        }
+        if let (true, Some(f)) = (names, &ch.epoch) {
+            if let Err(e) = inc_epoch(f) {
+                tracing::warn!("invalidating the kernel's names: {e}");
+            }
+        }
+    }
+}
+
+/// Sends FUSE_NOTIFY_INC_EPOCH: a bare fuse_out_header (len, notification code as error,
+/// unique 0).
+fn inc_epoch(mut dev: &File) -> std::io::Result<()> {
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
+    dev.write_all(&msg)
+}
