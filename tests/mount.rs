@@ -236,6 +236,78 @@ fn namespace_workload(v: &Vol, bs: usize) {
     assert!(r <= 0, "listxattr lists nothing");
 }
 
+/// Runs `script` under sh as `uid`:`uid` with no supplementary groups; its output on failure.
+fn as_user(uid: u32, script: &str) -> Result<String, String> {
+    let id = uid.to_string();
+    let out =
+        run(Command::new("setpriv").args(["--reuid", &id, "--regid", &id, "--clear-groups", "sh", "-ec", script]));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(text(&out))
+    }
+}
+
+/// What other users than root see through `-o allow_other` (default_permissions is on by
+/// default): ownership from the caller, permission bits, sticky directories, set-id bits
+/// dropped by a write of another user, EFBIG past the largest file the format holds.
+#[test]
+fn other_users_get_kernel_filesystem_semantics() {
+    if !have_ocfs2_tools() {
+        return;
+    }
+    let v = Vol::new("4096", "4096", 64 * MIB, &[]);
+    // The test's tempdir must let the users reach the mountpoint.
+    fs::set_permissions(v.mnt.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = Mount::new(&v.img, &v.mnt, "allow_other");
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let (public, private) = (v.p("public"), v.p("private"));
+    fs::create_dir(&public).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let (pd, pv) = (public.display(), private.display());
+
+    // New files and directories belong to the caller.
+    as_user(1000, &format!("umask 022; echo a > {pd}/a; mkdir {pd}/d")).unwrap();
+    for name in ["a", "d"] {
+        let md = fs::metadata(public.join(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1000, 1000), "owner of {name}");
+    }
+    assert_eq!(fs::metadata(public.join("a")).unwrap().mode() & 0o777, 0o644);
+    // Permission bits hold: another user cannot enter a private directory or write a 0644 file.
+    let e = as_user(1000, &format!("ls {pv}")).unwrap_err();
+    assert!(e.contains("Permission denied"), "ls of a 0700 directory: {e}");
+    let e = as_user(1001, &format!("echo b >> {pd}/a")).unwrap_err();
+    assert!(e.contains("Permission denied"), "write to another's 0644 file: {e}");
+    // Sticky directory: only the owner (or the directory's owner) removes or renames an entry.
+    let e = as_user(1001, &format!("rm -f {pd}/a")).unwrap_err();
+    assert!(e.contains("Operation not permitted"), "rm of another's file in a sticky dir: {e}");
+    let e = as_user(1001, &format!("mv {pd}/a {pd}/moved")).unwrap_err();
+    assert!(e.contains("Operation not permitted"), "rename of another's file in a sticky dir: {e}");
+    assert!(public.join("a").exists());
+    as_user(1000, &format!("rm {pd}/a")).unwrap();
+
+    // A write by another user drops set-user-ID and (group-executable) set-group-ID.
+    let shared = public.join("setid");
+    fs::write(&shared, b"x").unwrap();
+    std::os::unix::fs::chown(&shared, Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o6777)).unwrap();
+    as_user(1001, &format!("echo y >> {}", shared.display())).unwrap();
+    assert_eq!(fs::metadata(&shared).unwrap().mode() & 0o7777, 0o777, "set-id bits after another user's write");
+
+    // The largest file: 2^32 - 1 clusters (cluster offsets are 32-bit). A write past it is
+    // EFBIG, up to it works.
+    let f = OpenOptions::new().create(true).write(true).open(v.p("big")).unwrap();
+    let max = ((1u64 << 32) - 1) * 4096;
+    assert_eq!(errno_of(&f.write_at(b"x", max).unwrap_err()), Some(Errno::EFBIG));
+    f.write_at(b"x", max - 1).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), max);
+    drop(f);
+    fs::remove_file(v.p("big")).unwrap();
+    unmount_and_check(m);
+}
+
 fn namespace_after(v: &Vol) {
     let ls = debugfs(&v.img, "ls -l /");
     for name in ["fifo", "null", "loop", "sock", "fast", "long3", "long4", "x3", "attrs"] {
