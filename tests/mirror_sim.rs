@@ -21,7 +21,7 @@ use o2fs::dev::mem::MemDevice;
 use o2fs::dev::mirror::bitmap::BM_BLOCK;
 use o2fs::dev::mirror::config::Protocol;
 use o2fs::dev::mirror::engine::{
-    ConnState, Engine, EngineConfig, Fencing, IoFailure, IoState, Output, Promotion, Repl, Written,
+    ConnState, Engine, EngineConfig, Fencing, IoFailure, IoState, Output, Promotion, Repl, Written, QUICK_WRITE_MAX,
 };
 use o2fs::dev::mirror::meta::{self, MetaArea, Super};
 use o2fs::dev::mirror::proto::Msg;
@@ -40,8 +40,10 @@ struct Replica {
     reached: Mutex<HashSet<u64>>,
     /// Writes fail (a failing disk).
     failing: AtomicBool,
-    /// Writes and flushes that reached it.
-    io: AtomicU64,
+    /// Writes that reached it.
+    writes: AtomicU64,
+    /// Flushes that reached it.
+    flushes: AtomicU64,
 }
 
 impl BlockDevice for Replica {
@@ -52,7 +54,7 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
-        self.io.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         if self.failing.load(Ordering::Relaxed) {
             let source = std::io::Error::other("injected write failure");
             return Err(DevError::Io { op: "write", offset, len: buf.len() as u64, source });
@@ -66,7 +68,7 @@ impl BlockDevice for Replica {
         self.mem.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), DevError> {
-        self.io.fetch_add(1, Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -193,7 +195,8 @@ impl Sim {
                     mem: MemDevice::new(if internal { DATA + meta_len } else { DATA }),
                     reached: Mutex::new(HashSet::new()),
                     failing: AtomicBool::new(false),
-                    io: AtomicU64::new(0),
+                    writes: AtomicU64::new(0),
+                    flushes: AtomicU64::new(0),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -376,16 +379,20 @@ impl Sim {
         }
     }
 
-    /// Delivers a message to node `i` as the driver does: an acknowledgement first through
-    /// `receive_ack` (which the driver's network task calls), and that must touch no disk.
+    /// Delivers a message to node `i` as the driver does: first through `receive_quick` (which
+    /// the driver's network task calls), which must never flush, and write only the data of a
+    /// peer write of at most `QUICK_WRITE_MAX` bytes.
     fn deliver(&mut self, i: usize, msg: Msg) {
         let now = self.now;
         let replica = self.nodes[i].replica.clone();
         let Some(e) = self.nodes[i].engine.as_mut() else { return };
-        let io = replica.io.load(Ordering::Relaxed);
-        match e.receive_ack(now, msg) {
-            Ok(()) if replica.io.load(Ordering::Relaxed) != io => {
-                self.fail(format!("node {i}: receive_ack wrote or flushed the replica"))
+        let small_write = matches!(&msg, Msg::Write { data, .. } if data.len() <= QUICK_WRITE_MAX);
+        let io = || (replica.writes.load(Ordering::Relaxed), replica.flushes.load(Ordering::Relaxed));
+        let (writes, flushes) = io();
+        match e.receive_quick(now, msg) {
+            Ok(()) if io().1 != flushes => self.fail(format!("node {i}: receive_quick flushed the replica")),
+            Ok(()) if io().0 != writes && !small_write => {
+                self.fail(format!("node {i}: receive_quick wrote the replica for a message other than a small write"))
             }
             Ok(()) => {}
             Err(msg) => e.receive(now, msg),
@@ -1025,9 +1032,9 @@ fn hostile_peer_messages_never_panic() {
                 }
                 1 => engine.read(now, i, rng.below(DATA), rng.below(3 * BM_BLOCK)),
                 2 => engine.tick(now),
-                // As the driver: an acknowledgement first through receive_ack.
+                // As the driver: first through receive_quick.
                 _ => {
-                    if let Err(msg) = engine.receive_ack(now, random_msg(&mut rng)) {
+                    if let Err(msg) = engine.receive_quick(now, random_msg(&mut rng)) {
                         engine.receive(now, msg);
                     }
                 }

@@ -4,8 +4,10 @@
 //! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
 //! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
 //! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
-//! through channels. Tokio tasks never block: they send on unbounded channels, and hand an
-//! acknowledgement (no disk I/O) to the engine themselves only when its lock is free at once.
+//! through channels. Tokio tasks never wait for the disk: they send on unbounded channels, and
+//! hand a message to the engine themselves only when its lock is free at once and handling it
+//! flushes nothing ([`Engine::receive_quick`]: an acknowledgement, or the peer's small write,
+//! which goes to the page cache and is acknowledged at once, without waking the engine thread).
 //! A peer message that arrives while a thread holds the engine's lock waits in an inbox, and
 //! that thread hands it to the engine before it lets go ([`Turns`]). The engine side never
 //! awaits: its messages go onto the socket when it takes them at once, else to a sending task.
@@ -115,7 +117,8 @@ struct Turns {
 }
 
 /// Who lets go of the engine's lock: a plain thread, which may do the disk I/O a peer message
-/// needs, or the network task, which may not and passes such messages to the engine thread.
+/// needs, or the network task, which takes only quick ones and passes the rest to the engine
+/// thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Holder {
     Thread,
@@ -140,9 +143,8 @@ impl Turns {
     }
 
     /// Hands the inbox to the engine in order. The engine thread takes a message of a
-    /// connection the engine has not taken up yet (its `Up` is on the way there), one that
-    /// needs disk I/O when the network task holds the lock, and every message after one of
-    /// those.
+    /// connection the engine has not taken up yet (its `Up` is on the way there), one that is
+    /// not quick when the network task holds the lock, and every message after one of those.
     fn take_inbox(&self, core: &mut Core, holder: Holder) {
         let msgs: Vec<(u64, Msg)> = self.inbox.lock().drain(..).collect();
         if msgs.is_empty() {
@@ -160,7 +162,7 @@ impl Turns {
                 core.engine.receive(now, msg);
                 continue;
             } else {
-                match core.engine.receive_ack(now, msg) {
+                match core.engine.receive_quick(now, msg) {
                     Ok(()) => continue,
                     Err(msg) => msg,
                 }
@@ -611,8 +613,8 @@ impl Link {
     }
 }
 
-/// A peer message, from the network task (no disk I/O, no waiting): handed to the engine here
-/// when that needs no disk I/O and the engine is free at once; left in the inbox when a thread
+/// A peer message, from the network task (no waiting for the disk): handed to the engine here
+/// when it is quick and the engine is free at once; left in the inbox when a thread
 /// holds the engine (it takes the message before it lets go); else, or while earlier messages
 /// wait for the engine thread, passed to the engine thread.
 fn take_msg(turns: &Turns, conn: u64, msg: Msg) {

@@ -47,6 +47,7 @@ use super::verify::{self, Verify, VerifyStatus};
 use crate::dev::BlockDevice;
 
 pub use super::config::Fencing;
+pub use messages::QUICK_WRITE_MAX;
 
 /// How a node comes to be primary (DRBD's roles; only a primary writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
