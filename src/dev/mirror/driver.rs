@@ -339,7 +339,8 @@ impl Mirror {
         let turns =
             Arc::new(Turns { core, inbox: Mutex::default(), peer_queued: AtomicUsize::new(0), events: events.clone() });
         let link = Link {
-            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
+            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name))
+                .with_version(super::proto::PROTOCOL_VERSION),
             peer_name: peer.name.clone(),
             peer_addr: SocketAddr::V4(peer.address),
             my_ip: *host.address.ip(),
