@@ -119,3 +119,28 @@ pub(crate) async fn write_all_timed<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large frame leaves with the buffer, a small one as a copy; what follows either is
+    /// still parsed, and a partial frame stays buffered.
+    #[test]
+    fn take_moves_large_frames_out_and_keeps_what_follows() {
+        for digest in [false, true] {
+            let big: Vec<u8> = (0..MOVE_OUT + 5).map(|i| i as u8).collect();
+            let small = frame::encode(Kind::Data, b"after", digest, 1 << 20).unwrap();
+            let mut bytes = vec![0xEE; 3]; // the tail of a frame already taken
+            bytes.extend(frame::encode(Kind::Data, &big, digest, 1 << 20).unwrap());
+            bytes.extend(&small);
+            bytes.extend(&small[..small.len() - 1]);
+            let mut r = FrameReader { buf: bytes, pos: 3 };
+            let f = r.take(1 << 20, digest).unwrap().unwrap();
+            assert_eq!((f.kind, f.body()), (Kind::Data, &big[..]));
+            assert_eq!(r.take(1 << 20, digest).unwrap().unwrap().body(), b"after");
+            assert!(r.take(1 << 20, digest).unwrap().is_none());
+            assert!(r.has_partial());
+        }
+    }
+}
