@@ -13,7 +13,7 @@
 //! failure prints its seed. `O2FS_SIM_SEEDS=N` runs N seeds instead of 2000 (from
 //! `O2FS_SIM_FIRST`, default 0).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -110,6 +110,11 @@ struct ReadRec {
 struct Node {
     engine: Option<Engine>,
     replica: Arc<Replica>,
+    /// Local writes the engine left to their caller (`write_out`), not yet done: (id, offset,
+    /// data). The caller learns of its write only once its local write is done.
+    local_out: Vec<(u64, u64, Arc<Vec<u8>>)>,
+    /// Completions of those writes that came before their local write ended.
+    done_early: HashMap<u64, Result<Written, IoFailure>>,
     meta_dev: Arc<dyn BlockDevice>,
     meta_base: u64,
     fenced: bool,
@@ -143,6 +148,8 @@ struct Sim {
     resync_requests: u64,
     /// Blocks a sync source answered as all zeros.
     zero_blocks: u64,
+    /// Writes whose local write the engine left to the caller.
+    written_out: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
@@ -207,7 +214,15 @@ impl Sim {
                     (Arc::new(MemDevice::new(base + meta_len)), base)
                 };
                 MetaArea::create(meta_dev.clone(), meta_base, &Super::fresh(DATA, AL_SHIFT)).unwrap();
-                Node { engine: None, replica, meta_dev, meta_base, fenced: false }
+                Node {
+                    engine: None,
+                    replica,
+                    local_out: Vec::new(),
+                    done_early: HashMap::new(),
+                    meta_dev,
+                    meta_base,
+                    fenced: false,
+                }
             })
             .collect();
         let mut sim = Sim {
@@ -244,6 +259,7 @@ impl Sim {
             secondary_refusals: 0,
             resync_requests: 0,
             zero_blocks: 0,
+            written_out: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
@@ -333,6 +349,9 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.note(format!("node {i} crashes"));
         self.nodes[i].engine = None;
+        // Local writes under way are cut short: their callers never hear of them.
+        self.nodes[i].local_out.clear();
+        self.nodes[i].done_early.clear();
         let now = self.now;
         for w in self.writes.iter_mut().filter(|w| w.node == i && w.end.is_none()) {
             w.end = Some(now);
@@ -443,6 +462,9 @@ impl Sim {
                 }
                 self.cut(&reason);
             }
+            Output::WriteDone { id, result } if self.nodes[i].local_out.iter().any(|(w, ..)| *w == id) => {
+                self.nodes[i].done_early.insert(id, result);
+            }
             Output::WriteDone { id, result } => {
                 // Only a primary writes (a secondary is not demoted while its writes are pending).
                 if result.is_ok() && self.nodes[i].engine.as_ref().is_some_and(|e| e.status().role != "Primary") {
@@ -514,10 +536,12 @@ impl Sim {
         }
         let first = self.rng.below(BLOCKS);
         let count = (1 + self.rng.below(2)).min(BLOCKS - first);
-        self.issue_write(i, first, count);
+        // Half the random writes leave their local write to the caller (`write_out`).
+        let out = self.rng.below(2) == 0;
+        self.issue_write(i, first, count, out);
     }
 
-    fn issue_write(&mut self, i: usize, first: u64, count: u64) {
+    fn issue_write(&mut self, i: usize, first: u64, count: u64, out: bool) {
         let id = self.writes.len() as u64;
         let mut data = vec![0u8; (count * BM_BLOCK) as usize];
         for block in data.chunks_mut(BM_BLOCK as usize) {
@@ -538,7 +562,36 @@ impl Sim {
         });
         self.note(format!("node {i} write {id} blocks {first}+{count}"));
         let now = self.now;
-        self.engine(i).write(now, id, first * BM_BLOCK, data);
+        // The caller does the local write some steps later.
+        if out {
+            if let Some(data) = self.engine(i).write_out(now, id, first * BM_BLOCK, data) {
+                self.written_out += 1;
+                self.nodes[i].local_out.push((id, first * BM_BLOCK, data));
+            }
+        } else {
+            self.engine(i).write(now, id, first * BM_BLOCK, data);
+        }
+    }
+
+    /// Callers finish some of their local writes (see `write_out`), in any order.
+    fn finish_local_writes(&mut self, i: usize) {
+        let mut k = 0;
+        while k < self.nodes[i].local_out.len() {
+            if self.rng.below(3) != 0 {
+                k += 1;
+                continue;
+            }
+            let (id, offset, data) = self.nodes[i].local_out.remove(k);
+            let result = self.nodes[i].replica.write_at(&data, offset).map_err(|e| IoFailure::Device(e.to_string()));
+            self.note(format!("node {i} write {id}: local write done: {result:?}"));
+            let now = self.now;
+            self.engine(i).local_written(now, id, result.clone());
+            if let Some(done) = self.nodes[i].done_early.remove(&id) {
+                let done = result.and(done);
+                self.output(i, Output::WriteDone { id, result: done });
+            }
+            self.drain();
+        }
     }
 
     fn submit_read(&mut self, i: usize) {
@@ -634,6 +687,9 @@ impl Sim {
             }
         }
         for i in 0..2 {
+            if self.alive(i) {
+                self.finish_local_writes(i);
+            }
             if let Some(e) = self.nodes[i].engine.as_mut() {
                 e.tick(now);
             }
@@ -827,23 +883,26 @@ fn random_faults_never_lose_an_acknowledged_write() {
         }
     };
     let started = std::time::Instant::now();
-    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks) = (0, 0, 0, 0);
+    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks, mut written_out) = (0, 0, 0, 0, 0);
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
         zero_blocks += sim.zero_blocks;
+        written_out += sim.written_out;
         secondary_refusals += sim.secondary_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
         "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
-         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, {:?}",
+         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, \
+         {written_out} local writes left to their callers, {:?}",
         started.elapsed()
     );
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
         assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
+        assert!(written_out > 0, "no local write was left to its caller: write_out went untested");
     }
 }
 
@@ -859,7 +918,7 @@ fn connected_pair(rate: u64) -> Sim {
 
 fn write_blocks(sim: &mut Sim, node: usize, blocks: &[u64]) {
     for &b in blocks {
-        sim.issue_write(node, b, 1);
+        sim.issue_write(node, b, 1, false);
         while sim.writes.last().unwrap().end.is_none() {
             sim.step(1);
         }

@@ -16,7 +16,11 @@ impl Engine {
             (ConnState::Handshake, msg) => {
                 self.protocol_error(format!("unexpected {} during {:?}", msg_name(&msg), self.conn))
             }
-            (ConnState::Connected, msg) => self.on_message(msg),
+            (ConnState::Connected, msg) => {
+                if let Some(msg) = self.hold(msg) {
+                    self.on_message(msg)
+                }
+            }
             // A message of a connection already given up.
             (ConnState::StandAlone | ConnState::Unconnected, _) => {}
         }
@@ -60,7 +64,7 @@ impl Engine {
             }
             Msg::WriteAck { seq } => match self.in_flight.remove(&seq) {
                 Some(r) => {
-                    self.al.complete(r.extents);
+                    self.extents_done(r.id, r.extents);
                     if !r.completed {
                         self.out.push_back(Output::WriteDone { id: r.id, result: Ok(Written::Replicated) });
                     }
