@@ -606,7 +606,9 @@ impl Sim {
     /// Resolves a split brain the way an operator would: discard-my-data on one node. Its
     /// acknowledged writes that never reached the other node are thrown away, by design.
     fn resolve_split_brain(&mut self) {
-        self.demote_second_primary();
+        if self.demote_second_primary() {
+            return;
+        }
         // Either node may be the only one that saw both Hellos before the link went down.
         let refusal = |n: &Node| {
             let e = n.engine.as_ref()?;
@@ -632,24 +634,33 @@ impl Sim {
 
     /// A handshake refused because both nodes are primary (single-primary mode, after a
     /// failover): the operator demotes the one that is not the harness's primary, and connects.
-    fn demote_second_primary(&mut self) {
+    /// Whether the demotion must wait: it is refused while the node's writes are in flight (a
+    /// local write its caller has not finished yet), and is tried again at the next step.
+    fn demote_second_primary(&mut self) -> bool {
         let both = |e: &Engine| e.last_refusal().is_some_and(|r| r.contains("allow-two-primaries is off"));
         if self.dual || !self.alive(0) || !self.alive(1) {
-            return;
+            return false;
         }
         if !self
             .nodes
             .iter()
             .any(|n| n.engine.as_ref().is_some_and(|e| both(e) && e.conn_state() == ConnState::StandAlone))
         {
-            return;
+            return false;
         }
         let now = self.now;
         let other = 1 - self.primary;
-        if self.engine(other).secondary(now).is_ok() {
-            self.note(format!("both primary: node {other} demoted"));
-            for i in 0..2 {
-                self.engine(i).connect(now);
+        match self.engine(other).secondary(now) {
+            Ok(()) => {
+                self.note(format!("both primary: node {other} demoted"));
+                for i in 0..2 {
+                    self.engine(i).connect(now);
+                }
+                false
+            }
+            Err(e) => {
+                self.note(format!("both primary: node {other} not demoted yet: {e}"));
+                true
             }
         }
     }
