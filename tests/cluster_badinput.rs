@@ -125,7 +125,8 @@ fn strangers_and_garbage_on_the_cluster_port_are_refused_and_the_daemon_goes_on(
     }
     // Raw bytes: an unknown frame kind, a frame announcing 1 GiB, a hello cut short by a close,
     // and a hello cut short by a peer that then says nothing.
-    let mut hello_start = vec![0, 0, 0, 100, 1, 0, 1];
+    let mut hello_start = vec![0, 0, 0, 100, 1];
+    hello_start.extend_from_slice(&net::PROTOCOL_VERSION.to_be_bytes());
     hello_start.extend_from_slice(b"cluster:");
     let cases: [(&[u8], bool, &str); 4] = [
         (&[0, 0, 0, 9, 99, 1, 2, 3, 4, 5, 6, 7, 8], false, "unknown frame kind 99"),

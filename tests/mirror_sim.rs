@@ -13,7 +13,7 @@
 //! failure prints its seed. `O2FS_SIM_SEEDS=N` runs N seeds instead of 2000 (from
 //! `O2FS_SIM_FIRST`, default 0).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use o2fs::dev::mem::MemDevice;
 use o2fs::dev::mirror::bitmap::BM_BLOCK;
 use o2fs::dev::mirror::config::Protocol;
 use o2fs::dev::mirror::engine::{
-    ConnState, Engine, EngineConfig, Fencing, IoFailure, IoState, Output, Promotion, Repl, Written,
+    ConnState, Engine, EngineConfig, Fencing, IoFailure, IoState, Output, Promotion, Repl, Written, QUICK_WRITE_MAX,
 };
 use o2fs::dev::mirror::meta::{self, MetaArea, Super};
 use o2fs::dev::mirror::proto::Msg;
@@ -40,8 +40,10 @@ struct Replica {
     reached: Mutex<HashSet<u64>>,
     /// Writes fail (a failing disk).
     failing: AtomicBool,
-    /// Writes and flushes that reached it.
-    io: AtomicU64,
+    /// Writes that reached it.
+    writes: AtomicU64,
+    /// Flushes that reached it.
+    flushes: AtomicU64,
 }
 
 impl BlockDevice for Replica {
@@ -52,7 +54,7 @@ impl BlockDevice for Replica {
         self.mem.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
-        self.io.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         if self.failing.load(Ordering::Relaxed) {
             let source = std::io::Error::other("injected write failure");
             return Err(DevError::Io { op: "write", offset, len: buf.len() as u64, source });
@@ -66,7 +68,7 @@ impl BlockDevice for Replica {
         self.mem.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), DevError> {
-        self.io.fetch_add(1, Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -108,6 +110,11 @@ struct ReadRec {
 struct Node {
     engine: Option<Engine>,
     replica: Arc<Replica>,
+    /// Local writes the engine left to their caller (`write_out`), not yet done: (id, offset,
+    /// data). The caller learns of its write only once its local write is done.
+    local_out: Vec<(u64, u64, Arc<Vec<u8>>)>,
+    /// Completions of those writes that came before their local write ended.
+    done_early: HashMap<u64, Result<Written, IoFailure>>,
     meta_dev: Arc<dyn BlockDevice>,
     meta_base: u64,
     fenced: bool,
@@ -141,6 +148,8 @@ struct Sim {
     resync_requests: u64,
     /// Blocks a sync source answered as all zeros.
     zero_blocks: u64,
+    /// Writes whose local write the engine left to the caller.
+    written_out: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
@@ -193,7 +202,8 @@ impl Sim {
                     mem: MemDevice::new(if internal { DATA + meta_len } else { DATA }),
                     reached: Mutex::new(HashSet::new()),
                     failing: AtomicBool::new(false),
-                    io: AtomicU64::new(0),
+                    writes: AtomicU64::new(0),
+                    flushes: AtomicU64::new(0),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -204,7 +214,15 @@ impl Sim {
                     (Arc::new(MemDevice::new(base + meta_len)), base)
                 };
                 MetaArea::create(meta_dev.clone(), meta_base, &Super::fresh(DATA, AL_SHIFT)).unwrap();
-                Node { engine: None, replica, meta_dev, meta_base, fenced: false }
+                Node {
+                    engine: None,
+                    replica,
+                    local_out: Vec::new(),
+                    done_early: HashMap::new(),
+                    meta_dev,
+                    meta_base,
+                    fenced: false,
+                }
             })
             .collect();
         let mut sim = Sim {
@@ -241,6 +259,7 @@ impl Sim {
             secondary_refusals: 0,
             resync_requests: 0,
             zero_blocks: 0,
+            written_out: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
@@ -330,6 +349,9 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.note(format!("node {i} crashes"));
         self.nodes[i].engine = None;
+        // Local writes under way are cut short: their callers never hear of them.
+        self.nodes[i].local_out.clear();
+        self.nodes[i].done_early.clear();
         let now = self.now;
         for w in self.writes.iter_mut().filter(|w| w.node == i && w.end.is_none()) {
             w.end = Some(now);
@@ -376,16 +398,20 @@ impl Sim {
         }
     }
 
-    /// Delivers a message to node `i` as the driver does: an acknowledgement first through
-    /// `receive_ack` (which the driver's network task calls), and that must touch no disk.
+    /// Delivers a message to node `i` as the driver does: first through `receive_quick` (which
+    /// the driver's network task calls), which must never flush, and write only the data of a
+    /// peer write of at most `QUICK_WRITE_MAX` bytes.
     fn deliver(&mut self, i: usize, msg: Msg) {
         let now = self.now;
         let replica = self.nodes[i].replica.clone();
         let Some(e) = self.nodes[i].engine.as_mut() else { return };
-        let io = replica.io.load(Ordering::Relaxed);
-        match e.receive_ack(now, msg) {
-            Ok(()) if replica.io.load(Ordering::Relaxed) != io => {
-                self.fail(format!("node {i}: receive_ack wrote or flushed the replica"))
+        let small_write = matches!(&msg, Msg::Write { data, .. } if data.len() <= QUICK_WRITE_MAX);
+        let io = || (replica.writes.load(Ordering::Relaxed), replica.flushes.load(Ordering::Relaxed));
+        let (writes, flushes) = io();
+        match e.receive_quick(now, msg) {
+            Ok(()) if io().1 != flushes => self.fail(format!("node {i}: receive_quick flushed the replica")),
+            Ok(()) if io().0 != writes && !small_write => {
+                self.fail(format!("node {i}: receive_quick wrote the replica for a message other than a small write"))
             }
             Ok(()) => {}
             Err(msg) => e.receive(now, msg),
@@ -435,6 +461,9 @@ impl Sim {
                     }
                 }
                 self.cut(&reason);
+            }
+            Output::WriteDone { id, result } if self.nodes[i].local_out.iter().any(|(w, ..)| *w == id) => {
+                self.nodes[i].done_early.insert(id, result);
             }
             Output::WriteDone { id, result } => {
                 // Only a primary writes (a secondary is not demoted while its writes are pending).
@@ -507,10 +536,12 @@ impl Sim {
         }
         let first = self.rng.below(BLOCKS);
         let count = (1 + self.rng.below(2)).min(BLOCKS - first);
-        self.issue_write(i, first, count);
+        // Half the random writes leave their local write to the caller (`write_out`).
+        let out = self.rng.below(2) == 0;
+        self.issue_write(i, first, count, out);
     }
 
-    fn issue_write(&mut self, i: usize, first: u64, count: u64) {
+    fn issue_write(&mut self, i: usize, first: u64, count: u64, out: bool) {
         let id = self.writes.len() as u64;
         let mut data = vec![0u8; (count * BM_BLOCK) as usize];
         for block in data.chunks_mut(BM_BLOCK as usize) {
@@ -531,7 +562,36 @@ impl Sim {
         });
         self.note(format!("node {i} write {id} blocks {first}+{count}"));
         let now = self.now;
-        self.engine(i).write(now, id, first * BM_BLOCK, data);
+        // The caller does the local write some steps later.
+        if out {
+            if let Some(data) = self.engine(i).write_out(now, id, first * BM_BLOCK, data) {
+                self.written_out += 1;
+                self.nodes[i].local_out.push((id, first * BM_BLOCK, data));
+            }
+        } else {
+            self.engine(i).write(now, id, first * BM_BLOCK, data);
+        }
+    }
+
+    /// Callers finish some of their local writes (see `write_out`), in any order.
+    fn finish_local_writes(&mut self, i: usize) {
+        let mut k = 0;
+        while k < self.nodes[i].local_out.len() {
+            if self.rng.below(3) != 0 {
+                k += 1;
+                continue;
+            }
+            let (id, offset, data) = self.nodes[i].local_out.remove(k);
+            let result = self.nodes[i].replica.write_at(&data, offset).map_err(|e| IoFailure::Device(e.to_string()));
+            self.note(format!("node {i} write {id}: local write done: {result:?}"));
+            let now = self.now;
+            self.engine(i).local_written(now, id, result.clone());
+            if let Some(done) = self.nodes[i].done_early.remove(&id) {
+                let done = result.and(done);
+                self.output(i, Output::WriteDone { id, result: done });
+            }
+            self.drain();
+        }
     }
 
     fn submit_read(&mut self, i: usize) {
@@ -546,7 +606,9 @@ impl Sim {
     /// Resolves a split brain the way an operator would: discard-my-data on one node. Its
     /// acknowledged writes that never reached the other node are thrown away, by design.
     fn resolve_split_brain(&mut self) {
-        self.demote_second_primary();
+        if self.demote_second_primary() {
+            return;
+        }
         // Either node may be the only one that saw both Hellos before the link went down.
         let refusal = |n: &Node| {
             let e = n.engine.as_ref()?;
@@ -572,24 +634,33 @@ impl Sim {
 
     /// A handshake refused because both nodes are primary (single-primary mode, after a
     /// failover): the operator demotes the one that is not the harness's primary, and connects.
-    fn demote_second_primary(&mut self) {
+    /// Whether the demotion must wait: it is refused while the node's writes are in flight (a
+    /// local write its caller has not finished yet), and is tried again at the next step.
+    fn demote_second_primary(&mut self) -> bool {
         let both = |e: &Engine| e.last_refusal().is_some_and(|r| r.contains("allow-two-primaries is off"));
         if self.dual || !self.alive(0) || !self.alive(1) {
-            return;
+            return false;
         }
         if !self
             .nodes
             .iter()
             .any(|n| n.engine.as_ref().is_some_and(|e| both(e) && e.conn_state() == ConnState::StandAlone))
         {
-            return;
+            return false;
         }
         let now = self.now;
         let other = 1 - self.primary;
-        if self.engine(other).secondary(now).is_ok() {
-            self.note(format!("both primary: node {other} demoted"));
-            for i in 0..2 {
-                self.engine(i).connect(now);
+        match self.engine(other).secondary(now) {
+            Ok(()) => {
+                self.note(format!("both primary: node {other} demoted"));
+                for i in 0..2 {
+                    self.engine(i).connect(now);
+                }
+                false
+            }
+            Err(e) => {
+                self.note(format!("both primary: node {other} not demoted yet: {e}"));
+                true
             }
         }
     }
@@ -627,6 +698,9 @@ impl Sim {
             }
         }
         for i in 0..2 {
+            if self.alive(i) {
+                self.finish_local_writes(i);
+            }
             if let Some(e) = self.nodes[i].engine.as_mut() {
                 e.tick(now);
             }
@@ -820,23 +894,26 @@ fn random_faults_never_lose_an_acknowledged_write() {
         }
     };
     let started = std::time::Instant::now();
-    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks) = (0, 0, 0, 0);
+    let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks, mut written_out) = (0, 0, 0, 0, 0);
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
         zero_blocks += sim.zero_blocks;
+        written_out += sim.written_out;
         secondary_refusals += sim.secondary_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
         "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
-         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, {:?}",
+         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, \
+         {written_out} local writes left to their callers, {:?}",
         started.elapsed()
     );
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
         assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
+        assert!(written_out > 0, "no local write was left to its caller: write_out went untested");
     }
 }
 
@@ -852,7 +929,7 @@ fn connected_pair(rate: u64) -> Sim {
 
 fn write_blocks(sim: &mut Sim, node: usize, blocks: &[u64]) {
     for &b in blocks {
-        sim.issue_write(node, b, 1);
+        sim.issue_write(node, b, 1, false);
         while sim.writes.last().unwrap().end.is_none() {
             sim.step(1);
         }
@@ -1025,9 +1102,9 @@ fn hostile_peer_messages_never_panic() {
                 }
                 1 => engine.read(now, i, rng.below(DATA), rng.below(3 * BM_BLOCK)),
                 2 => engine.tick(now),
-                // As the driver: an acknowledgement first through receive_ack.
+                // As the driver: first through receive_quick.
                 _ => {
-                    if let Err(msg) = engine.receive_ack(now, random_msg(&mut rng)) {
+                    if let Err(msg) = engine.receive_quick(now, random_msg(&mut rng)) {
                         engine.receive(now, msg);
                     }
                 }

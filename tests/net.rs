@@ -176,6 +176,28 @@ async fn service_mismatch_refused() {
     }
 }
 
+/// Two builds whose messages of a service differ refuse each other, and both name both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_version_mismatch_refused_naming_both_versions() {
+    init_log();
+    let mut s = end("alpha", "mirror:mail_data");
+    s.id = s.id.with_version(3);
+    let mut c = end("beta", "mirror:mail_data");
+    c.id = c.id.with_version(2);
+    let (s, c) = pair(s, c).await;
+    let se = s.err().expect("a different message version was accepted");
+    assert!(
+        matches!(&se, NetError::Refused { reason: Refusal::ServiceVersionMismatch { ours: 3, theirs: 2, .. }, .. }),
+        "{se}"
+    );
+    let ce = c.err().expect("a different message version was accepted");
+    assert!(
+        matches!(&ce, NetError::Refused { reason: Refusal::ServiceVersionMismatch { ours: 2, theirs: 3, .. }, .. }),
+        "{ce}"
+    );
+    assert!(ce.to_string().contains("ours 2, the peer's 3"), "{ce}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_node_refused_by_the_accept_predicate() {
     init_log();
@@ -247,7 +269,8 @@ async fn garbage_on_the_port_is_refused_cleanly() {
         let mut junk = Rng::new(seed).bytes(2048);
         if seed % 2 == 1 {
             // A plausible Hello header (length, kind, version) so the body decoder is reached.
-            junk[..7].copy_from_slice(&[0, 0, 0, 200, 1, 0, 1]);
+            junk[..5].copy_from_slice(&[0, 0, 0, 200, 1]);
+            junk[5..7].copy_from_slice(&net::PROTOCOL_VERSION.to_be_bytes());
         }
         let _ = raw.write_all(&junk).await;
         let (r, took) = h.await.unwrap();

@@ -32,6 +32,10 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+    /// Starts writing `[offset, offset+len)` back to stable storage without waiting for it, so
+    /// that a later `flush` has less left to do. Best effort: a failure shows at that flush.
+    /// Backends without a cache of their own have nothing to do.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// Makes `[offset, offset+len)` read as zeros. Backends override this with something
     /// cheaper than writing zeros (a hole punch).
     fn zero_range(&self, offset: u64, len: u64) -> Result<()> {

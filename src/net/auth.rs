@@ -2,9 +2,10 @@
 //!
 //! Symmetric; both sides run the same steps, each bounded by the handshake timeout:
 //! 1. send Hello: protocol version (be16, checked before the rest is decoded), service
-//!    ("mirror:mail_data", "cluster:mailclu"), node name, 20 random nonce bytes, whether a secret
-//!    is configured, whether data-integrity digests are on.
-//! 2. read the peer's Hello and check, in order: version, service, both secured or both not,
+//!    ("mirror:mail_data", "cluster:mailclu") and the version of its messages, node name, 20
+//!    random nonce bytes, whether a secret is configured, whether data-integrity digests are on.
+//! 2. read the peer's Hello and check, in order: version, service, the service's version (two
+//!    builds whose messages differ refuse each other, naming both versions), both secured or not,
 //!    same data-integrity, a name other than ours and a nonce other than ours, then the caller's
 //!    `accept(name, addr)`.
 //! 3. with a secret, send Proof = HMAC-SHA1(secret, their_nonce || my_nonce || service ||
@@ -30,8 +31,9 @@ use super::frame::{self, Kind};
 use super::stream::{write_all_timed, FrameReader, OwnedFrame};
 use super::{NetConfig, NetError};
 
-/// Version of this handshake and of the frames after it.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this handshake and of the frames after it (2: the Hello carries the service's
+/// version).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Handshake frames are small; anything larger is garbage.
 const HANDSHAKE_MAX_FRAME: u32 = 4096;
 /// Longest node or service name.
@@ -41,16 +43,24 @@ const REASON_MAX: usize = 512;
 /// How long a refusing side waits for the peer to read its refusal and close.
 const LINGER: Duration = Duration::from_millis(500);
 
-/// Who this side is: its node name and the service it offers or wants.
+/// Who this side is: its node name, the service it offers or wants, and the version of that
+/// service's messages (both sides must run the same).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub node: String,
     pub service: String,
+    pub version: u16,
 }
 
 impl Identity {
+    /// Version 0 of the service's messages (see [`Identity::with_version`]).
     pub fn new(node: impl Into<String>, service: impl Into<String>) -> Identity {
-        Identity { node: node.into(), service: service.into() }
+        Identity { node: node.into(), service: service.into(), version: 0 }
+    }
+
+    /// The same, speaking version `version` of the service's messages.
+    pub fn with_version(self, version: u16) -> Identity {
+        Identity { version, ..self }
     }
 }
 
@@ -71,6 +81,10 @@ pub enum Refusal {
     UnknownNode { name: String, addr: SocketAddr },
     #[error("service mismatch: this side is {ours:?}, the peer is {theirs:?}")]
     ServiceMismatch { ours: String, theirs: String },
+    #[error(
+        "{service:?} message version mismatch: ours {ours}, the peer's {theirs} (run the same o2fs release on both nodes)"
+    )]
+    ServiceVersionMismatch { service: String, ours: u16, theirs: u16 },
     #[error("protocol version mismatch: ours {ours}, the peer's {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("authentication mismatch: {0} (configure a secret on both sides, or on neither)")]
@@ -84,6 +98,7 @@ pub enum Refusal {
 #[derive(Debug, Serialize, Deserialize)]
 struct HelloBody {
     service: String,
+    service_version: u16,
     node: String,
     nonce: [u8; 20],
     secured: bool,
@@ -119,7 +134,7 @@ impl Side<'_> {
             .await?
             .ok_or(NetError::Eof { peer, during })?;
         if f.kind == Kind::Refusal {
-            let mut reason = frame::decode_msg::<String>(&f.body).unwrap_or_else(|_| "<undecodable reason>".into());
+            let mut reason = frame::decode_msg::<String>(f.body()).unwrap_or_else(|_| "<undecodable reason>".into());
             reason.truncate(reason.char_indices().nth(REASON_MAX).map_or(reason.len(), |(i, _)| i));
             warn!(%peer, %reason, "network peer refused us");
             return Err(NetError::RefusedByPeer { peer, reason });
@@ -208,6 +223,7 @@ async fn run(
     // 1. Hello.
     let hello = HelloBody {
         service: me.service.clone(),
+        service_version: me.version,
         node: me.node.clone(),
         nonce,
         secured: secret.is_some(),
@@ -221,7 +237,7 @@ async fn run(
     // 2. The peer's Hello.
     let f = side.read("reading the peer's hello").await?;
     side.require(&f, Kind::Hello)?;
-    let Some((v, rest)) = f.body.split_first_chunk::<2>() else {
+    let Some((v, rest)) = f.body().split_first_chunk::<2>() else {
         return Err(NetError::Protocol { peer, detail: "hello without a version".into() });
     };
     let theirs = u16::from_be_bytes(*v);
@@ -231,6 +247,10 @@ async fn run(
     let h: HelloBody = frame::decode_msg(rest).map_err(|source| NetError::Frame { peer, source })?;
     if h.service != me.service {
         return Err(side.refuse(Refusal::ServiceMismatch { ours: me.service.clone(), theirs: h.service }).await);
+    }
+    if h.service_version != me.version {
+        let (service, ours, theirs) = (me.service.clone(), me.version, h.service_version);
+        return Err(side.refuse(Refusal::ServiceVersionMismatch { service, ours, theirs }).await);
     }
     match (secret.is_some(), h.secured) {
         (true, false) => return Err(side.refuse(Refusal::AuthMismatch("the peer has no shared secret")).await),
@@ -256,7 +276,7 @@ async fn run(
             let f = side.read("reading the peer's proof").await?;
             side.require(&f, Kind::Proof)?;
             let expected = proof_mac(secret, &nonce, &h.nonce, &me.service, &h.node);
-            if expected.verify_slice(&f.body).is_err() {
+            if expected.verify_slice(f.body()).is_err() {
                 return Err(side.refuse(Refusal::WrongSecret).await);
             }
         }

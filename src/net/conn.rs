@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use super::auth::{self, AcceptFn, Identity};
 use super::frame::{self, Kind};
-use super::stream::{write_all_timed, FrameReader};
+use super::stream::{write_all_timed, FrameReader, OwnedFrame};
 use super::{NetConfig, NetError};
 
 /// Bytes of received, not yet `recv`ed data a connection may hold (at least one frame).
@@ -104,7 +104,7 @@ struct WriterState {
 }
 
 enum Inbound {
-    Msg(Vec<u8>, OwnedSemaphorePermit),
+    Msg(OwnedFrame, OwnedSemaphorePermit),
     Failed(NetError),
 }
 
@@ -301,8 +301,8 @@ impl ConnReceiver {
         }
         match self.inbox.recv().await {
             None => Ok(None),
-            Some(Inbound::Msg(body, _permit)) => {
-                frame::decode_msg(&body).map(Some).map_err(|source| NetError::Frame { peer, source })
+            Some(Inbound::Msg(f, _permit)) => {
+                frame::decode_msg(f.body()).map(Some).map_err(|source| NetError::Frame { peer, source })
             }
             Some(Inbound::Failed(e)) => {
                 self.failed = Some(e.to_string());
@@ -405,9 +405,9 @@ async fn read_loop(
         {
             match f.kind {
                 Kind::Data => {
-                    let cost = (f.body.len() + MSG_OVERHEAD).min(INBOX_BYTES) as u32;
+                    let cost = (f.body().len() + MSG_OVERHEAD).min(INBOX_BYTES) as u32;
                     let Ok(permit) = shared.budget.clone().acquire_many_owned(cost).await else { return Ok(GONE) };
-                    if tx.send(Inbound::Msg(f.body, permit)).is_err() {
+                    if tx.send(Inbound::Msg(f, permit)).is_err() {
                         return Ok(GONE);
                     }
                 }

@@ -128,11 +128,19 @@ pub fn encode(kind: Kind, body: &[u8], digest: bool, max: u32) -> Result<Vec<u8>
     seal(out, digest, max)
 }
 
-/// Encode a frame of `kind` whose body is `msg` in bincode.
+/// Encode a frame of `kind` whose body is `msg` in bincode, into a buffer of the final size
+/// (measured first: growing it would copy a large body again).
 pub fn encode_msg<T: Serialize + ?Sized>(kind: Kind, msg: &T, digest: bool, max: u32) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0, 0, 0, 0, kind as u8];
-    bincode::serde::encode_into_std_write(msg, &mut out, bincode::config::standard())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let encode_err = |e: bincode::error::EncodeError| FrameError::Encode(e.to_string());
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut size, bincode::config::standard()).map_err(encode_err)?;
+    let len = 1 + size.bytes_written as u64 + if digest { DIGEST_LEN as u64 } else { 0 };
+    if len > max as u64 {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + len as usize);
+    out.extend_from_slice(&[0, 0, 0, 0, kind as u8]);
+    bincode::serde::encode_into_std_write(msg, &mut out, bincode::config::standard()).map_err(encode_err)?;
     seal(out, digest, max)
 }
 

@@ -4,8 +4,10 @@
 //! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
 //! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
 //! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
-//! through channels. Tokio tasks never block: they send on unbounded channels, and hand an
-//! acknowledgement (no disk I/O) to the engine themselves only when its lock is free at once.
+//! through channels. Tokio tasks never wait for the disk: they send on unbounded channels, and
+//! hand a message to the engine themselves only when its lock is free at once and handling it
+//! flushes nothing ([`Engine::receive_quick`]: an acknowledgement, or the peer's small write,
+//! which goes to the page cache and is acknowledged at once, without waking the engine thread).
 //! A peer message that arrives while a thread holds the engine's lock waits in an inbox, and
 //! that thread hands it to the engine before it lets go ([`Turns`]). The engine side never
 //! awaits: its messages go onto the socket when it takes them at once, else to a sending task.
@@ -14,7 +16,9 @@
 //! caller runs its request itself rather than handing it to the engine thread, then blocks on a
 //! reply channel until the request completes — at once for a local read or a degraded write, on
 //! the peer's ack otherwise; an ack that arrives while the caller still holds the engine (its
-//! local write, the flush that follows) is taken by the caller itself.
+//! local write, the flush that follows) is taken by the caller itself. A large write's local
+//! part runs in its caller's thread after it let go of the engine (`Engine::write_out`), so
+//! large writes of different callers reach the replica at once.
 //!
 //! Connections: both nodes listen on their `address`; the node listed first in the resource file
 //! connects (one connection at a time, no crossing attempts). Every connection is authenticated
@@ -115,7 +119,8 @@ struct Turns {
 }
 
 /// Who lets go of the engine's lock: a plain thread, which may do the disk I/O a peer message
-/// needs, or the network task, which may not and passes such messages to the engine thread.
+/// needs, or the network task, which takes only quick ones and passes the rest to the engine
+/// thread.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Holder {
     Thread,
@@ -140,9 +145,8 @@ impl Turns {
     }
 
     /// Hands the inbox to the engine in order. The engine thread takes a message of a
-    /// connection the engine has not taken up yet (its `Up` is on the way there), one that
-    /// needs disk I/O when the network task holds the lock, and every message after one of
-    /// those.
+    /// connection the engine has not taken up yet (its `Up` is on the way there), one that is
+    /// not quick when the network task holds the lock, and every message after one of those.
     fn take_inbox(&self, core: &mut Core, holder: Holder) {
         let msgs: Vec<(u64, Msg)> = self.inbox.lock().drain(..).collect();
         if msgs.is_empty() {
@@ -160,7 +164,7 @@ impl Turns {
                 core.engine.receive(now, msg);
                 continue;
             } else {
-                match core.engine.receive_ack(now, msg) {
+                match core.engine.receive_quick(now, msg) {
                     Ok(()) => continue,
                     Err(msg) => msg,
                 }
@@ -337,7 +341,8 @@ impl Mirror {
         let turns =
             Arc::new(Turns { core, inbox: Mutex::default(), peer_queued: AtomicUsize::new(0), events: events.clone() });
         let link = Link {
-            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name)),
+            me: Identity::new(opts.node.clone(), format!("mirror:{}", res.name))
+                .with_version(super::proto::PROTOCOL_VERSION),
             peer_name: peer.name.clone(),
             peer_addr: SocketAddr::V4(peer.address),
             my_ip: *host.address.ip(),
@@ -611,8 +616,8 @@ impl Link {
     }
 }
 
-/// A peer message, from the network task (no disk I/O, no waiting): handed to the engine here
-/// when that needs no disk I/O and the engine is free at once; left in the inbox when a thread
+/// A peer message, from the network task (no waiting for the disk): handed to the engine here
+/// when it is quick and the engine is free at once; left in the inbox when a thread
 /// holds the engine (it takes the message before it lets go); else, or while earlier messages
 /// wait for the engine thread, passed to the engine thread.
 fn take_msg(turns: &Turns, conn: u64, msg: Msg) {
@@ -737,15 +742,21 @@ pub struct MirrorDevice {
     size: u64,
 }
 
+/// A write of this size or more goes to the local replica from its caller's thread outside the
+/// engine's lock ([`Engine::write_out`]), so that large writes of different callers overlap.
+const WRITE_OUT_MIN: usize = 64 << 10;
+
 impl MirrorDevice {
-    /// Runs `submit` on the engine, then `unlocked` without the engine's lock, then hands out
-    /// the engine's outputs and ticks; waits for the request's completion.
-    fn call<T>(
+    /// Runs `submit` on the engine, then `unlocked` without the engine's lock — the local write
+    /// `submit` left to this thread, if any, whose outcome goes back to the engine — then hands
+    /// out the engine's outputs and ticks; waits for the request's completion (and fails it if
+    /// its local write failed).
+    fn call<T, L>(
         &self,
         (op, offset, len): (&'static str, u64, u64),
         waiter: impl FnOnce(mpsc::Sender<Result<T, IoFailure>>) -> Waiter,
-        submit: impl FnOnce(&mut Engine, u64, u64),
-        unlocked: impl FnOnce(),
+        submit: impl FnOnce(&mut Engine, u64, u64) -> L,
+        unlocked: impl FnOnce(L) -> Option<Result<(), IoFailure>>,
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
         let fail = |e: IoFailure| {
@@ -764,19 +775,23 @@ impl MirrorDevice {
         let id = core.next_id;
         core.waiters.insert(id, waiter(reply));
         let now = core.now();
-        submit(&mut core.engine, now, id);
+        let left = submit(&mut core.engine, now, id);
         self.turns.release(core, Holder::Thread);
-        unlocked();
+        let local = unlocked(left);
         let mut core = self.turns.core.lock();
         // Stopped meanwhile: the waiter is gone, and `recv` says so.
         if !core.stopped {
             let now = core.now();
+            if let Some(result) = &local {
+                core.engine.local_written(now, id, result.clone());
+            }
             core.settle(now);
         }
         self.turns.release(core, Holder::Thread);
-        match rx.recv() {
-            Ok(r) => r.map_err(fail),
-            Err(_) => Err(stopped()),
+        match (rx.recv(), local) {
+            (Ok(Ok(_)), Some(Err(e))) => Err(fail(e)),
+            (Ok(r), _) => r.map_err(fail),
+            (Err(_), _) => Err(stopped()),
         }
     }
 }
@@ -788,22 +803,36 @@ impl BlockDevice for MirrorDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::dev::Result<()> {
         let len = buf.len() as u64;
-        let data = self.call(("read", offset, len), Waiter::Read, |e, now, id| e.read(now, id, offset, len), || {})?;
+        let read = |e: &mut Engine, now, id| e.read(now, id, offset, len);
+        let data = self.call(("read", offset, len), Waiter::Read, read, |()| None)?;
         buf.copy_from_slice(&data);
         Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> crate::dev::Result<()> {
         let data = buf.to_vec();
-        let write = |e: &mut Engine, now, id| e.write(now, id, offset, data);
-        self.call(("write", offset, buf.len() as u64), Waiter::Write, write, || {}).map(|_| ())
+        let out = buf.len() >= WRITE_OUT_MIN;
+        let write = |e: &mut Engine, now, id| match out {
+            true => e.write_out(now, id, offset, data),
+            false => {
+                e.write(now, id, offset, data);
+                None
+            }
+        };
+        let local = |left: Option<Arc<Vec<u8>>>| {
+            left.map(|data| self.replica.write_at(&data, offset).map_err(|e| IoFailure::Device(e.to_string())))
+        };
+        self.call(("write", offset, buf.len() as u64), Waiter::Write, write, local).map(|_| ())
     }
 
     /// The engine asks the peer to flush; meanwhile the local replica's fdatasync runs here,
     /// outside the engine's lock, so that the peer's answer is taken at once; the engine's own
     /// flush of the replica then finds it clean (an error of this one comes again from that one).
     fn flush(&self) -> crate::dev::Result<()> {
-        let replica = || drop(self.replica.flush());
+        let replica = |()| {
+            drop(self.replica.flush());
+            None
+        };
         self.call(("flush", 0, 0), Waiter::Flush, |e, now, id| e.flush(now, id), replica)
     }
 }
@@ -812,22 +841,35 @@ impl BlockDevice for MirrorDevice {
 mod tests {
     use super::*;
 
+    /// Resource `r` of nodes a and b at `ips` (a port of a's), with `net` options, and their
+    /// disks of `size` bytes in `dir`.
+    fn resource(dir: &Path, ips: [&str; 2], net: &str, size: u64) -> ResourceConfig {
+        let port = std::net::TcpListener::bind((ips[0], 0)).unwrap().local_addr().unwrap().port();
+        let d = dir.display();
+        let [ip_a, ip_b] = ips;
+        let text = format!(
+            "resource r {{ protocol C; net {{ cram-hmac-alg sha1; shared-secret \"s\"; {net} }}\n\
+             on a {{ device /dev/o2fs0; disk {d}/a.img; address {ip_a}:{port}; meta-disk {d}/a.meta[0]; }}\n\
+             on b {{ device /dev/o2fs0; disk {d}/b.img; address {ip_b}:{port}; meta-disk {d}/b.meta[0]; }} }}\n"
+        );
+        for f in ["a.img", "b.img"] {
+            std::fs::File::create(dir.join(f)).unwrap().set_len(size).unwrap();
+        }
+        super::super::config::parse(&text, &dir.join("r.res")).unwrap().remove(0)
+    }
+
+    fn start(res: &ResourceConfig, node: &str) -> Mirror {
+        let opts = MirrorOptions { node: node.into(), net: NetConfig::default(), fencing: Fencing::DontCare };
+        Mirror::start(res, opts).unwrap()
+    }
+
     /// A node alone: its writes complete degraded, in the caller's thread; once the mirror is
     /// dropped, a device it handed out fails its requests instead of waiting forever.
     #[test]
     fn a_device_outliving_its_mirror_fails_its_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.40.1:0").unwrap().local_addr().unwrap().port();
-        let d = dir.path().display();
-        let text = format!(
-            "resource r {{ protocol C; net {{ cram-hmac-alg sha1; shared-secret \"s\"; }}\n\
-             on a {{ device /dev/o2fs0; disk {d}/a.img; address 127.0.40.1:{port}; meta-disk {d}/a.meta[0]; }}\n\
-             on b {{ device /dev/o2fs0; disk {d}/b.img; address 127.0.40.2:{port}; meta-disk {d}/b.meta[0]; }} }}\n"
-        );
-        let res = super::super::config::parse(&text, &dir.path().join("r.res")).unwrap().remove(0);
-        std::fs::File::create(dir.path().join("a.img")).unwrap().set_len(1 << 20).unwrap();
-        let opts = MirrorOptions { node: "a".into(), net: NetConfig::default(), fencing: Fencing::DontCare };
-        let mirror = Mirror::start(&res, opts).unwrap();
+        let res = resource(dir.path(), ["127.0.40.1", "127.0.40.2"], "", 1 << 20);
+        let mirror = start(&res, "a");
         let dev = mirror.device();
         dev.write_at(&[7; 4096], 8192).unwrap();
         dev.flush().unwrap();
@@ -836,6 +878,48 @@ mod tests {
         assert_eq!(back, [7; 4096]);
         drop(mirror);
         assert!(dev.write_at(&[1; 4096], 0).unwrap_err().to_string().contains("stopped"));
+    }
+
+    fn established_and_quiet(m: &Mirror) -> bool {
+        let s = &m.admin(&json!({"cmd": "status"}))["mirror"];
+        s["replication"] == "Established" && s["quiet"] == true
+    }
+
+    /// Both nodes of a connected pair write 1 MiB blocks at once from several threads each (their
+    /// local writes run outside the engine's lock), to ranges that overlap across the nodes and
+    /// across each node's own threads: once quiet, the two replicas are equal.
+    #[test]
+    fn large_writes_from_both_nodes_at_once_leave_equal_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resource(dir.path(), ["127.0.0.46", "127.0.0.47"], "allow-two-primaries;", 16 << 20);
+        let (a, b) = (start(&res, "a"), start(&res, "b"));
+        while !(established_and_quiet(&a) && established_and_quiet(&b)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::scope(|s| {
+            for (n, m) in [&a, &b].into_iter().enumerate() {
+                for t in 0..3u64 {
+                    let dev = m.device();
+                    s.spawn(move || {
+                        for i in 0..20u64 {
+                            // 1 MiB at a 256 KiB step within 4 MiB: overlaps everywhere.
+                            let offset = ((i * 3 + t) % 13) << 18;
+                            let fill = (n as u64 * 100 + t * 20 + i) as u8;
+                            dev.write_at(&vec![fill; 1 << 20], offset).unwrap();
+                        }
+                    });
+                }
+            }
+        });
+        while !(established_and_quiet(&a) && established_and_quiet(&b)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let read = |m: &Mirror| {
+            let mut buf = vec![0; 4 << 20];
+            m.replica.read_at(&mut buf, 0).unwrap();
+            buf
+        };
+        assert!(read(&a) == read(&b), "the replicas differ after concurrent large writes");
     }
 
     #[test]

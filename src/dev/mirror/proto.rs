@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::generation::GenIds;
 
+/// Version of these messages, checked in the network handshake (`net::Identity::version`): a
+/// change to [`Msg`] or [`Hello`] must raise it, so that two builds refuse each other with both
+/// versions named instead of misreading each other's bytes. 2: resync runs and zeros, the
+/// replicas' head digest in the Hello (session 4).
+pub const PROTOCOL_VERSION: u16 = 2;
+
 /// Largest read one node asks of the other (a sync target's read of blocks it lacks); it must
 /// fit a frame with room to spare.
 pub const MAX_PEER_READ: u64 = 16 << 20;

@@ -9,6 +9,10 @@ use parking_lot::Mutex;
 
 use crate::dev::{BlockDevice, Result};
 
+/// Writes from this size on start their writeback at once (a filesystem's small writes, often
+/// rewritten before the next flush, stay in the page cache until then).
+const WRITE_BEHIND_MIN: usize = 256 << 10;
+
 pub struct Replica<D> {
     dev: D,
     /// Written since the last flush began.
@@ -34,9 +38,14 @@ impl<D: BlockDevice> BlockDevice for Replica<D> {
     }
 
     // Marked once the write is done: a flush that began before the mark began before this
-    // write returned, so it need not cover it, and the mark makes the next flush do so.
+    // write returned, so it need not cover it, and the mark makes the next flush do so. A large
+    // write starts its writeback at once: a streaming writer's data then reaches the disk while
+    // the next write crosses the network, rather than all at its flush.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let r = self.dev.write_at(buf, offset);
+        if r.is_ok() && buf.len() >= WRITE_BEHIND_MIN {
+            self.dev.start_writeback(offset, buf.len() as u64);
+        }
         self.dirty.store(true, Ordering::Release);
         r
     }
@@ -63,10 +72,10 @@ impl<D: BlockDevice> BlockDevice for Replica<D> {
 mod tests {
     use super::*;
     use crate::dev::mem::MemDevice;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, AtomicU64};
 
-    /// Counts the flushes that reach the device.
-    struct Counting(MemDevice, AtomicU32);
+    /// Counts the flushes that reach the device, and the bytes whose writeback was started.
+    struct Counting(MemDevice, AtomicU32, AtomicU64);
 
     impl BlockDevice for Counting {
         fn size(&self) -> u64 {
@@ -82,11 +91,31 @@ mod tests {
             self.1.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
+        fn start_writeback(&self, _offset: u64, len: u64) {
+            self.2.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    fn counting(size: u64) -> Replica<Counting> {
+        Replica::new(Counting(MemDevice::new(size), AtomicU32::new(0), AtomicU64::new(0)))
+    }
+
+    #[test]
+    fn only_large_writes_start_their_writeback() {
+        let r = counting(4 << 20);
+        r.write_at(&[1; 4096], 0).unwrap();
+        r.write_at(&vec![2; WRITE_BEHIND_MIN - 1], 4096).unwrap();
+        assert_eq!(r.dev.2.load(Ordering::Relaxed), 0);
+        r.write_at(&vec![3; 1 << 20], 1 << 20).unwrap();
+        assert_eq!(r.dev.2.load(Ordering::Relaxed), 1 << 20);
+        // A failed write starts nothing.
+        assert!(r.write_at(&vec![4; 1 << 20], 4 << 20).is_err());
+        assert_eq!(r.dev.2.load(Ordering::Relaxed), 1 << 20);
     }
 
     #[test]
     fn only_a_flush_after_a_write_reaches_the_device() {
-        let r = Replica::new(Counting(MemDevice::new(1 << 16), AtomicU32::new(0)));
+        let r = counting(1 << 16);
         let flushes = || r.dev.1.load(Ordering::Relaxed);
         r.flush().unwrap();
         assert_eq!(flushes(), 0);

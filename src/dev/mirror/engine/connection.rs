@@ -74,8 +74,10 @@ impl Engine {
         self.complete_flushes();
         let reqs: Vec<Request> = std::mem::take(&mut self.in_flight).into_values().collect();
         let mut marked = Ok(());
+        // Messages of the lost connection held behind local writes go with it.
+        self.held.clear();
         for r in &reqs {
-            self.al.complete(r.extents);
+            self.extents_done(r.id, r.extents);
             let (first, end) = Bitmap::blocks_of(r.offset, r.len);
             self.bitmap.set_range(first, end);
         }
@@ -223,7 +225,11 @@ impl Engine {
     /// [`Engine::primary`]; without, its next write promotes it again.
     pub fn secondary(&mut self, now: u64) -> Result<(), String> {
         self.now = now;
-        if !self.in_flight.is_empty() || !self.waiting.is_empty() || !self.frozen.is_empty() {
+        if !self.in_flight.is_empty()
+            || !self.waiting.is_empty()
+            || !self.frozen.is_empty()
+            || !self.local_out.is_empty()
+        {
             return Err("writes are in flight; retry when they completed".into());
         }
         if self.is_primary() {

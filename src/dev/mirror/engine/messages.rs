@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Largest peer write [`Engine::receive_quick`] takes: a page-cache write of this size costs
+/// microseconds, less than waking another thread for it; a larger one goes to a thread that may
+/// wait, and the network task reads the next message meanwhile.
+pub const QUICK_WRITE_MAX: usize = 64 << 10;
+
 impl Engine {
     /// A message from the peer.
     pub fn receive(&mut self, now: u64, msg: Msg) {
@@ -11,24 +16,37 @@ impl Engine {
             (ConnState::Handshake, msg) => {
                 self.protocol_error(format!("unexpected {} during {:?}", msg_name(&msg), self.conn))
             }
-            (ConnState::Connected, msg) => self.on_message(msg),
+            (ConnState::Connected, msg) => {
+                if let Some(msg) = self.hold(msg) {
+                    self.on_message(msg)
+                }
+            }
             // A message of a connection already given up.
             (ConnState::StandAlone | ConnState::Unconnected, _) => {}
         }
     }
 
-    /// Takes `msg` if it is an acknowledgement whose handling touches no disk, so that a network
-    /// task may hand it over itself; gives it back otherwise.
-    pub fn receive_ack(&mut self, now: u64, msg: Msg) -> Result<(), Msg> {
-        let no_io = match &msg {
+    /// Takes `msg` if handling it flushes nothing and waits for nothing, so that a network task
+    /// may hand it over itself: an acknowledgement that touches no disk, or the peer's next write
+    /// of at most [`QUICK_WRITE_MAX`] bytes (a page-cache write, then its ack; DRBD's receiver
+    /// writes on its own thread too). Gives it back otherwise.
+    pub fn receive_quick(&mut self, now: u64, msg: Msg) -> Result<(), Msg> {
+        let quick = match &msg {
             Msg::RecvAck { .. } | Msg::FlushAck { .. } => true,
             // Neither a waiting write to start, a verify resync to begin, nor a protocol error.
             Msg::WriteAck { seq } => {
                 self.waiting.is_empty() && !self.verify_target_pending && self.in_flight.contains_key(seq)
             }
+            // In order and in range: a protocol error (which writes the meta-disk) is not quick.
+            Msg::Write { seq, seen, offset, data } => {
+                data.len() <= QUICK_WRITE_MAX
+                    && *seq == self.link.seen + 1
+                    && *seen <= self.link.next_seq
+                    && self.check_range(*offset, data.len() as u64).is_ok()
+            }
             _ => false,
         };
-        if !no_io || self.conn != ConnState::Connected {
+        if !quick || self.conn != ConnState::Connected {
             return Err(msg);
         }
         self.receive(now, msg);
@@ -46,7 +64,7 @@ impl Engine {
             }
             Msg::WriteAck { seq } => match self.in_flight.remove(&seq) {
                 Some(r) => {
-                    self.al.complete(r.extents);
+                    self.extents_done(r.id, r.extents);
                     if !r.completed {
                         self.out.push_back(Output::WriteDone { id: r.id, result: Ok(Written::Replicated) });
                     }

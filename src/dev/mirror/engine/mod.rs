@@ -32,6 +32,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 mod connection;
+mod local;
 mod messages;
 mod requests;
 mod sync;
@@ -47,6 +48,7 @@ use super::verify::{self, Verify, VerifyStatus};
 use crate::dev::BlockDevice;
 
 pub use super::config::Fencing;
+pub use messages::QUICK_WRITE_MAX;
 
 /// How a node comes to be primary (DRBD's roles; only a primary writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +248,13 @@ pub struct Engine {
     link: Link,
     in_flight: BTreeMap<u64, Request>,
     waiting: VecDeque<PendingWrite>,
+    /// Local writes left to their callers, by request id (`local`).
+    local_out: HashMap<u64, local::LocalOut>,
+    /// Peer messages held behind those writes, in order.
+    held: VecDeque<Msg>,
+    /// The request [`Engine::write_out`] is submitting, and its data once handed out.
+    hand_out: Option<u64>,
+    handed: Option<Arc<Vec<u8>>>,
     frozen: Vec<Request>,
     flushes: Vec<PendingFlush>,
     /// A new generation was started since the connection was lost.
@@ -322,6 +331,10 @@ impl Engine {
             link: Link::default(),
             in_flight: BTreeMap::new(),
             waiting: VecDeque::new(),
+            local_out: HashMap::new(),
+            held: VecDeque::new(),
+            hand_out: None,
+            handed: None,
             frozen: Vec::new(),
             flushes: Vec::new(),
             rotated: false,
@@ -371,7 +384,10 @@ impl Engine {
     pub fn wants_connection(&self) -> bool {
         // Frozen writes must be decided (completed after a new generation, or failed) before a
         // handshake compares generations.
-        self.conn == ConnState::Unconnected && self.io != IoState::Fenced && self.frozen.is_empty()
+        self.conn == ConnState::Unconnected
+            && self.io != IoState::Fenced
+            && self.frozen.is_empty()
+            && self.local_out.is_empty()
     }
 
     /// Writes sent to the peer and not yet acknowledged by it.
@@ -408,6 +424,7 @@ impl Engine {
     pub fn quiet(&self) -> bool {
         self.in_flight.is_empty()
             && self.waiting.is_empty()
+            && self.local_out.is_empty()
             && self.flushes.is_empty()
             && self.frozen.is_empty()
             && self.repl != Repl::SyncSource

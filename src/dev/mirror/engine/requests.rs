@@ -25,14 +25,16 @@ impl Engine {
         while self.io == IoState::Running {
             let Some(w) = self.waiting.front() else { break };
             let (first, end) = Bitmap::blocks_of(w.offset, w.data.len() as u64);
-            if self.sync_target.as_ref().is_some_and(|t| t.any_requested(first, end)) {
+            if self.sync_target.as_ref().is_some_and(|t| t.any_requested(first, end))
+                || self.overlaps_local(w.offset, w.data.len() as u64)
+            {
                 break;
             }
             let extents = self.al.extents_of(w.offset, w.data.len() as u64);
             let Ok(al_changed) = self.al.begin(extents) else { break };
             let Some(w) = self.waiting.pop_front() else { break };
             let len = w.data.len() as u64;
-            match self.start_write(w.offset, w.data, al_changed) {
+            match self.start_write(w.id, w.offset, w.data, al_changed) {
                 Ok(Started::Sent { seq, local: Ok(()) }) => {
                     // A sync target has no up-to-date copy of its own: it acknowledges only what
                     // the peer wrote, whatever the protocol; so does a node whose handshake is
@@ -64,9 +66,9 @@ impl Engine {
         }
     }
 
-    /// Sends to the peer and writes locally or, disconnected, marks the blocks out of sync and
-    /// writes locally.
-    fn start_write(&mut self, offset: u64, data: Vec<u8>, al_changed: bool) -> Result<Started, IoFailure> {
+    /// Sends to the peer and writes locally (or leaves that to the caller, `local`) or,
+    /// disconnected, marks the blocks out of sync and writes locally.
+    fn start_write(&mut self, id: u64, offset: u64, data: Vec<u8>, al_changed: bool) -> Result<Started, IoFailure> {
         if al_changed {
             // The activity log is on disk before any write to a newly hot extent.
             let hot = self.al.hot().to_vec();
@@ -89,6 +91,10 @@ impl Engine {
             let seq = self.link.next_seq;
             let data = Arc::new(data);
             self.send(Msg::Write { seq, seen: self.link.seen, offset, data: data.clone() });
+            if self.hands_out(id) {
+                self.handed_out(id, offset, data);
+                return Ok(Started::Sent { seq, local: Ok(()) });
+            }
             let local = match self.local_write(offset, &data) {
                 Ok(()) => Ok(()),
                 Err(e) => self.mark_out_of_sync(offset, data.len() as u64).and(Err(e)),
