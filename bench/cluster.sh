@@ -15,16 +15,18 @@
 # and judged by fsck.ocfs2 -fnF (on the mirror, the replica of the node that unmounted last).
 # Prints a table of figures and ratios to the single-node figure; with --record appends it, with
 # the machine's facts, to bench/RESULTS.md. A step that fails or times out is reported as FAIL.
-# Needs root (mounts). QUICK=1: tiny sizes for a smoke run.
-# Usage: bench/cluster.sh [--record]   Environment: QUICK, TARGETS (default: single shared
-# mirror), NFILES, BENCH_WORK, KEEP, BENCH_NOTE.
+# Needs root (mounts). QUICK=1: tiny sizes for a smoke run. As bench/run.sh, the whole sequence
+# runs ROUNDS times (default 3; 1 with QUICK) with the targets' order rotated, and the table
+# shows medians.
+# Usage: bench/cluster.sh [--record]   Environment: QUICK, ROUNDS, TARGETS (default: single
+# shared mirror), NFILES, BENCH_WORK, KEEP, BENCH_NOTE.
 set -euo pipefail
 source "$(dirname "$0")/args.sh" 20 "$@"
 
 if [ "${QUICK:-0}" = 1 ]; then
-  file_size=16M runtime=2 nfiles=${NFILES:-200} image_size=512M
+  file_size=16M runtime=2 nfiles=${NFILES:-200} image_size=512M rounds=${ROUNDS:-1}
 else
-  file_size=256M runtime=10 nfiles=${NFILES:-3000} image_size=1G
+  file_size=256M runtime=10 nfiles=${NFILES:-3000} image_size=1G rounds=${ROUNDS:-3}
 fi
 targets=(${TARGETS:-single shared mirror})
 fio_timeout=$((runtime + 60))
@@ -225,13 +227,11 @@ umount_target() {
   fi
 }
 
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-start=$(date +%s)
-for t in "${targets[@]}"; do
+run_target() { # the jobs of target $t on fresh volumes
   echo "== $t"
   if ! mount_target; then
     fail "$t" mount "could not mount"
-    continue
+    return 0
   fi
   if [ "$t" = single ]; then
     echo "  create";     creates one "${mnt[0]}/one:f"
@@ -244,7 +244,19 @@ for t in "${targets[@]}"; do
     echo "  (d) seq write, both nodes";           seqw seqw2 "${mnt[0]}/w0" "${mnt[1]}/w1"
   fi
   umount_target
+}
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+start=$(date +%s)
+for ((round = 0; round < rounds; round++)); do
+  [ "$rounds" = 1 ] || echo "= round $((round + 1)) of $rounds"
+  for ((i = 0; i < ${#targets[@]}; i++)); do
+    t=${targets[(i + round) % ${#targets[@]}]}
+    run_target
+    keep_round "$t"
+  done
 done
+take_medians
 elapsed=$(($(date +%s) - start))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -266,6 +278,7 @@ table=$(
 notes=$(
   echo "$nfiles files of 1 KiB per node and job; fio files of $file_size (runtime bound ${runtime}s); images of $image_size."
   echo "The single column of (b) and (c) is (a)'s single-node figure, and of the two-node (d) the one-node (d)."
+  rounds_note "${rows[@]}"
   echo "Build: $build_note. Run took ${elapsed}s; load average at start $load_start, at end $load_end."
   [ -z "${BENCH_NOTE:-}" ] || echo "$BENCH_NOTE"
   if [ ${#failures[@]} -gt 0 ]; then

@@ -112,3 +112,45 @@ div() { # A B: A/B with two decimals, or "-" unless both are numbers and B is no
   [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && [ "$(echo "$2 > 0" | bc)" = 1 ] || { echo "-"; return; }
   printf '%.2f' "$(echo "$1 / $2" | bc -l)"
 }
+
+# Rounds (bench/run.sh, bench/cluster.sh): the whole sequence runs `rounds` times with the
+# targets' order rotated; each round's figures go from res[] into rounds_of[], and the table
+# shows their medians. Uses the caller's res, rows and targets.
+declare -A rounds_of # rounds_of[target,row] = the figures of every round, space-separated
+
+median() { # VALUES...: the median of the numbers among them, else the first value (FAIL, n/a)
+  local nums n
+  nums=$(printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g) || true
+  [ -n "$nums" ] || { echo "${1:-}"; return; }
+  n=$(echo "$nums" | wc -l)
+  if [ $((n % 2)) = 1 ]; then echo "$nums" | sed -n "$(((n + 1) / 2))p"
+  else echo "$nums" | sed -n "$((n / 2)),$((n / 2 + 1))p" | awk '{ s += $1 } END { printf "%.1f", s / 2 }'; fi
+}
+
+keep_round() { # TARGET: its figures of this round move from res[] to rounds_of[]
+  local r
+  for r in "${rows[@]}"; do
+    [ -z "${res[$1,$r]:-}" ] || rounds_of[$1,$r]+="${rounds_of[$1,$r]:+ }${res[$1,$r]}"
+    unset "res[$1,$r]"
+  done
+}
+
+take_medians() { # res[] gets every figure's median over the rounds
+  local t r
+  for t in "${targets[@]}"; do
+    for r in "${rows[@]}"; do
+      # shellcheck disable=SC2086 # the figures are words
+      [ -z "${rounds_of[$t,$r]:-}" ] || res[$t,$r]=$(median ${rounds_of[$t,$r]})
+    done
+  done
+}
+
+rounds_note() { # ROW...: how the figures were taken, and each target's figures per round in ROWs
+  local t r line
+  [ "$rounds" = 1 ] && return 0
+  echo "Each figure is the median of $rounds rounds (fresh instances, order of the targets rotated each round); per round:"
+  for t in "${targets[@]}"; do
+    line=$(for r in "$@"; do [ -z "${rounds_of[$t,$r]:-}" ] || printf '%s [%s]; ' "$r" "${rounds_of[$t,$r]}"; done | sed 's/; $//')
+    [ -z "$line" ] || echo "- $t: $line"
+  done
+}

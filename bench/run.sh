@@ -240,16 +240,6 @@ one_target() {
   fi
 }
 
-median() { # VALUES...: the median of the numbers among them, else the first value (FAIL, n/a)
-  local nums
-  nums=$(printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g) || true
-  [ -n "$nums" ] || { echo "${1:-}"; return; }
-  local n; n=$(echo "$nums" | wc -l)
-  if [ $((n % 2)) = 1 ]; then echo "$nums" | sed -n "$(((n + 1) / 2))p"
-  else echo "$nums" | sed -n "$((n / 2)),$((n / 2 + 1))p" | awk '{ s += $1 } END { printf "%.1f", s / 2 }'; fi
-}
-
-declare -A rounds_of # rounds_of[target,row] = the figures of every round, space-separated
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(date +%s)
 for ((round = 0; round < rounds; round++)); do
@@ -257,18 +247,10 @@ for ((round = 0; round < rounds; round++)); do
   for ((i = 0; i < ${#targets[@]}; i++)); do
     t=${targets[(i + round) % ${#targets[@]}]}
     one_target "$t"
-    for r in "${rows[@]}"; do
-      [ -z "${res[$t,$r]:-}" ] || rounds_of[$t,$r]+="${rounds_of[$t,$r]:+ }${res[$t,$r]}"
-      unset "res[$t,$r]"
-    done
+    keep_round "$t"
   done
 done
-for t in "${targets[@]}"; do
-  for r in "${rows[@]}"; do
-    # shellcheck disable=SC2086 # the figures are words
-    [ -z "${rounds_of[$t,$r]:-}" ] || res[$t,$r]=$(median ${rounds_of[$t,$r]})
-  done
-done
+take_medians
 elapsed=$(($(date +%s) - start))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -294,7 +276,7 @@ table=$(
 )
 notes=$(
   echo "Files of $file_size, fio runtime bound ${runtime}s, images of $image_size; caches dropped before reads: $([ "$drop" = 1 ] && echo yes || echo no)."
-  [ "$rounds" = 1 ] || echo "Each figure is the median of $rounds rounds (fresh instances, order of the targets rotated each round); o2fs's figures per round: $(for r in seqw seqr randw randr; do printf '%s [%s]; ' "$r" "${rounds_of[o2fs,$r]:-}"; done | sed 's/; $//')."
+  rounds_note seqw seqr randw randr
   echo "Ratios are o2fs / peer: above 1 means o2fs is faster, except the RSS rows (above 1: o2fs uses more)."
   echo "Build: $build_note. Run took ${elapsed}s; load average at start $load_start, at end $load_end."
   for r in "${remarks[@]}"; do echo "$r"; done
