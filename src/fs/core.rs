@@ -244,6 +244,7 @@ impl Core {
             &self.geo,
             self.sys.inode_alloc[self.sys.slot as usize],
             self.sys.global_bitmap,
+            self.sys.local_alloc[self.sys.slot as usize],
             place,
         )?;
         self.next_generation = self.next_generation.wrapping_add(1);

@@ -162,8 +162,14 @@ pub fn store(cache: &mut MetaCache, geo: &Geometry, sys: &SysFiles, inode: &mut 
             let eb = match olds.next() {
                 Some(eb) => eb,
                 None => {
-                    let (blkno, bit, loc) =
-                        alloc_block(cache, geo, sys.extent_alloc[sys.slot as usize], sys.global_bitmap, None)?;
+                    let (blkno, bit, loc) = alloc_block(
+                        cache,
+                        geo,
+                        sys.extent_alloc[sys.slot as usize],
+                        sys.global_bitmap,
+                        sys.local_alloc[sys.slot as usize],
+                        None,
+                    )?;
                     Eb { blkno, slot: sys.slot, bit, loc }
                 }
             };

@@ -3,6 +3,7 @@
 //! block), which grow by claiming clusters from the global bitmap.
 
 use super::chain::{clear_bit, new_group, set_bit};
+use super::local_alloc;
 use crate::format::chain::ChainList;
 use crate::format::group::GroupDesc;
 use crate::format::inode::{Id2, Inode};
@@ -175,12 +176,16 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 /// (block number, bit, group blkno). With `place` (an inode allocator on a cluster mount) the
 /// block is taken where this node masters the new inode's cluster lock if it can be: first
 /// from such groups, then from a new group placed on a chunk this node masters
-/// (`Geometry::lock_chunk_blocks`), and only then anywhere.
+/// (`Geometry::lock_chunk_blocks`), and only then anywhere. When the global bitmap has no room
+/// for a new group, the slot's local-alloc window `la_blkno` (which may hold every free
+/// cluster of a small volume) goes back to it first: OCFS2 grows suballocators from the window
+/// for the same reason.
 pub fn alloc_block(
     cache: &mut MetaCache,
     geo: &Geometry,
     sub_blkno: u64,
     bitmap_blkno: u64,
+    la_blkno: u64,
     place: Option<&mut Placement>,
 ) -> Result<(u64, u16, u64)> {
     let mut place = place;
@@ -206,7 +211,13 @@ pub fn alloc_block(
         return Ok((gblk + bit as u64, bit as u16, gblk));
     }
     let cpg = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
-    let (cluster, _) = alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None)?;
+    let (cluster, _) = match alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None) {
+        Err(FsError::NoSpace) => {
+            local_alloc::close(cache, geo, la_blkno, bitmap_blkno)?;
+            alloc_clusters(cache, geo, bitmap_blkno, cpg, cpg, None)?
+        }
+        r => r?,
+    };
     if let Some(place) = place {
         place.seek_chunks = true;
     }
