@@ -63,11 +63,12 @@ impl Journal {
         self.write_jblocks(0, &buf)
     }
 
-    /// Writes a block in place (checkpoint or replay).
+    /// Writes consecutive blocks in place from `fs_blkno` (checkpoint or replay).
     pub(super) fn write_in_place(&self, fs_blkno: u64, data: &[u8]) -> Result<()> {
-        self.dev
-            .write_block(fs_blkno, data)
-            .map_err(|source| JournalError::Io { what: format!("writing fs block {fs_blkno} in place"), source })
+        self.dev.write_at(data, fs_blkno * self.bs as u64).map_err(|source| JournalError::Io {
+            what: format!("writing fs blocks {fs_blkno}..{} in place", fs_blkno + (data.len() / self.bs) as u64),
+            source,
+        })
     }
 
     pub(super) fn flush(&self, after: &str) -> Result<()> {
