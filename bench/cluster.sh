@@ -248,15 +248,7 @@ run_target() { # the jobs of target $t on fresh volumes
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(date +%s)
-for ((round = 0; round < rounds; round++)); do
-  [ "$rounds" = 1 ] || echo "= round $((round + 1)) of $rounds"
-  for ((i = 0; i < ${#targets[@]}; i++)); do
-    t=${targets[(i + round) % ${#targets[@]}]}
-    run_target
-    keep_round "$t"
-  done
-done
-take_medians
+run_rounds run_target
 elapsed=$(($(date +%s) - start))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 

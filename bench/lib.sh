@@ -127,6 +127,19 @@ median() { # VALUES...: the median of the numbers among them, else the first val
   else echo "$nums" | sed -n "$((n / 2)),$((n / 2 + 1))p" | awk '{ s += $1 } END { printf "%.1f", s / 2 }'; fi
 }
 
+run_rounds() { # FUNCTION: runs FUNCTION TARGET for every target, `rounds` times, order rotated
+  local round i
+  for ((round = 0; round < rounds; round++)); do
+    [ "$rounds" = 1 ] || echo "= round $((round + 1)) of $rounds"
+    for ((i = 0; i < ${#targets[@]}; i++)); do
+      t=${targets[(i + round) % ${#targets[@]}]} # global: the jobs read it
+      "$1" "$t"
+      keep_round "$t"
+    done
+  done
+  take_medians
+}
+
 keep_round() { # TARGET: its figures of this round move from res[] to rounds_of[]
   local r
   for r in "${rows[@]}"; do

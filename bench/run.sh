@@ -242,15 +242,7 @@ one_target() {
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 start=$(date +%s)
-for ((round = 0; round < rounds; round++)); do
-  [ "$rounds" = 1 ] || echo "= round $((round + 1)) of $rounds"
-  for ((i = 0; i < ${#targets[@]}; i++)); do
-    t=${targets[(i + round) % ${#targets[@]}]}
-    one_target "$t"
-    keep_round "$t"
-  done
-done
-take_medians
+run_rounds one_target
 elapsed=$(($(date +%s) - start))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -753,6 +753,16 @@ fn fill(dir: &Path) -> (u64, usize) {
     }
 }
 
+/// Removes the files `fill` made.
+fn remove_fills(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("fill") {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+}
+
 #[test]
 fn fill_the_volume_twice() {
     if !have_ocfs2_tools() {
@@ -768,12 +778,7 @@ fn fill_the_volume_twice() {
     unmount_and_check(m);
 
     let m = v.mount();
-    for e in fs::read_dir(&v.mnt).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with("fill") {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
+    remove_fills(&v.mnt);
     let (second, _) = fill(&v.mnt);
     let diff = first.abs_diff(second) as f64 / first as f64;
     assert!(diff <= 0.05, "first fill {first} bytes, second {second}");
@@ -791,12 +796,7 @@ fn reused_clusters_read_zeros_where_never_written() {
     let m = v.mount();
     // Every free cluster gets nonzero bytes, then goes back to the allocator.
     fill(&v.mnt);
-    for e in fs::read_dir(&v.mnt).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with("fill") {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
+    remove_fills(&v.mnt);
     let mut expected = Vec::new();
     for i in 0..80u64 {
         let path = v.p(&format!("reuse{i:03}"));

@@ -428,10 +428,17 @@ impl ReadPlan {
         match self {
             ReadPlan::Ready(data) => Ok(ReadBuf::from_vec(data)),
             ReadPlan::Device { dev, len, runs, _in_flight } => {
-                let mut out = ReadBuf::zeroed(len);
+                // Runs come in file order; what lies between them (holes, unwritten extents)
+                // reads as zeros. Every byte is written: the buffer may hold an earlier read.
+                let mut out = ReadBuf::unfilled(len);
+                let buf = out.as_mut_slice();
+                let mut filled = 0;
                 for (at, phys, n) in runs {
-                    dev.read_at(&mut out.as_mut_slice()[at..at + n], phys)?;
+                    buf[filled..at].fill(0);
+                    dev.read_at(&mut buf[at..at + n], phys)?;
+                    filled = at + n;
                 }
+                buf[filled..].fill(0);
                 Ok(out)
             }
         }

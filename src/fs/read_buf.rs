@@ -1,6 +1,8 @@
 //! Buffers for file reads, reused per thread. A READ of up to a MiB would otherwise allocate
 //! and zero a fresh buffer every time — from the heap, where such buffers fragment it, or
-//! (above the allocator's mmap threshold) from new pages that each fault on first touch.
+//! (above the allocator's mmap threshold) from new pages that each fault on first touch. A
+//! reused buffer still holds the bytes of an earlier read: its filler overwrites or zeroes all
+//! of it.
 
 use std::cell::Cell;
 use std::ops::Deref;
@@ -14,10 +16,10 @@ thread_local! {
 pub struct ReadBuf(Vec<u8>);
 
 impl ReadBuf {
-    /// `len` zero bytes, in this thread's spare buffer when it has one.
-    pub fn zeroed(len: usize) -> ReadBuf {
+    /// `len` bytes of unspecified content (an earlier read's, or zeros), in this thread's
+    /// spare buffer when it has one: the caller fills every byte.
+    pub fn unfilled(len: usize) -> ReadBuf {
         let mut buf = SPARE.with(Cell::take);
-        buf.clear();
         buf.resize(len, 0);
         ReadBuf(buf)
     }
@@ -59,13 +61,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dropped_buffer_is_reused_zeroed() {
-        let mut a = ReadBuf::zeroed(4096);
+    fn a_dropped_buffer_is_reused() {
+        let mut a = ReadBuf::unfilled(4096);
         a.as_mut_slice().fill(7);
         let ptr = a.as_ptr();
         drop(a);
-        let b = ReadBuf::zeroed(1000);
-        assert_eq!(b.as_ptr(), ptr, "the spare buffer was not reused");
-        assert!(b.iter().all(|&x| x == 0) && b.len() == 1000);
+        let b = ReadBuf::unfilled(1000);
+        assert_eq!((b.as_ptr(), b.len()), (ptr, 1000), "the spare buffer was not reused");
     }
 }

@@ -22,7 +22,8 @@ fn window(inode: &mut Inode) -> Result<&mut LocalAlloc> {
 
 /// The window size a mount gets without `localalloc=`, in clusters, chosen as the OCFS2 kernel
 /// driver chooses it: as much as one global-bitmap group covers, at most 256 MiB, at most an
-/// even share of the volume per slot, and at most what the window's bitmap holds (§7.1). Block sizes whose groups are small keep the old 8 MiB.
+/// even share of the volume per slot, and at most what the window's bitmap holds (§7.1).
+/// Block sizes whose groups are small keep the old 8 MiB.
 /// A small window makes a busy writer refill often, and on a cluster mount every refill takes
 /// the global bitmap's lock from the other nodes.
 pub fn default_window(geo: &Geometry, slots: u32) -> u32 {
