@@ -257,10 +257,10 @@ impl O2Fuse {
         errno(&e)
     }
 
-    /// O_DIRECT opens bypass the page cache; so does every open of a cluster mount, where
-    /// another node's write must be seen by the next read here.
+    /// O_DIRECT opens bypass the page cache. Other opens use it, on a cluster mount too (the
+    /// kernel drops a file's pages when its mtime or size changed: see `fuse::kcache`).
     fn open_flags(&self, flags: i32) -> FopenFlags {
-        if flags & O_DIRECT != 0 || self.cluster.is_some() {
+        if flags & O_DIRECT != 0 {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
@@ -444,9 +444,14 @@ fn caller(req: &Request) -> Caller {
 
 impl Filesystem for O2Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.flocks.is_some() {
+        if self.cluster.is_some() {
             // flock requests come to us; fcntl locks stay with the kernel (node-local).
             let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+            // The kernel checks a file's attributes before each read and drops its pages when
+            // another node changed it (fuse::kcache).
+            config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA).map_err(|_| {
+                std::io::Error::other("the kernel cannot check cached file data (FUSE_AUTO_INVAL_DATA)")
+            })?;
         }
         Ok(())
     }
@@ -669,15 +674,25 @@ impl Filesystem for O2Fuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.kcache.counts.read.fetch_add(1, Ordering::Relaxed);
         let blk = self.blk(ino);
-        // The data is copied outside the core's mutex (crate::fs::read_gate).
+        // The data is copied outside the core's mutex (crate::fs::read_gate) and replied
+        // before the cluster lock is let go: the kernel's pages must hold it before another
+        // node can change it (fuse::kcache).
         let planned = |m: &mut Mounted, _: &mut HashMap<u64, u32>| {
             let inode = m.core.read_inode(blk)?;
             m.core.read_plan(&inode, offset, size as u64)
         };
-        match self.with_then(false, &[meta(blk)], planned, |plan| plan.run()) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        let mut reply = Some(reply);
+        let served = self.with_then(false, &[meta(blk)], planned, |plan| {
+            let data = plan.run()?;
+            if let Some(r) = reply.take() {
+                r.data(&data);
+            }
+            Ok(())
+        });
+        if let (Err(e), Some(r)) = (served, reply) {
+            r.error(e);
         }
     }
 

@@ -18,7 +18,20 @@
 //!   given up (a deadlock). The kernel samples the epoch before it sends a request, so a name
 //!   replied after the bump is stale too. Without the epoch notification (older kernels, or no
 //!   descriptor of our own for /dev/fuse), names get TTL 0.
-//! The page cache is not kept on cluster mounts (files open with FOPEN_DIRECT_IO).
+//! - file data (the page cache): never invalidated from here. Dropping pages
+//!   (`FUSE_NOTIFY_INVAL_INODE` with an offset) waits for locked pages, and the kernel keeps a
+//!   page locked while its READ or WRITE request waits in this daemon, possibly for the very
+//!   lock being given up. A cluster mount asks instead for `FUSE_AUTO_INVAL_DATA`: before every
+//!   read(2) the kernel checks that its attributes are still valid, fetches them again if not
+//!   (they are invalidated above, or their TTL ran out), and drops the file's pages itself when
+//!   the size or mtime changed — in the reader's context, holding no page lock and waiting for no
+//!   cluster lock. Every change of a file's data here changes its mtime (ns) or size, so a read
+//!   after another node's write sees it. READ replies are sent while the request still holds the
+//!   inode's lock (see `O2Fuse::read`): a page filled from data read under the lock is in the
+//!   kernel before another node can change that data, so the next attribute check drops it.
+//!   Not covered: a change that leaves both mtime and size as this node's kernel last saw them
+//!   (another node writing, then setting mtime back with utimensat), and pages mapped with
+//!   mmap(2) (a fault takes no attribute check; the next read(2) or stat drops them).
 
 use fuser::{INodeNo, Notifier};
 use parking_lot::Mutex;
@@ -40,6 +53,7 @@ const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 pub struct RequestCounts {
     pub lookup: AtomicU64,
     pub getattr: AtomicU64,
+    pub read: AtomicU64,
 }
 
 impl RequestCounts {
@@ -47,6 +61,7 @@ impl RequestCounts {
         serde_json::json!({
             "lookup": self.lookup.load(Ordering::Relaxed),
             "getattr": self.getattr.load(Ordering::Relaxed),
+            "read": self.read.load(Ordering::Relaxed),
         })
     }
 }
