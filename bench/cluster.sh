@@ -87,26 +87,31 @@ fail() { # TARGET ROW MESSAGE
   echo "  FAIL $1 $2: $3" >&2
 }
 
-# creates ROW DIR:PREFIX…: each pair creates NFILES files at once; the figure is all files
-# over the wall time.
-creates() {
-  local row=$1 spec rc=0 p t0 t1 ps=()
+# at_once ROW SCRIPT N [ARG…] -- DIR:TAG…: `python3 SCRIPT DIR TAG N ARG…` for each pair at once;
+# the figure is all N × pairs items over the wall time. Returns 1 if one failed (reported).
+at_once() {
+  local row=$1 script=$2 n=$3 args=() spec rc=0 p t0 t1 ps=()
+  shift 3
+  while [ "$1" != -- ]; do args+=("$1"); shift; done
   shift
   for spec in "$@"; do mkdir -p "${spec%%:*}"; done
   t0=$(date +%s.%N)
   for spec in "$@"; do
-    timeout -k 10 "$slow_timeout" python3 "$work/create.py" "${spec%%:*}" "${spec##*:}" "$nfiles" \
-      2>>"$work/logs/$t-$row.err" &
+    timeout -k 10 "$slow_timeout" python3 "$script" "${spec%%:*}" "${spec##*:}" "$n" "${args[@]}" \
+      >>"$work/logs/$t-$row.out" 2>>"$work/logs/$t-$row.err" &
     ps+=($!)
   done
   for p in "${ps[@]}"; do wait "$p" || rc=$?; done
   t1=$(date +%s.%N)
   if [ "$rc" -ne 0 ]; then
     fail "$t" "$row" "$(why_rc "$rc" "$slow_timeout"): $(logtail "$work/logs/$t-$row.err" 2)"
-    return 0
+    return 1
   fi
-  res[$t,$row]=$(printf '%.1f' "$(echo "$# * $nfiles / ($t1 - $t0)" | bc -l)")
+  res[$t,$row]=$(printf '%.1f' "$(echo "$# * $n / ($t1 - $t0)" | bc -l)")
 }
+
+# creates ROW DIR:PREFIX…: each pair creates NFILES files of 1 KiB at once.
+creates() { at_once "$1" "$work/create.py" "$nfiles" -- "${@:2}" || true; }
 
 # fio_rows ROW JOB RW DIR…: fio's bench/fio/JOB.fio on the file bench.dat in each DIR at once
 # (RW: write or read, what the figure counts); the figure is the sum of the jobs' bandwidths.
@@ -147,29 +152,15 @@ postmark() {
 }
 
 # mails ROW ROOT DIR:TAG…: each pair delivers NMAILS messages into the mailboxes under DIR at
-# once (the DIRs are one ROOT seen from each node); the figure is all messages over the wall
-# time. Every message must then be in ROOT (new/ or cur/), none left in tmp/.
+# once (the DIRs are one ROOT seen from each node). Every message must then be in ROOT (new/ or
+# cur/), none left in tmp/.
 mails() {
-  local row=$1 root=$2 spec rc=0 p t0 t1 n ps=() seed=1
-  shift 2
-  t0=$(date +%s.%N)
-  for spec in "$@"; do
-    timeout -k 10 "$slow_timeout" python3 bench/maildir.py "${spec%%:*}" "${spec##*:}" "$nmails" "$mailboxes" "$seed" \
-      >>"$work/logs/$t-$row.out" 2>>"$work/logs/$t-$row.err" &
-    ps+=($!) seed=$((seed + 1))
-  done
-  for p in "${ps[@]}"; do wait "$p" || rc=$?; done
-  t1=$(date +%s.%N)
-  if [ "$rc" -ne 0 ]; then
-    fail "$t" "$row" "$(why_rc "$rc" "$slow_timeout"): $(logtail "$work/logs/$t-$row.err" 2)"
-    return 0
+  local row=$1 root=$2 n
+  at_once "$row" bench/maildir.py "$nmails" "$mailboxes" -- "${@:3}" || return 0
+  n=$(find "$root" \( -path "$root/*/new/*" -o -path "$root/*/cur/*" \) -type f | wc -l)
+  if [ "$n" -ne $((($# - 2) * nmails)) ] || [ -n "$(find "$root" -path "$root/*/tmp/*" -type f)" ]; then
+    fail "$t" "$row" "$n messages in new/ and cur/ after delivering $((($# - 2) * nmails)) (or some left in tmp/)"
   fi
-  n=$(find "$root" \( -path '*/new/*' -o -path '*/cur/*' \) -type f | wc -l)
-  if [ "$n" -ne $(($# * nmails)) ] || [ -n "$(find "$root" -path '*/tmp/*' -type f)" ]; then
-    fail "$t" "$row" "$n messages in new/ and cur/ after delivering $(($# * nmails)) (or some left in tmp/)"
-    return 0
-  fi
-  res[$t,$row]=$(printf '%.1f' "$(echo "$# * $nmails / ($t1 - $t0)" | bc -l)")
 }
 
 # --- the volumes ---------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """A mail server's maildir traffic (the workload o2fs was made for), for bench/cluster.sh.
 
-maildir.py ROOT TAG N USERS SEED delivers N messages into the maildirs ROOT/uNN of USERS users,
+maildir.py ROOT TAG N USERS delivers N messages into the maildirs ROOT/uNN of USERS users,
 as an MTA's local delivery agent does: each message is written to tmp/ under a unique name,
 fsynced, and renamed into new/. After every tenth delivery an IMAP/POP session of a random user
 reads every message in its new/ and moves it to cur/ with the seen flag (":2,S"). Several
 processes (on several nodes) may run at once on the same ROOT with different TAGs: a message
 another session moved first is skipped. Sizes follow a mail-like mix (most a few KiB, some
-hundreds). Prints "delivered N read M" when done; exits 1 on any other error.
+hundreds); the choices are seeded by TAG. Prints "delivered N read M" when done; exits 1 on
+any other error.
 """
 import os
 import random
@@ -54,8 +55,8 @@ def session(d):
 
 
 def main():
-    root, tag, n, users, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    rng = random.Random(seed)
+    root, tag, n, users = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rng = random.Random(tag)
     dirs = [maildir(root, u) for u in range(users)]
     sizes, weights = zip(*SIZES)
     filler = bytes(rng.randrange(32, 127) for _ in range(4096))
@@ -64,7 +65,7 @@ def main():
         size = rng.choices(sizes, weights)[0]
         head = b"Return-Path: <sender%d@example.org>\nMessage-ID: <%d.%s@o2fs>\n\n" % (i, i, tag.encode())
         body = head + filler * (size // len(filler)) + filler[: size % len(filler)]
-        deliver(dirs[rng.randrange(users)], "%d.%s_%d.mx" % (i, tag, seed), body)
+        deliver(dirs[rng.randrange(users)], "%d.%s.mx" % (i, tag), body)
         if i % 10 == 9:
             read += session(dirs[rng.randrange(users)])
     print("delivered %d read %d" % (n, read))
