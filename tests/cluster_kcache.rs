@@ -151,6 +151,18 @@ fn page_cache_holds_while_the_lock_stays_and_goes_with_it() {
         expected[page + 20..page + 22].copy_from_slice(b"n1");
         assert_eq!(pread(&open, LEN, 0), expected, "round {round}: both wrote one page, read on n0");
         assert_eq!(content(&fb), expected, "round {round}: read on n1");
+        // A chmod or touch on n0 after n1's rewrite: its reply brings n1's mtime to n0's kernel
+        // without the comparison a read makes.
+        let at = 4096 * (3 + round as usize * 9);
+        pwrite(&fb, &[0xb0 + round; 64], at as u64);
+        expected[at..at + 64].fill(0xb0 + round);
+        if round % 2 == 0 {
+            std::fs::set_permissions(&fa, std::fs::Permissions::from_mode(0o640 + round as u32)).unwrap();
+        } else {
+            let w = std::fs::File::options().write(true).open(&fa).unwrap();
+            w.set_modified(std::time::SystemTime::now()).unwrap();
+        }
+        assert_eq!(pread(&open, LEN, 0), expected, "round {round}: n1's rewrite, then chmod/touch on n0, read on n0");
     }
     drop(open);
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);

@@ -538,7 +538,10 @@ impl Filesystem for O2Fuse {
             ctime: ctime.map(to_time),
         };
         match self.with(true, &[meta(blk)], |m, _| m.core.setattr(blk, change, now)) {
-            Ok(inode) => reply.attr(&self.kcache.changed_ttl(), &self.entry_attr(&inode)),
+            Ok(inode) => {
+                self.kcache.drop_unverified_pages(ino.0);
+                reply.attr(&self.kcache.changed_ttl(), &self.entry_attr(&inode))
+            }
             Err(e) => reply.error(e),
         }
     }

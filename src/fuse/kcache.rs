@@ -29,6 +29,13 @@
 //!   after another node's write sees it. READ replies are sent while the request still holds the
 //!   inode's lock (see `O2Fuse::read`): a page filled from data read under the lock is in the
 //!   kernel before another node can change that data, so the next attribute check drops it.
+//!   One reply brings a new mtime into the kernel without that comparison: SETATTR's (the
+//!   kernel drops pages there only when the size changed). So `lost` also marks the file's
+//!   pages unverified, and a SETATTR of such a file drops them (`drop_unverified_pages`)
+//!   before its reply — a page invalidation from a request handler, sent once the request let
+//!   go of its cluster locks and the core: the READs whose pages it waits for need neither
+//!   this handler nor anything it holds (WRITEs of the file cannot be in flight: the kernel
+//!   holds the inode's i_rwsem across both).
 //!   Not covered: a change that leaves both mtime and size as this node's kernel last saw them
 //!   (another node writing, then setting mtime back with utimensat), and pages mapped with
 //!   mmap(2) (a fault takes no attribute check; the next read(2) or stat drops them).
@@ -85,6 +92,8 @@ pub struct KernelCache {
     known: Mutex<HashMap<u64, u64>>,
     /// Directories (FUSE inodes) whose names were handed out since the last epoch bump.
     parents: Mutex<HashSet<u64>>,
+    /// FUSE inodes whose pages the kernel may hold from before this node lost their lock.
+    unverified: Mutex<HashSet<u64>>,
     pub counts: RequestCounts,
 }
 
@@ -97,6 +106,7 @@ impl KernelCache {
             names: AtomicBool::new(!clustered),
             known: Mutex::default(),
             parents: Mutex::default(),
+            unverified: Mutex::default(),
             counts: RequestCounts::default(),
         }
     }
@@ -182,6 +192,7 @@ impl KernelCache {
             *c = c.saturating_sub(n);
             if *c == 0 {
                 known.remove(&ino);
+                self.unverified.lock().remove(&ino);
             }
         }
     }
@@ -203,6 +214,9 @@ impl KernelCache {
         if !attrs && !names {
             return;
         }
+        if attrs {
+            self.unverified.lock().insert(ino);
+        }
         let channel = self.channel.lock();
         let Some(ch) = channel.as_ref() else { return };
         if attrs {
@@ -214,6 +228,21 @@ impl KernelCache {
             if let Err(e) = inc_epoch(f) {
                 tracing::warn!("invalidating the kernel's names: {e}");
             }
+        }
+    }
+
+    /// Before a SETATTR reply for `ino`: the kernel drops the file's pages if they may be
+    /// from before this node last lost the file's lock (see the module's comment). Called with
+    /// no cluster lock held and the core released; waits for the pages' locks.
+    pub fn drop_unverified_pages(&self, ino: u64) {
+        if !self.unverified.lock().remove(&ino) {
+            return;
+        }
+        // Not under the channel's mutex: the downconvert callback takes it, and may run while
+        // this waits for a page lock.
+        let Some(notifier) = self.channel.lock().as_ref().map(|ch| ch.notifier.clone()) else { return };
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+            tracing::debug!(ino, "dropping the kernel's pages: {e}");
         }
     }
 }
