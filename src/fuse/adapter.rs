@@ -539,8 +539,17 @@ impl Filesystem for O2Fuse {
         };
         match self.with(true, &[meta(blk)], |m, _| m.core.setattr(blk, change, now)) {
             Ok(inode) => {
-                self.kcache.drop_unverified_pages(ino.0);
-                reply.attr(&self.kcache.changed_ttl(), &self.entry_attr(&inode))
+                let mut attr = self.entry_attr(&inode);
+                if inode.mode & S_IFMT == S_IFREG && self.kcache.take_unverified(ino.0) {
+                    // The kernel takes a SETATTR reply's mtime without comparing it with its
+                    // pages' (fuse::kcache): one it has not seen makes its next read compare
+                    // the true mtime with it and drop the pages. The reply's TTL is 0, so no
+                    // stat shows it.
+                    let ns = Duration::from_nanos(1);
+                    attr.mtime =
+                        attr.mtime.checked_sub(ns).or_else(|| attr.mtime.checked_add(ns)).unwrap_or(attr.mtime);
+                }
+                reply.attr(&self.kcache.changed_ttl(), &attr)
             }
             Err(e) => reply.error(e),
         }

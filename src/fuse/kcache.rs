@@ -18,27 +18,25 @@
 //!   given up (a deadlock). The kernel samples the epoch before it sends a request, so a name
 //!   replied after the bump is stale too. Without the epoch notification (older kernels, or no
 //!   descriptor of our own for /dev/fuse), names get TTL 0.
-//! - file data (the page cache): never invalidated from here. Dropping pages
-//!   (`FUSE_NOTIFY_INVAL_INODE` with an offset) waits for locked pages, and the kernel keeps a
-//!   page locked while its READ or WRITE request waits in this daemon, possibly for the very
-//!   lock being given up. A cluster mount asks instead for `FUSE_AUTO_INVAL_DATA`: before every
-//!   read(2) the kernel checks that its attributes are still valid, fetches them again if not
-//!   (they are invalidated above, or their TTL ran out), and drops the file's pages itself when
-//!   the size or mtime changed — in the reader's context, holding no page lock and waiting for no
-//!   cluster lock. Every change of a file's data here changes its mtime (ns) or size, so a read
-//!   after another node's write sees it. READ replies are sent while the request still holds the
-//!   inode's lock (see `O2Fuse::read`): a page filled from data read under the lock is in the
-//!   kernel before another node can change that data, so the next attribute check drops it.
-//!   One reply brings a new mtime into the kernel without that comparison: SETATTR's (the
-//!   kernel drops pages there only when the size changed). So `lost` also marks the file's
-//!   pages unverified, and a SETATTR of such a file drops them (`drop_unverified_pages`)
-//!   before its reply — a page invalidation from a request handler, sent once the request let
-//!   go of its cluster locks and the core: the READs whose pages it waits for need neither
-//!   this handler nor anything it holds (WRITEs of the file cannot be in flight: the kernel
-//!   holds the inode's i_rwsem across both).
-//!   Not covered: a change that leaves both mtime and size as this node's kernel last saw them
-//!   (another node writing, then setting mtime back with utimensat), and pages mapped with
-//!   mmap(2) (a fault takes no attribute check; the next read(2) or stat drops them).
+//! - file data (the page cache): the kernel drops a file's pages itself when it sees the
+//!   file's mtime or size changed, and before every read(2) it checks its attributes
+//!   (`FUSE_AUTO_INVAL_DATA`, asked for on cluster mounts): fetched again after the
+//!   invalidation above, the attributes show another node's write. That check runs in the
+//!   reader's context, holding no page lock and waiting for no cluster lock. An invalidation of
+//!   pages sent from here (`FUSE_NOTIFY_INVAL_INODE` with an offset) would instead wait for
+//!   locked pages, and the kernel keeps a page locked while its READ or WRITE request waits in
+//!   this daemon, possibly for the very lock being given up. READ replies are sent while the
+//!   request still holds the inode's lock (see `O2Fuse::read`): a page filled from data read
+//!   under the lock is in the kernel before another node can change that data.
+//!   A SETATTR reply brings a new mtime into the kernel without that comparison
+//!   (fuse_do_setattr drops pages only on a size change), so `lost` marks the file's pages
+//!   unverified, and the next SETATTR reply for it carries an mtime 1 ns off (`O2Fuse::setattr`;
+//!   with TTL 0, no stat shows it): the kernel's next read compares the true mtime with it and
+//!   drops the pages. Dropping them from the handler instead would wait for page locks that
+//!   READs not yet read from /dev/fuse hold, which can take every FUSE worker thread.
+//!   Not covered: a change that leaves mtime and size as this node's kernel last saw them
+//!   (another node setting mtime back with utimensat), and pages mapped with mmap(2) (a page
+//!   fault takes no attribute check; the next read(2) or stat drops them).
 
 use fuser::{INodeNo, Notifier};
 use parking_lot::Mutex;
@@ -231,19 +229,11 @@ impl KernelCache {
         }
     }
 
-    /// Before a SETATTR reply for `ino`: the kernel drops the file's pages if they may be
-    /// from before this node last lost the file's lock (see the module's comment). Called with
-    /// no cluster lock held and the core released; waits for the pages' locks.
-    pub fn drop_unverified_pages(&self, ino: u64) {
-        if !self.unverified.lock().remove(&ino) {
-            return;
-        }
-        // Not under the channel's mutex: the downconvert callback takes it, and may run while
-        // this waits for a page lock.
-        let Some(notifier) = self.channel.lock().as_ref().map(|ch| ch.notifier.clone()) else { return };
-        if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
-            tracing::debug!(ino, "dropping the kernel's pages: {e}");
-        }
+    /// Whether the kernel may hold pages of `ino` from before this node last lost the file's
+    /// lock (a read may have checked them since; then telling it costs a re-read); answered
+    /// true once per loss (see the module's comment).
+    pub fn take_unverified(&self, ino: u64) -> bool {
+        self.unverified.lock().remove(&ino)
     }
 }
 
