@@ -225,6 +225,15 @@ fn main() {
     } else {
         Cli::parse()
     };
+    // Commands that print a report end quietly when their reader goes (`o2fs status | head`), as
+    // coreutils do: Rust ignores SIGPIPE, and println! would then panic on EPIPE. Not daemons:
+    // their sockets must see EPIPE as an error.
+    if matches!(cli.cmd, Cmd::Mounted(_) | Cmd::Locks(_) | Cmd::Status(_)) {
+        // SAFETY: restores one signal's default disposition; no other thread exists yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.cmd {
         Cmd::Mount(a) => cmd_mount(a),
         Cmd::Mounted(a) => cmd_mounted(a),
