@@ -417,3 +417,39 @@ fn exclusive_create_is_won_by_exactly_one_node() {
     }
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
+
+/// Two deaths, the second while the survivor finishes the first's slot. n2 allocates last (its
+/// local-alloc window took the global bitmap's lock) and stops (SIGSTOP) without letting go of
+/// it; n1 is killed. n0 replays n1's journal; finishing n1's slot (closing its window) needs the
+/// global bitmap's lock, which only n2's recovery frees once n2 is declared dead — and that
+/// recovery takes the super lock, so the finishing must not hold it meanwhile. n0 recovers
+/// both slots and carries on; fsck.ocfs2 judges the image.
+#[test]
+fn a_second_death_while_the_first_slot_is_finished_is_recovered_too() {
+    let s = Shared::with_nodes("127.0.43", 3);
+    let (mut m0, d0) = s.mount(0);
+    let (mut m1, d1) = s.mount(1);
+    let (mut m2, d2) = s.mount(2);
+    let slots: Vec<u64> = [&m1, &m2]
+        .iter()
+        .map(|m| common::logged_number(&m.stderr(), "mounted in slot ").expect("the node logs its slot"))
+        .collect();
+    common::nodes::write_synced(&d1.join("one"), &vec![1u8; 1 << 20]).unwrap();
+    common::nodes::write_synced(&d2.join("two"), &vec![2u8; 1 << 20]).unwrap();
+    let pid2 = m2.pid().expect("n2 runs") as i32;
+    // SAFETY: a signal to the test's own child, by PID.
+    assert_eq!(unsafe { libc::kill(pid2, libc::SIGSTOP) }, 0);
+    m1.kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let finished = |slot: u64| format!("slot {slot} recovered");
+    while !slots.iter().all(|&slot| m0.stderr().contains(&finished(slot))) {
+        assert!(std::time::Instant::now() < deadline, "n0 did not recover slots {slots:?}:\n{}", m0.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    m2.kill();
+    std::fs::write(d0.join("after"), b"survivor").unwrap();
+    assert_eq!(read(&d0.join("one")), vec![1u8; 1 << 20], "n1's fsynced data survives");
+    assert_eq!(read(&d0.join("two")), vec![2u8; 1 << 20], "n2's fsynced data survives");
+    m0.unmount().unwrap();
+    common::assert_fsck_ocfs2_clean(&s.image);
+}

@@ -386,13 +386,10 @@ fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<S
         // Then the orphans nobody has open any more: the dead node's open locks are gone.
         let st = st.clone();
         std::thread::spawn(move || {
-            let mut set = LockSet::default();
-            set.want(LockResource::Super, LockMode::Ex);
-            let finished = request(Some(&*locks), &st, set, |m, _| m.finish_recovery(slot))
-                .and_then(|finished| reap_orphans(Some(&*locks), &st).map(|()| finished));
+            let finished = request(Some(&*locks), &st, LockSet::default(), |m, _| m.finish_recovery(slot))
+                .and_then(|()| reap_orphans(Some(&*locks), &st));
             match finished {
-                Ok(true) => tracing::info!("slot {slot} recovered"),
-                Ok(false) => {}
+                Ok(()) => tracing::info!("slot {slot} recovered"),
                 Err(e) => tracing::error!("recovering node {node}: {e}"),
             }
         });
