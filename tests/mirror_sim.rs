@@ -1053,6 +1053,16 @@ fn frozen_pair(seed: u64) -> Sim {
     sim
 }
 
+/// A [`frozen_pair`] whose mirror link alone breaks with a write of `node` to `block` in
+/// flight; returns the write's id.
+fn one_write_frozen(seed: u64, node: usize, block: u64) -> (Sim, usize) {
+    let mut sim = frozen_pair(seed);
+    let id = sim.writes.len();
+    sim.issue_write(node, block, 1, false);
+    sim.cut_link("test: the mirror's link alone breaks");
+    (sim, id)
+}
+
 /// Steps until every write issued so far has ended (10 s of simulated time at most).
 fn until_writes_end(sim: &mut Sim) {
     let deadline = sim.now + 10_000;
@@ -1138,10 +1148,7 @@ fn frozen_writes_are_sent_again_when_the_link_returns_and_both_stay_members() {
 #[test]
 fn a_frozen_write_of_the_sync_target_fails_instead_of_overwriting_newer_data() {
     init_log();
-    let mut sim = frozen_pair(7);
-    let lost = sim.writes.len();
-    sim.issue_write(1, 3, 1, false);
-    sim.cut_link("test: the mirror's link alone breaks");
+    let (mut sim, lost) = one_write_frozen(7, 1, 3);
     let now = sim.now;
     assert_eq!(sim.nodes[1].engine.as_ref().unwrap().io_state(), IoState::Frozen);
     sim.engine(0).peer_in_cluster(now, false).unwrap();
@@ -1156,6 +1163,31 @@ fn a_frozen_write_of_the_sync_target_fails_instead_of_overwriting_newer_data() {
     sim.check_converged();
     assert_eq!(sim.nodes[1].replica.block_id(3), newer as u64, "node 0's newer data won");
     assert!(sim.log.iter().any(|l| l.contains("Superseded")), "failed as superseded");
+}
+
+/// A frozen node reconnects; the cluster's verdict that the peer is out comes while the Hellos
+/// are still on their way. The node drops the handshake before its frozen write completes
+/// degraded in a new generation (its Hello showed the old one, so the peer would take the two
+/// replicas as in sync while this node resyncs from itself); the peer fences, restarts, and
+/// the resync brings the write.
+#[test]
+fn resume_io_during_a_handshake_drops_it_before_completing_frozen_writes() {
+    init_log();
+    let (mut sim, id) = one_write_frozen(3, 0, 4);
+    sim.try_connect();
+    sim.drain();
+    assert_eq!(sim.nodes[0].engine.as_ref().unwrap().conn_state(), ConnState::Handshake);
+    let now = sim.now;
+    sim.engine(0).resume_io(now).unwrap();
+    sim.drain();
+    assert!(sim.writes[id].ok && !sim.writes[id].replicated, "completed degraded");
+    assert_ne!(sim.nodes[0].engine.as_ref().unwrap().conn_state(), ConnState::Handshake, "handshake dropped");
+    // The peer's fence takes a while to come.
+    for _ in 0..50 {
+        sim.step(1);
+    }
+    sim.heal();
+    sim.check_converged();
 }
 
 fn random_msg(rng: &mut Rng) -> Msg {
