@@ -261,6 +261,8 @@ impl Engine {
         self.now = now;
         tracing::warn!("invalidate: the whole local replica will be resynced from the peer");
         self.bitmap.set_all();
+        // No mark is a frozen write's alone any more.
+        self.frozen_bits.clear();
         self.save_bitmap()?;
         self.set_flag(flags::CONSISTENT, false)?;
         if self.established() {
