@@ -435,7 +435,8 @@ fn serve_cluster(
         }
     });
     if let Some((m, peer)) = &mirror {
-        // A mirror that lost its peer freezes until the cluster says the peer is out.
+        // A mirror that lost its peer freezes until the cluster says the peer is out (or its
+        // link returns first: the frozen writes are sent again).
         let (m, peer) = (m.clone(), *peer);
         stack.on_membership(move |members| m.peer_in_cluster(members.contains(&peer)));
     }

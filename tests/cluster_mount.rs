@@ -211,6 +211,86 @@ fn a_split_on_the_mirror_fences_the_higher_node_which_resyncs_and_mounts_again()
     s.unmount_and_compare(&mut m0, &mut m1);
 }
 
+/// Only the mirror's TCP link between two nodes on 127.0.42.1/2 breaks (an nftables table of
+/// the test's own dropping the mirror's port, not the cluster's) for 4 s, twice the mirror's
+/// idle timeout, while each node writes and fsyncs a file: both mirrors freeze with the writes
+/// in flight, the cluster keeps both nodes as members (nobody resumes or fences), and once the
+/// table is gone the mirrors reconnect, send the frozen writes again and the fsyncs return.
+/// Each node reads the other's file, and after unmounting both replicas are identical and
+/// clean by fsck.ocfs2.
+#[test]
+fn on_the_mirror_writes_frozen_by_a_cut_of_the_mirror_link_alone_complete_when_it_returns() {
+    use std::time::{Duration, Instant};
+    let s = OnMirror::new("127.0.42");
+    let [(mut m0, d0), (mut m1, d1)] = s.mount_both();
+    write_synced(&d0.join("a"), b"before the cut").unwrap();
+    assert_eq!(read(&d1.join("a")), b"before the cut");
+    s.wait_both_in_sync();
+    let res = std::fs::read_to_string(&s.res).unwrap();
+    let port: u16 = res.split("address 127.0.42.1:").nth(1).and_then(|t| t.split(';').next()?.parse().ok()).unwrap();
+    let cut = PortCut::new(["127.0.42.1", "127.0.42.2"], port);
+    let started = Instant::now();
+    // Threads of their own (not scoped): should the writes never return, the test fails and its
+    // mounts go, which ends them.
+    let writers = [(&d0, "x0", 0x30u8), (&d1, "x1", 0x31u8)].map(|(d, name, fill)| {
+        let path = d.join(name);
+        std::thread::spawn(move || write_synced(&path, &vec![fill; 200_000]))
+    });
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.status(i)["mirror"]["io"] != "Frozen" {
+            assert!(Instant::now() < deadline, "n{i}'s mirror never froze: {}", s.status(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(writers.iter().all(|w| !w.is_finished()), "a write returned while the mirror was frozen");
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    for i in 0..2 {
+        assert_eq!(s.status(i)["mirror"]["io"], "Frozen", "nobody decided for n{i}: {}", s.status(i));
+    }
+    drop(cut);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writers.iter().all(|w| w.is_finished()) {
+        assert!(Instant::now() < deadline, "writes frozen by the cut still wait 30 s after it: {}", s.status(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for w in writers {
+        w.join().unwrap().expect("a write frozen by the cut");
+    }
+    eprintln!("fsyncs during the cut returned {:?} after it began", started.elapsed());
+    assert_eq!(read(&d1.join("x0")), vec![0x30u8; 200_000]);
+    assert_eq!(read(&d0.join("x1")), vec![0x31u8; 200_000]);
+    s.wait_both_in_sync();
+    s.unmount_and_compare(&mut m0, &mut m1);
+}
+
+/// An nftables table of the test's own dropping one TCP port's traffic between two addresses
+/// (both ways); deleted on drop.
+struct PortCut(String);
+
+impl PortCut {
+    fn new([a, b]: [&str; 2], port: u16) -> PortCut {
+        let name = format!("o2fs_port_cut_{}_{port}", std::process::id());
+        let nft = |args: &[&str]| {
+            let out = run(Command::new("nft").args(args));
+            assert!(out.status.success(), "nft {args:?}: {}", common::text(&out));
+        };
+        nft(&["add", "table", "ip", &name]);
+        nft(&["add", "chain", "ip", &name, "input", "{ type filter hook input priority 0; policy accept; }"]);
+        for dir in ["dport", "sport"] {
+            let rule = format!("ip saddr {{ {a}, {b} }} ip daddr {{ {a}, {b} }} tcp {dir} {port} drop");
+            nft(&["add", "rule", "ip", &name, "input", &rule]);
+        }
+        PortCut(name)
+    }
+}
+
+impl Drop for PortCut {
+    fn drop(&mut self) {
+        let _ = run(Command::new("nft").args(["delete", "table", "ip", &self.0]));
+    }
+}
+
 #[test]
 fn on_the_mirror_the_lower_node_recovers_a_killed_higher_node_which_resyncs_and_returns() {
     let s = OnMirror::new("127.0.12");
