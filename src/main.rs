@@ -414,7 +414,10 @@ fn serve_cluster(
         bail!("{} is a local volume (mkfs -M local): it cannot be mounted by a cluster", name);
     }
     check_cluster_names(vol.sb(), &name, conf)?;
-    let locks = o2fs::fs::dlm_locks::DlmLocks::new(&vol.geo);
+    let lock_cache = opts
+        .lock_cache
+        .unwrap_or_else(|| o2fs::fs::dlm_locks::default_lock_cache(opts.cache_bytes, vol.geo.block_size));
+    let locks = o2fs::fs::dlm_locks::DlmLocks::new(&vol.geo, lock_cache);
     drop(vol);
     // The heartbeat writes beside the fence: fencing halts it separately, without a last write.
     let heartbeat = cli::cluster::disk_heartbeat(raw, mirror.is_none())?;

@@ -320,9 +320,13 @@ async fn serve_admin(
     while let Ok(Some(req)) = conn.recv().await {
         let reply = match (req["cmd"].as_str(), &mirror) {
             (Some("status"), _) => {
+                let (mastered, dlm_locks) = svc.dlm_sizes();
                 let mut reply = admin::ok(json!({
                     "cluster": cluster.status(),
                     "cached_locks": svc.cached().len(),
+                    "dropped_locks": svc.locks_dropped(),
+                    "mastered_resources": mastered,
+                    "dlm_locks": dlm_locks,
                     "lock_messages_sent": svc.messages_sent(),
                 }));
                 if let Some(m) = &mirror {

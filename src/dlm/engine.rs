@@ -174,6 +174,11 @@ impl Dlm {
         }
     }
 
+    /// How many resources this node masters, and how many locks it has (status output).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.mastered.len(), self.locks.len())
+    }
+
     /// The epoch of the current view, if any.
     pub fn epoch(&self) -> Option<u64> {
         self.view.as_ref().map(|v| v.epoch)

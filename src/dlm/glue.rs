@@ -10,12 +10,27 @@
 //! serves nobody here (the next local user needs more than is held, or this node's own
 //! upconversion waits for the peer). Times are the service's clock in milliseconds.
 //!
+//! A bound on idle locks ([`Lru`]): a node that touches many inodes (a mail server creating
+//! millions of files) would otherwise keep a lock, and its owner whatever it caches under it, for
+//! every one of them. When more locks subject to the bound are cached than it allows, the least
+//! recently used ones that nobody here uses, waits for or converts are given up: the owner's
+//! downconvert callback runs as for a peer's request to NL, then the DLM lock is unlocked, so the
+//! node's records go and the master forgets the resource once nobody holds or waits on it (as
+//! OCFS2 drops an inode's locks when the inode leaves the inode cache, and o2dlm purges unused
+//! resources). A user arriving meanwhile waits and asks for a new lock once the unlock is done.
+//!
+//! Value blocks: no user of this cache writes one (there is no call for it), so a lock going
+//! down or given up writes back only a non-empty block it was granted. An empty block stays
+//! unwritten, the resource's version stays 0, and its master can forget it (a master keeps every
+//! resource whose block has a version). A non-empty block is written back when the lock is given
+//! up from EX or PW, so the master keeps it for the next holder.
+//!
 //! This module is the per-resource bookkeeping only (sans-IO): it says what to ask of the DLM;
 //! `service` performs it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::{LockId, Lvb, Mode};
+use super::{LockId, Lvb, Mode, ResName};
 
 /// Local use of a cached lock: like a reader/writer lock between this node's users.
 #[derive(Debug, Default)]
@@ -41,6 +56,12 @@ pub struct Cached {
     pub hold_until: u64,
     /// A `Recheck` at `hold_until` is on its way.
     pub recheck_armed: bool,
+    /// Subject to the bound on idle locks ([`Lru`]).
+    pub capped: bool,
+    /// Its place in the [`Lru`] (0: not listed).
+    pub lru: u64,
+    /// Being given up ([`Action::Drop`]): unlocked once the owner's callback ran.
+    pub dropping: bool,
 }
 
 #[derive(Debug)]
@@ -64,6 +85,9 @@ pub enum Action {
     Wake { ticket: u64 },
     /// Step again at this time: a hold ends (then [`Cached::rechecked`]).
     Recheck { at: u64 },
+    /// Give the idle lock up (the bound on idle locks): run the owner's downconvert callback to
+    /// NL if `from` is above NL, then unlock, writing `lvb` (then [`Cached::unlocked`]).
+    Drop { id: LockId, from: Mode, lvb: Option<Lvb> },
 }
 
 /// Only Pr (shared) and Ex (exclusive) are taken by local users.
@@ -114,6 +138,60 @@ impl Cached {
     /// Whether the mode this node was granted covers `mode`.
     pub fn covers(&self, mode: Mode) -> bool {
         covers(self.granted, mode)
+    }
+
+    /// Granted, and nobody here holds it, waits for it or changes it, and no peer waits for it.
+    pub fn idle(&self) -> bool {
+        self.granted.is_some()
+            && self.id.is_some()
+            && self.readers == 0
+            && !self.writer
+            && self.waiters.is_empty()
+            && self.busy.is_none()
+            && self.blocked.is_none()
+            && !self.cancelling
+            && !self.dropping
+    }
+
+    /// No DLM lock, and nobody here holds or waits for one: the entry can go.
+    pub fn forgettable(&self) -> bool {
+        self.id.is_none() && self.busy.is_none() && self.waiters.is_empty() && self.readers == 0 && !self.writer
+    }
+
+    /// The value block to write back when giving up `from`: one that was granted non-empty (see
+    /// the module documentation).
+    fn write_back(&self, from: Option<Mode>) -> Option<Lvb> {
+        (from.is_some_and(Mode::writes_lvb) && !self.lvb.is_empty()).then(|| self.lvb.clone())
+    }
+
+    /// Starts giving the lock up if it is idle: from now on local users queue (nothing is
+    /// granted), and they ask for a new lock once [`unlocked`](Self::unlocked).
+    pub fn give_up(&mut self) -> Option<Action> {
+        let id = self.id.filter(|_| self.idle())?;
+        let from = self.granted.take()?;
+        self.dropping = true;
+        self.busy = Some(Mode::Nl);
+        self.hold_until = 0;
+        Some(Action::Drop { id, from, lvb: self.write_back(Some(from)) })
+    }
+
+    /// The DLM refused the unlock of a lock being given up at `from`: it is kept.
+    pub fn kept(&mut self, from: Mode) {
+        self.granted = Some(from);
+        self.dropping = false;
+        self.busy = None;
+        self.admit = true;
+    }
+
+    /// The unlock of a lock given up is done: this node has no DLM lock on the resource. Users
+    /// who queued meanwhile ask for a new one at the next `step`.
+    pub fn unlocked(&mut self) {
+        self.id = None;
+        self.granted = None;
+        self.busy = None;
+        self.blocked = None;
+        self.dropping = false;
+        self.cancelling = false;
     }
 
     /// A local user asks for `mode` at time `now`. Returns whether it was granted from the
@@ -252,7 +330,7 @@ impl Cached {
             let holding_over = self.holding_over();
             if !holding_over && self.granted.is_some_and(|g| g != target && !covers(Some(target), g)) {
                 self.busy = Some(target);
-                let lvb = matches!(self.granted, Some(Mode::Ex) | Some(Mode::Pw)).then(|| self.lvb.clone());
+                let lvb = self.write_back(self.granted);
                 out.push(Action::Downconvert { id, mode: target, lvb });
                 return out;
             }
@@ -272,6 +350,81 @@ impl Cached {
                     Some(id) => Action::Convert { id, mode },
                 });
             }
+        }
+        out
+    }
+}
+
+/// The bound on idle cached locks (see the module documentation): the locks subject to it, by
+/// last use, oldest first.
+pub struct Lru {
+    /// How many such locks may stay cached.
+    max: usize,
+    /// Which resources are subject to the bound (the owner says).
+    capped: Box<dyn Fn(&ResName) -> bool + Send>,
+    /// Listed entries by their `Cached::lru` tick: every entry subject to the bound, once,
+    /// except those being given up.
+    order: BTreeMap<u64, ResName>,
+    next: u64,
+}
+
+impl Lru {
+    pub fn new(max: usize, capped: Box<dyn Fn(&ResName) -> bool + Send>) -> Lru {
+        Lru { max, capped, order: BTreeMap::new(), next: 0 }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A new cache entry `c` for `name`: listed if it is subject to the bound.
+    pub fn created(&mut self, name: &ResName, c: &mut Cached) {
+        c.capped = (self.capped)(name);
+        self.touch(name, c);
+    }
+
+    /// `c` was just used: it goes to the back of the list.
+    pub fn touch(&mut self, name: &ResName, c: &mut Cached) {
+        if !c.capped || c.dropping {
+            return;
+        }
+        // The listed name is moved to its new place (no allocation per use).
+        let name = self.order.remove(&c.lru).unwrap_or_else(|| name.clone());
+        self.next += 1;
+        c.lru = self.next;
+        self.order.insert(self.next, name);
+    }
+
+    /// How many listed locks are over the bound.
+    pub fn excess(&self) -> usize {
+        self.order.len().saturating_sub(self.max)
+    }
+
+    /// Gives up to `n` of the least recently used idle locks; entries with no lock and no user
+    /// are forgotten on the way (they count as given up). Locks in use are passed over: they go
+    /// to the back when released. Returns what to do for each lock given up.
+    pub fn choose(&mut self, cache: &mut HashMap<ResName, Cached>, n: usize) -> Vec<(ResName, Action)> {
+        let (mut out, mut unlisted, mut forgotten) = (Vec::new(), Vec::new(), 0);
+        for (&tick, name) in &self.order {
+            if out.len() + forgotten >= n {
+                break;
+            }
+            let Some(c) = cache.get_mut(name) else {
+                unlisted.push(tick);
+                continue;
+            };
+            if c.forgettable() {
+                cache.remove(name);
+                unlisted.push(tick);
+                forgotten += 1;
+            } else if let Some(action) = c.give_up() {
+                c.lru = 0;
+                unlisted.push(tick);
+                out.push((name.clone(), action));
+            }
+        }
+        for tick in unlisted {
+            self.order.remove(&tick);
         }
         out
     }
@@ -305,7 +458,7 @@ mod tests {
         assert!(c.step(0).is_empty(), "holder still inside");
         assert!(!c.acquire(2, Mode::Ex, 0), "newcomers queue behind the peer");
         c.release(Mode::Ex);
-        assert_eq!(c.step(0), vec![Action::Downconvert { id: LockId(1), mode: Mode::Pr, lvb: Some(Lvb::default()) }]);
+        assert_eq!(c.step(0), vec![Action::Downconvert { id: LockId(1), mode: Mode::Pr, lvb: None }]);
         c.granted(Mode::Pr, Lvb::default(), 0);
         assert_eq!(c.blocked, None);
         // The queued newcomer now needs Ex again: it asks, behind the peer.
@@ -322,7 +475,7 @@ mod tests {
         assert_eq!(c.step(0), vec![Action::Wake { ticket: 1 }], "the user who waited runs first");
         assert!(!c.acquire(2, Mode::Ex, 0), "a newcomer waits behind the peer");
         c.release(Mode::Ex);
-        assert_eq!(c.step(0), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: Some(Lvb::default()) }]);
+        assert_eq!(c.step(0), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: None }]);
     }
 
     #[test]
@@ -369,7 +522,7 @@ mod tests {
         assert!(c.step(6).is_empty(), "one recheck is enough");
         assert!(!c.acquire(3, Mode::Ex, 10), "the hold is over: behind the peer");
         c.rechecked();
-        let down = Action::Downconvert { id: LockId(3), mode: Mode::Nl, lvb: Some(Lvb::default()) };
+        let down = Action::Downconvert { id: LockId(3), mode: Mode::Nl, lvb: None };
         assert_eq!(c.step(10), vec![down]);
         c.granted(Mode::Nl, Lvb::default(), 99);
         assert_eq!(c.hold_until, 10, "going down starts no hold");
@@ -391,5 +544,83 @@ mod tests {
         assert_eq!(c.step(1), vec![Action::Cancel { id: LockId(1) }]);
         c.failed();
         assert_eq!(c.step(1), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: None }]);
+    }
+
+    #[test]
+    fn an_empty_value_block_is_not_written_back_and_a_granted_one_is() {
+        let mut c = Cached { id: Some(LockId(1)), granted: Some(Mode::Ex), ..Default::default() };
+        c.blocking(Mode::Ex);
+        assert_eq!(c.step(0), vec![Action::Downconvert { id: LockId(1), mode: Mode::Nl, lvb: None }]);
+        let lvb = Lvb(vec![7]);
+        let mut c = Cached { id: Some(LockId(1)), granted: Some(Mode::Ex), lvb: lvb.clone(), ..Default::default() };
+        assert_eq!(c.give_up(), Some(Action::Drop { id: LockId(1), from: Mode::Ex, lvb: Some(lvb.clone()) }));
+        let mut c = Cached { id: Some(LockId(1)), granted: Some(Mode::Pr), lvb, ..Default::default() };
+        assert_eq!(c.give_up(), Some(Action::Drop { id: LockId(1), from: Mode::Pr, lvb: None }), "PR writes none");
+    }
+
+    /// A cache of `n` idle locks "r0", "r1"… granted at `mode`, used in that order, under a bound
+    /// of `max` that applies to every name but "sys".
+    fn cache_of(n: usize, max: usize) -> (Lru, HashMap<ResName, Cached>) {
+        let mut lru = Lru::new(max, Box::new(|name: &ResName| name.as_str() != "sys"));
+        let mut cache = HashMap::new();
+        for (i, name) in (0..n).map(|i| format!("r{i}")).chain(["sys".to_string()]).enumerate() {
+            let name = ResName::new(&name).unwrap();
+            let mut c = Cached { id: Some(LockId(i as u64 + 1)), granted: Some(Mode::Ex), ..Default::default() };
+            lru.created(&name, &mut c);
+            cache.insert(name, c);
+        }
+        (lru, cache)
+    }
+
+    fn name(s: &str) -> ResName {
+        ResName::new(s).unwrap()
+    }
+
+    #[test]
+    fn the_bound_gives_up_the_least_recently_used_idle_locks() {
+        let (mut lru, mut cache) = cache_of(6, 4);
+        assert_eq!(lru.excess(), 2, "six listed, four allowed; \"sys\" is not subject to the bound");
+        // r0 is used again (it goes to the back); r1 is in use right now.
+        let r0 = cache.get_mut(&name("r0")).unwrap();
+        assert!(r0.acquire(100, Mode::Pr, 0));
+        r0.release(Mode::Pr);
+        lru.touch(&name("r0"), cache.get_mut(&name("r0")).unwrap());
+        assert!(cache.get_mut(&name("r1")).unwrap().acquire(101, Mode::Ex, 0));
+        let chosen = lru.choose(&mut cache, lru.excess());
+        let names: Vec<&str> = chosen.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["r2", "r3"], "oldest idle first, never one in use");
+        assert_eq!(chosen[0].1, Action::Drop { id: LockId(3), from: Mode::Ex, lvb: None });
+        assert_eq!(lru.excess(), 0);
+        // Being given up: a local user queues (nothing granted), and the lock is not chosen again.
+        let r2 = cache.get_mut(&name("r2")).unwrap();
+        assert!(!r2.acquire(102, Mode::Pr, 0));
+        assert!(r2.step(0).is_empty(), "no request while the unlock is on its way");
+        r2.unlocked();
+        assert_eq!(r2.step(0), vec![Action::Request { mode: Mode::Pr }], "asks anew once unlocked");
+        let r3 = cache.get_mut(&name("r3")).unwrap();
+        r3.unlocked();
+        assert!(r3.forgettable(), "nobody waited: the entry can go");
+    }
+
+    #[test]
+    fn locks_a_peer_waits_for_or_being_converted_are_not_given_up() {
+        let (mut lru, mut cache) = cache_of(3, 0);
+        cache.get_mut(&name("r0")).unwrap().blocking(Mode::Ex);
+        cache.get_mut(&name("r1")).unwrap().busy = Some(Mode::Nl);
+        let chosen = lru.choose(&mut cache, 3);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].0.as_str(), "r2");
+        assert_eq!(lru.excess(), 2, "the two passed over stay listed");
+        assert!(cache[&name("sys")].idle(), "not subject to the bound: kept");
+    }
+
+    #[test]
+    fn entries_without_a_lock_or_user_are_forgotten() {
+        let (mut lru, mut cache) = cache_of(2, 1);
+        let r0 = cache.get_mut(&name("r0")).unwrap();
+        (r0.id, r0.granted) = (None, None);
+        assert!(lru.choose(&mut cache, 1).is_empty());
+        assert!(!cache.contains_key(&name("r0")));
+        assert_eq!(lru.excess(), 0);
     }
 }

@@ -5,6 +5,11 @@
 //! mutex and no message. Waiting users hold a one-shot channel (async users await it, the
 //! filesystem's threads block on it). A downconvert callback, when the owner registered one,
 //! runs outside the mutex before the DLM is told to downconvert (the filesystem flushes there).
+//!
+//! With a bound on idle locks ([`LockService::set_idle_cap`], see [`glue::Lru`](super::glue::Lru))
+//! the least recently used idle locks over it are given up by a thread of the service's own,
+//! through the same callback; a releasing user helps only when that thread falls behind by more
+//! than [`TRIM_INLINE_AFTER`] locks (so the bound holds however fast locks are taken).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::glue::{Action, Cached};
+use super::glue::{Action, Cached, Lru};
 use super::{Dlm, Event, LockFlags, LockId, Lvb, Mode, Msg, NodeId, ResName, ResourceDump};
 use crate::cluster::node::{ClusterEvent, ClusterHandle};
 
@@ -41,6 +46,14 @@ pub enum ServiceError {
     Runtime(String),
 }
 
+/// Locks over the bound on idle locks that the service's own thread may be behind by before a
+/// releasing user gives up the excess itself.
+pub const TRIM_INLINE_AFTER: usize = 32;
+
+/// At most this many locks are given up per pass of the service's thread (the mutex is not held
+/// long; users come in between passes).
+const TRIM_BATCH: usize = 64;
+
 /// How long a try-lock lets a node that only caches the lock yield it (a few round trips and a
 /// downconvert) before the lock counts as held elsewhere.
 pub const TRY_FOR: Duration = Duration::from_millis(300);
@@ -61,14 +74,26 @@ struct Inner {
     next_ticket: u64,
     dumps: HashMap<u64, mpsc::UnboundedSender<(NodeId, Vec<ResourceDump>)>>,
     fenced: Option<String>,
-    /// Downconverts waiting for the owner's callback to run outside the mutex.
-    downconverts: Vec<(ResName, LockId, Mode, Option<Lvb>)>,
+    /// Downconverts and drops waiting for the owner's callback to run outside the mutex.
+    downconverts: Vec<GiveUp>,
+    /// The bound on idle cached locks, if the owner set one.
+    lru: Option<Lru>,
     members: BTreeSet<NodeId>,
     /// Recoveries of dead nodes running on this node.
     recovering: u32,
     /// This node's direct locks (outside the cache), each with whoever waits for its grant or
     /// its unlock.
     direct: HashMap<LockId, Option<std::sync::mpsc::Sender<Result<(), ServiceError>>>>,
+}
+
+/// A cached lock going down to `mode` after the owner's callback: converted, or with `dropped`
+/// (the mode it was granted) unlocked.
+struct GiveUp {
+    res: ResName,
+    id: LockId,
+    mode: Mode,
+    lvb: Option<Lvb>,
+    dropped: Option<Mode>,
 }
 
 pub struct LockService {
@@ -87,6 +112,10 @@ pub struct LockService {
     downconvert: Option<DownconvertHook>,
     /// Messages handed to the cluster runtime since the start.
     sent: AtomicU64,
+    /// Cached locks given up under the bound on idle locks since the start.
+    dropped: AtomicU64,
+    /// Signalled when the cached locks go over the bound on idle locks.
+    trim_wanted: Condvar,
     /// How long a lock granted up is kept against blocked peers (ms; see `glue`): 0 unless an
     /// owner sets it.
     min_hold_ms: AtomicU64,
@@ -210,6 +239,7 @@ impl LockService {
                 dumps: HashMap::new(),
                 fenced: None,
                 downconverts: Vec::new(),
+                lru: None,
                 members: BTreeSet::new(),
                 recovering: 0,
                 direct: HashMap::new(),
@@ -222,6 +252,8 @@ impl LockService {
             recovery,
             downconvert,
             sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            trim_wanted: Condvar::new(),
             min_hold_ms: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
         });
@@ -237,6 +269,69 @@ impl LockService {
     /// Keeps every lock granted up for at least `hold` against blocked peers (see `glue`).
     pub fn set_min_hold(&self, hold: Duration) {
         self.min_hold_ms.store(hold.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Bounds the locks this node keeps cached with no local user: of the resources `capped`
+    /// says are subject to it, at most `max` stay cached; the least recently used idle ones
+    /// over that are given up (the downconvert callback runs as for a downconvert to NL, then
+    /// the lock is unlocked). Set before the first lock is taken (entries already cached are not
+    /// subject to it). Starts the thread that gives them up.
+    pub fn set_idle_cap(&self, max: usize, capped: Box<dyn Fn(&ResName) -> bool + Send>) {
+        self.inner.lock().lru = Some(Lru::new(max, capped));
+        let this = self.this.clone();
+        let spawned = std::thread::Builder::new().name("lock-trim".into()).spawn(move || {
+            while let Some(svc) = this.upgrade() {
+                svc.trim_pass();
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("starting the thread that bounds idle locks: {e}; releasing users give them up");
+        }
+    }
+
+    /// How many resources the DLM of this node masters, and how many locks it has (cached and
+    /// direct).
+    pub fn dlm_sizes(&self) -> (usize, usize) {
+        self.inner.lock().dlm.sizes()
+    }
+
+    /// Cached locks given up under the bound on idle locks since the start.
+    pub fn locks_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many locks over the bound may be given up now (none while fenced or recovering: a
+    /// recovery's locks must not go under it).
+    fn excess(inner: &Inner) -> usize {
+        match &inner.lru {
+            Some(lru) if inner.fenced.is_none() && inner.recovering == 0 => lru.excess(),
+            _ => 0,
+        }
+    }
+
+    /// One pass of the service's thread: waits (up to a second) for the cached locks to go
+    /// over the bound, then gives up at most a batch of the excess.
+    fn trim_pass(&self) {
+        let mut inner = self.inner.lock();
+        if Self::excess(&inner) == 0 {
+            self.trim_wanted.wait_for(&mut inner, Duration::from_secs(1));
+        }
+        let n = Self::excess(&inner).min(TRIM_BATCH);
+        self.trim(&mut inner, n);
+        drop(inner);
+        self.run_downconverts();
+    }
+
+    /// Starts giving up `n` of the least recently used idle locks (their callbacks run in
+    /// `run_downconverts`).
+    fn trim(&self, inner: &mut Inner, n: usize) {
+        let Some(lru) = inner.lru.as_mut().filter(|_| n > 0) else { return };
+        let chosen = lru.choose(&mut inner.cache, n);
+        self.dropped.fetch_add(chosen.len() as u64, Ordering::Relaxed);
+        for (res, action) in chosen {
+            self.perform(inner, &res, vec![action]);
+        }
+        self.pump(inner);
     }
 
     /// The service's clock, in milliseconds since it started.
@@ -393,7 +488,17 @@ impl LockService {
         }
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
-        let cached = inner.cache.entry(res.clone()).or_default();
+        let Inner { cache, lru, .. } = &mut *inner;
+        let cached = match cache.entry(res.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let c = e.insert(Cached::default());
+                if let Some(lru) = lru {
+                    lru.created(res, c);
+                }
+                c
+            }
+        };
         tracing::trace!(res = res.as_str(), ticket, ?mode, state = ?cached, "acquire");
         if cached.acquire(ticket, mode, self.now_ms()) {
             return Ok(None);
@@ -407,10 +512,21 @@ impl LockService {
 
     fn release(&self, res: &ResName, mode: Mode) {
         let mut inner = self.inner.lock();
-        if let Some(c) = inner.cache.get_mut(res) {
+        let Inner { cache, lru, .. } = &mut *inner;
+        if let Some(c) = cache.get_mut(res) {
             c.release(mode);
+            if let Some(lru) = lru {
+                lru.touch(res, c);
+            }
         }
         self.step(&mut inner, res);
+        // The bound on idle locks: the service's thread gives up the excess; this user helps
+        // only when that thread is far behind.
+        let excess = Self::excess(&inner);
+        if excess > 0 {
+            self.trim_wanted.notify_one();
+        }
+        self.trim(&mut inner, excess.saturating_sub(TRIM_INLINE_AFTER));
         drop(inner);
         self.run_downconverts();
     }
@@ -440,13 +556,18 @@ impl LockService {
                     }
                 }
                 Action::Downconvert { id, mode, lvb } => match self.downconvert {
-                    Some(_) => inner.downconverts.push((res.clone(), id, mode, lvb)),
+                    Some(_) => inner.downconverts.push(GiveUp { res: res.clone(), id, mode, lvb, dropped: None }),
                     None => {
                         if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), lvb) {
                             warn!(res = res.as_str(), "downconverting to {mode}: {e}");
                         }
                     }
                 },
+                // Nothing is cached under NL: no callback.
+                Action::Drop { id, from, lvb } if self.downconvert.is_some() && from != Mode::Nl => {
+                    inner.downconverts.push(GiveUp { res: res.clone(), id, mode: Mode::Nl, lvb, dropped: Some(from) })
+                }
+                Action::Drop { id, from, lvb } => Self::unlock_dropped(inner, res, id, from, lvb),
                 Action::Cancel { id } => {
                     if let Err(e) = inner.dlm.cancel(id) {
                         debug!(res = res.as_str(), "withdrawing a request: {e}");
@@ -489,15 +610,42 @@ impl LockService {
             if pending.is_empty() {
                 return;
             }
-            for (res, id, mode, lvb) in pending {
+            for GiveUp { res, id, mode, lvb, dropped } in pending {
                 hook(&res, mode);
                 let mut inner = self.inner.lock();
-                if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), lvb) {
-                    warn!(res = res.as_str(), "downconverting to {mode}: {e}");
+                match dropped {
+                    Some(from) => Self::unlock_dropped(&mut inner, &res, id, from, lvb),
+                    None => {
+                        if let Err(e) = inner.dlm.convert(id, mode, LockFlags::default(), lvb) {
+                            warn!(res = res.as_str(), "downconverting to {mode}: {e}");
+                        }
+                    }
                 }
                 self.pump(&mut inner);
             }
         }
+    }
+
+    /// Unlocks a cached lock being given up (granted `from`); if the DLM refuses, it is kept.
+    fn unlock_dropped(inner: &mut Inner, res: &ResName, id: LockId, from: Mode, lvb: Option<Lvb>) {
+        if let Err(e) = inner.dlm.unlock(id, lvb) {
+            warn!(res = res.as_str(), "giving up an idle lock: {e}; kept");
+            if let Some(c) = inner.cache.get_mut(res) {
+                c.kept(from);
+            }
+        }
+    }
+
+    /// The unlock of cached lock `id` on `res` is done: the entry goes, unless users queued
+    /// meanwhile (they ask for a new lock).
+    fn cached_unlocked(&self, inner: &mut Inner, res: &ResName, id: LockId, now: u64) {
+        let Some(c) = inner.cache.get_mut(res).filter(|c| c.id == Some(id)) else { return };
+        c.unlocked();
+        let actions = c.step(now);
+        if c.forgettable() {
+            inner.cache.remove(res);
+        }
+        self.perform(inner, res, actions);
     }
 
     /// Handles every engine output until there is none.
@@ -518,9 +666,12 @@ impl LockService {
                 }
                 Event::Granted { id, .. } | Event::Failed { id, .. } | Event::Blocking { id, .. } => (id, ev),
                 Event::Unlocked { id } => {
-                    inner.by_id.remove(&id);
+                    let res = inner.by_id.remove(&id);
                     if let Some(Some(tx)) = inner.direct.remove(&id) {
                         let _ = tx.send(Ok(()));
+                    }
+                    if let Some(res) = res {
+                        self.cached_unlocked(inner, &res, id, now);
                     }
                     continue;
                 }

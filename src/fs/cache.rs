@@ -52,6 +52,9 @@ pub struct MetaCache {
     /// The owner each cached block was read or written for. A clean block asked for by another
     /// owner is read again: its cluster was freed and reused since, maybe by another node.
     owners: HashMap<u64, u64>,
+    /// The blocks of each owner in `owners`: giving up one owner's lock looks at its blocks
+    /// only (a node gives up idle locks all the time when it touches many inodes).
+    blocks_of: HashMap<u64, HashSet<u64>>,
     /// Which lock covers each owner's blocks, and which the running request holds.
     rights: Rights,
     /// Owners with blocks changed since the last checkpoint (running or logged, not in place).
@@ -80,6 +83,7 @@ impl MetaCache {
             dirty: BTreeMap::new(),
             read_only: sink.is_none(),
             owners: HashMap::new(),
+            blocks_of: HashMap::new(),
             rights: Rights::default(),
             unwritten: HashSet::new(),
             sink,
@@ -114,24 +118,52 @@ impl MetaCache {
         self.clean.clear();
         let dirty = &self.dirty;
         self.owners.retain(|b, _| dirty.contains_key(b));
+        self.blocks_of.clear();
+        for (&b, &o) in &self.owners {
+            self.blocks_of.entry(o).or_default().insert(b);
+        }
     }
 
     /// Forgets the clean blocks of `owner`, whose lock this node gives up (checkpointed first).
     pub fn drop_owner(&mut self, owner: u64) {
-        let gone: Vec<u64> =
-            self.owners.iter().filter(|&(b, &o)| o == owner && !self.dirty.contains_key(b)).map(|(&b, _)| b).collect();
+        let Some(blocks) = self.blocks_of.get(&owner) else { return };
+        let gone: Vec<u64> = blocks.iter().copied().filter(|b| !self.dirty.contains_key(b)).collect();
         for b in gone {
             self.clean.pop(&b);
-            self.owners.remove(&b);
+            self.clear_owner(b);
+        }
+    }
+
+    /// Records that `blkno` is `owner`'s.
+    fn set_owner(&mut self, blkno: u64, owner: u64) {
+        if let Some(old) = self.owners.insert(blkno, owner).filter(|&old| old != owner) {
+            self.unlist(old, blkno);
+        }
+        self.blocks_of.entry(owner).or_default().insert(blkno);
+    }
+
+    /// Forgets whose `blkno` is.
+    fn clear_owner(&mut self, blkno: u64) {
+        if let Some(owner) = self.owners.remove(&blkno) {
+            self.unlist(owner, blkno);
+        }
+    }
+
+    fn unlist(&mut self, owner: u64, blkno: u64) {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.blocks_of.entry(owner) {
+            e.get_mut().remove(&blkno);
+            if e.get().is_empty() {
+                e.remove();
+            }
         }
     }
 
     /// Keeps a clean copy of `blkno` for `owner`, forgetting the owner of the block it evicts.
     fn keep_clean(&mut self, blkno: u64, owner: u64, data: Vec<u8>) {
-        self.owners.insert(blkno, owner);
+        self.set_owner(blkno, owner);
         if let Some((old, _)) = self.clean.push(blkno, data) {
             if old != blkno && !self.dirty.contains_key(&old) {
-                self.owners.remove(&old);
+                self.clear_owner(old);
             }
         }
     }
@@ -181,7 +213,7 @@ impl MetaCache {
             return Err(FsError::Corrupt { blkno, what: "write of a block outside the volume".into() });
         }
         self.clean.pop(&blkno);
-        self.owners.insert(blkno, owner);
+        self.set_owner(blkno, owner);
         self.unwritten.insert(owner);
         let before = self.dirty.insert(blkno, data);
         self.undo.entry(blkno).or_insert(before);
@@ -191,7 +223,7 @@ impl MetaCache {
     /// Forgets a block that is no longer metadata (freed), so a stale copy is never written.
     pub fn forget(&mut self, blkno: u64) {
         self.clean.pop(&blkno);
-        self.owners.remove(&blkno);
+        self.clear_owner(blkno);
         if let Some(before) = self.dirty.remove(&blkno) {
             self.undo.entry(blkno).or_insert(Some(before));
         }

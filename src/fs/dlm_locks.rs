@@ -6,6 +6,13 @@
 //! groups in chunks it masters (`is_local`) creates inodes whose locks cost no message, as
 //! OCFS2 masters a new inode's lock locally. Open locks are direct DLM locks outside the lock
 //! cache ([`OpenLocks`]); every other lock goes through the cache.
+//!
+//! Inode metadata locks are subject to the lock service's bound on idle locks
+//! ([`LockService::set_idle_cap`]): the least recently used ones nobody here uses are given up
+//! through the downconvert callback (to NL: the core checkpoints and forgets the inode, the
+//! kernel's attributes go) and unlocked, and the inode's idle open lock goes with them. System
+//! files' locks (allocators, local alloc, truncate log, orphan dirs), the super, journal and flock
+//! locks are not: a node keeps few of them, and a flock lock is given up only by its holder.
 
 use super::error::{FsError, Result};
 use super::geometry::Geometry;
@@ -17,10 +24,11 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-#[derive(Default)]
+/// The DLM names of the resources used lately (every request looks its names up instead of
+/// formatting them anew), at most `max` of them: a memo, emptied when full.
 struct Names {
     names: HashMap<LockResource, ResName>,
-    resources: HashMap<ResName, LockResource>,
+    max: usize,
 }
 
 impl Names {
@@ -28,9 +36,11 @@ impl Names {
         if let Some(n) = self.names.get(&res) {
             return n.clone();
         }
+        if self.names.len() >= self.max {
+            self.names.clear();
+        }
         let n = DlmLocks::name(res, chunk_blocks);
         self.names.insert(res, n.clone());
-        self.resources.insert(n.clone(), res);
         n
     }
 }
@@ -42,6 +52,16 @@ impl Names {
 /// running here).
 const MIN_HOLD: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The default bound on idle inode locks for a metadata cache of `cache_bytes` on a volume of
+/// `block_size`-byte blocks: one lock per block the cache holds. A lock kept idle is worth what
+/// it lets this node cache (an inode needs at least its inode block cached to gain from it); with
+/// more idle locks than the cache has blocks, most of those inodes have nothing cached any more,
+/// and each lock costs memory of its own (its records here and at its master, its open lock).
+/// 64 MiB of 4 KiB blocks: 16 384 locks. At least 1024.
+pub fn default_lock_cache(cache_bytes: usize, block_size: usize) -> usize {
+    (cache_bytes / block_size.max(1)).max(1024)
+}
+
 /// Created before the lock service (whose hooks call into it), then bound to it.
 pub struct DlmLocks {
     /// Blocks per mastery chunk: the same on every node (it follows the volume's geometry).
@@ -49,9 +69,10 @@ pub struct DlmLocks {
     svc: OnceLock<Arc<LockService>>,
     /// Guards of the locks held, per resource and mode (released one per `release`).
     held: Mutex<HashMap<(LockResource, LockMode), Vec<LockGuard>>>,
-    /// The DLM name of each resource used so far, and back (for downconvert callbacks):
-    /// every request looks its name up instead of formatting it anew.
+    /// The DLM names of the resources used lately.
     names: Mutex<Names>,
+    /// The bound on idle inode metadata locks (see the module documentation).
+    lock_cache: usize,
     downconvert: OnceLock<DownconvertFn>,
     recovery: OnceLock<RecoveryFn>,
     /// Open locks, outside the lock cache.
@@ -59,13 +80,15 @@ pub struct DlmLocks {
 }
 
 impl DlmLocks {
-    /// The locks of a volume of geometry `geo`.
-    pub fn new(geo: &Geometry) -> Arc<DlmLocks> {
+    /// The locks of a volume of geometry `geo`, keeping at most `lock_cache` idle inode
+    /// metadata locks cached.
+    pub fn new(geo: &Geometry, lock_cache: usize) -> Arc<DlmLocks> {
         Arc::new(DlmLocks {
             chunk_blocks: geo.lock_chunk_blocks(),
             svc: OnceLock::new(),
             held: Mutex::default(),
-            names: Mutex::default(),
+            names: Mutex::new(Names { names: HashMap::new(), max: lock_cache.saturating_mul(2).max(4096) }),
+            lock_cache,
             downconvert: OnceLock::new(),
             recovery: OnceLock::new(),
             open: OpenLocks::default(),
@@ -74,6 +97,8 @@ impl DlmLocks {
 
     pub fn bind(&self, svc: Arc<LockService>) {
         svc.set_min_hold(MIN_HOLD);
+        let capped = |name: &ResName| matches!(DlmLocks::resource(name), Some(LockResource::InodeMeta { .. }));
+        svc.set_idle_cap(self.lock_cache, Box::new(capped));
         let _ = self.svc.set(svc);
     }
 
@@ -81,7 +106,7 @@ impl DlmLocks {
     pub fn downconvert_hook(self: &Arc<Self>) -> DownconvertHook {
         let this = self.clone();
         Arc::new(move |name: &ResName, mode: Mode| {
-            let res = this.names.lock().resources.get(name).copied();
+            let res = DlmLocks::resource(name);
             if let (Some(res), Some(f)) = (res, this.downconvert.get()) {
                 f(res, if mode == Mode::Nl { LockMode::Nl } else { LockMode::Pr });
             }
@@ -116,6 +141,41 @@ impl DlmLocks {
             true => name.keyed(blkno / chunk_blocks.max(1)),
             false => name,
         }
+    }
+
+    /// The resource a DLM name of [`name`](Self::name) stands for (None for any other name).
+    fn resource(name: &ResName) -> Option<LockResource> {
+        let s = name.as_str();
+        let (base, keyed) = match s.split_once('@') {
+            Some((base, _)) => (base, true),
+            None => (s, false),
+        };
+        let (kind, rest) = (base.chars().next()?, base.get(1..)?);
+        if rest.len() != 30 || !rest.starts_with("000000") {
+            return None;
+        }
+        let blkno = u64::from_str_radix(rest.get(6..22)?, 16).ok()?;
+        let extra = u32::from_str_radix(rest.get(22..)?, 16).ok()?;
+        let res = match (kind, extra) {
+            ('S', 0) => LockResource::Super,
+            ('M', 0) => LockResource::InodeMeta { blkno },
+            ('W', 0) => LockResource::InodeRw { blkno },
+            ('O', 0) => LockResource::InodeOpen { blkno },
+            ('R', 0) => LockResource::Rename,
+            ('M', 1) => LockResource::System { blkno },
+            ('J', 0) => LockResource::Journal { slot: u16::try_from(blkno).ok()? },
+            ('F', 0) => LockResource::Flock { blkno },
+            _ => return None,
+        };
+        // Inode locks carry a mastery key; the others do not.
+        let inode = matches!(
+            res,
+            LockResource::InodeMeta { .. }
+                | LockResource::InodeRw { .. }
+                | LockResource::InodeOpen { .. }
+                | LockResource::Flock { .. }
+        );
+        (inode == keyed).then_some(res)
     }
 
     fn service(&self) -> Result<&Arc<LockService>> {
@@ -207,5 +267,49 @@ impl ClusterLocks for DlmLocks {
 
     fn on_recovery(&self, f: RecoveryFn) {
         let _ = self.recovery.set(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lock_name_is_read_back_as_its_resource() {
+        let all = [
+            LockResource::Super,
+            LockResource::System { blkno: 0x1234 },
+            LockResource::InodeMeta { blkno: 0x1234 },
+            LockResource::InodeMeta { blkno: u64::MAX },
+            LockResource::InodeRw { blkno: 7 },
+            LockResource::InodeOpen { blkno: 9_000_000 },
+            LockResource::Rename,
+            LockResource::Journal { slot: 3 },
+            LockResource::Flock { blkno: 42 },
+        ];
+        for res in all {
+            let name = DlmLocks::name(res, 1024);
+            assert_eq!(DlmLocks::resource(&name), Some(res), "{name}");
+        }
+        for other in [
+            "x",
+            "M000000000000000000123400000000",
+            "Q0000000000000000000123400000000",
+            "M0000000000000000001234zz000000",
+        ] {
+            assert_eq!(DlmLocks::resource(&ResName::new(other).unwrap()), None, "{other}");
+        }
+        let system_keyed = DlmLocks::name(LockResource::System { blkno: 5 }, 1).keyed(1);
+        assert_eq!(DlmLocks::resource(&system_keyed), None);
+    }
+
+    #[test]
+    fn the_name_memo_is_bounded() {
+        let mut names = Names { names: HashMap::new(), max: 4 };
+        for blkno in 0..10 {
+            names.of(LockResource::InodeMeta { blkno }, 8);
+            assert!(names.names.len() <= 4);
+        }
+        assert_eq!(names.of(LockResource::Super, 8), DlmLocks::name(LockResource::Super, 8));
     }
 }

@@ -21,6 +21,9 @@ pub struct MountOptions {
     pub errors: ErrorsBehavior,
     /// cache=SIZE: metadata cache bytes.
     pub cache_bytes: usize,
+    /// lockcache=N: how many idle inode locks a cluster mount keeps cached (None: one per block
+    /// of the metadata cache, `fs::dlm_locks::default_lock_cache`).
+    pub lock_cache: Option<usize>,
     pub allow_other: bool,
     pub default_permissions: bool,
     /// Options passed through to the kernel mount (dev/suid/exec/atime family).
@@ -35,6 +38,7 @@ impl Default for MountOptions {
             localalloc_mb: None,
             errors: ErrorsBehavior::RemountRo,
             cache_bytes: 64 << 20,
+            lock_cache: None,
             allow_other: false,
             default_permissions: true,
             kernel: Vec::new(),
@@ -83,6 +87,13 @@ impl MountOptions {
                     }
                 }
                 "cache" => self.cache_bytes = parse_bytes(need("a size")?)?,
+                "lockcache" => {
+                    let v = need("a number of locks")?;
+                    match v.parse::<usize>() {
+                        Ok(n) if n > 0 => self.lock_cache = Some(n),
+                        _ => return Err(format!("lockcache={v}: expected a number of locks, at least 1")),
+                    }
+                }
                 "allow_other" => self.allow_other = true,
                 "default_permissions" => self.default_permissions = true,
                 // Accepted for compatibility with mount(8) and fstab lines; they need no action.
@@ -113,5 +124,12 @@ mod tests {
         assert!(o.parse_into("bogus").unwrap_err().contains("bogus"));
         assert!(o.parse_into("data=journal").is_err());
         assert!(o.parse_into("commit").is_err());
+        o.parse_into("lockcache=300").unwrap();
+        assert_eq!(o.lock_cache, Some(300));
+        for bad in ["lockcache=0", "lockcache=lots", "lockcache=-1"] {
+            let e = o.parse_into(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert!(o.parse_into("lockcache").unwrap_err().contains("lockcache"));
     }
 }

@@ -83,8 +83,14 @@ impl Shared {
     }
 
     pub fn mount(&self, i: usize) -> (Mount, PathBuf) {
+        self.mount_with(i, &[])
+    }
+
+    /// [`mount`](Self::mount) with more arguments for `o2fs mount` (`-o OPTIONS`…).
+    pub fn mount_with(&self, i: usize, extra: &[&str]) -> (Mount, PathBuf) {
         let mnt = mountpoint(self.dir.path(), i);
-        let args = node_args(self.dir.path(), &self.conf, i);
+        let mut args = node_args(self.dir.path(), &self.conf, i);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let m = Mount::start(&self.image, &mnt, &args).unwrap_or_else(|e| panic!("{e}"));
         (m, mnt)
     }
