@@ -612,3 +612,97 @@ fn a_full_sync_of_a_mostly_empty_volume_moves_far_less_than_the_volume() {
     let allocated = std::fs::metadata(pair.image(1)).unwrap().blocks() * 512;
     assert!(allocated < 16 << 20, "beta's replica has {allocated} bytes allocated");
 }
+
+/// Addresses of the tests of a crashed primary, reads on a secondary and sparse resync (127.0.15.x
+/// is the partition test's: its nftables rule drops everything between .1 and .2).
+const IPS_16: [&str; 2] = ["127.0.16.1", "127.0.16.2"];
+
+/// Reads block `block` of an image file.
+fn image_block(path: &Path, block: u64) -> Vec<u8> {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; BLOCK as usize];
+    f.seek(SeekFrom::Start(block * BLOCK)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// A node primary from the start (`become-primary-on both`) killed with SIGKILL while it writes
+/// restarts as a crashed primary: the extents of its activity log (two of sixteen) are marked out
+/// of sync and resynced from it — a write that reached only its own replica (a block changed
+/// behind the mirror's back after the kill, inside a hot extent) reaches the peer too — and
+/// nothing else moves. Every acknowledged write is on both replicas, which end byte-identical.
+#[test]
+fn a_primary_killed_while_writing_restarts_as_a_crashed_primary() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_log();
+    const BIG: u64 = 64 << 20;
+    const EXTENT_BLOCKS: u64 = (4 << 20) / BLOCK;
+    let edit = |text: String| text.replace("\tnet {", "\tstartup { become-primary-on both; }\n\tnet {");
+    let mut pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "100M", None, IPS_16, BIG, edit);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    assert_eq!(pair.nodes[0].status()["role"], "Primary");
+    let seed = o2fs::testutil::seed_from_env(13);
+    let socket = pair.nodes[0].socket().to_path_buf();
+    let count = AtomicUsize::new(0);
+    // Two writers on alpha, one in extent 2 and one in extent 5, each block once; each keeps the
+    // blocks whose write was acknowledged, and the block it was writing when alpha died.
+    let extent_block = |t: u64, k: u64| [2, 5][t as usize] * EXTENT_BLOCKS + (k * 7 + seed) % EXTENT_BLOCKS;
+    let fill = |block: u64| 1 + (block % 251) as u8;
+    let results: Vec<(Vec<u64>, u64)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (socket, count) = (&socket, &count);
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    for k in 0..EXTENT_BLOCKS {
+                        let block = extent_block(t, k);
+                        let hex: String = std::iter::repeat_n(format!("{:02x}", fill(block)), BLOCK as usize).collect();
+                        let req = json!({"cmd": "write", "offset": block * BLOCK, "hex": hex});
+                        match admin::request(socket, &req, Duration::from_secs(20)) {
+                            Ok(reply) if reply["ok"] == true => acked.push(block),
+                            _ => return (acked, block),
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (acked, u64::MAX)
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count.load(Ordering::Relaxed) < 100 {
+            assert!(Instant::now() < deadline, "alpha wrote too slowly:\n{}", pair.nodes[0].log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pair.nodes[0].kill();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let written: std::collections::HashSet<u64> =
+        results.iter().flat_map(|(acked, last)| acked.iter().copied().chain([*last])).collect();
+    // A write that reached alpha's replica and not beta's: a block of extent 2 nobody wrote.
+    let torn = (2 * EXTENT_BLOCKS..3 * EXTENT_BLOCKS).find(|b| !written.contains(b)).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(pair.image(0)).unwrap();
+    f.seek(SeekFrom::Start(torn * BLOCK)).unwrap();
+    f.write_all(&[0xEE; BLOCK as usize]).unwrap();
+    drop(f);
+    pair.restart(0);
+    let log = pair.nodes[0].log();
+    assert!(log.contains("crashed while primary"), "{log}");
+    pair.assert_images_equal();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let last = n.status()["last_resync"].clone();
+        assert_eq!(last["blocks"], 2 * EXTENT_BLOCKS, "node {i}: only the two hot extents move: {last}");
+        assert_eq!(n.status()["role"], "Primary");
+    }
+    assert!(image_block(&pair.image(1), torn).iter().all(|&b| b == 0xEE), "the crashed primary was not the source");
+    for (acked, _) in &results {
+        for &b in acked {
+            for i in 0..2 {
+                let data = image_block(&pair.image(i), b);
+                assert!(data.iter().all(|&x| x == fill(b)), "node {i}: block {b} lacks its acknowledged write");
+            }
+        }
+    }
+    eprintln!("seed {seed}: {} acknowledged writes before the kill", results.iter().map(|r| r.0.len()).sum::<usize>());
+}
