@@ -1,6 +1,7 @@
 //! The mirror over real sockets: two `o2fs mirror up` processes on 127.0.0.1 and 127.0.0.2 (or
-//! 127.0.34.1 and .2 for the later tests), each with its own resource file, replica and
-//! meta-disk in a temporary folder and ports of its own.
+//! 127.0.34.1 and .2, 127.0.15.1 and .2 for the nftables partition, 127.0.16.x for the later
+//! tests), each with its own resource file, replica and meta-disk in a temporary folder and
+//! ports of its own.
 //! Writes and reads go through the admin socket's `write`/`read` (the MirrorDevice path).
 //! Daemons are killed by PID when a test ends, even when it fails.
 
@@ -705,4 +706,81 @@ fn a_primary_killed_while_writing_restarts_as_a_crashed_primary() {
         }
     }
     eprintln!("seed {seed}: {} acknowledged writes before the kill", results.iter().map(|r| r.0.len()).sum::<usize>());
+}
+
+/// The partition test's addresses: its nftables rule drops every packet between them.
+const IPS_15: [&str; 2] = ["127.0.15.1", "127.0.15.2"];
+
+/// `o2fs status --json` of a node, through the command line: its mirror section.
+fn status_json(node: &Node) -> Value {
+    let out = common::run(
+        Command::new(common::bin("o2fs"))
+            .args(["status", "--json", "--node", &node.daemon.name, "--socket"])
+            .arg(node.socket()),
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    reply["mirror"].clone()
+}
+
+/// A network partition by nftables between two `o2fs mirror up` nodes that both write: both go
+/// on degraded (each marks what it changes), and once the rule is gone they meet as a split
+/// brain, refused until one side discards its changes; the resync then moves exactly the
+/// blocks either side changed while apart (the union, as `o2fs status --json` counts it), and
+/// the replicas end equal, with the survivor's data.
+#[test]
+fn nftables_partition_while_both_write_resyncs_what_changed_apart() {
+    init_log();
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_15, SIZE, |text| text);
+    let [alpha, beta] = &pair.nodes;
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let seed = o2fs::testutil::seed_from_env(17);
+    let write_both = |blocks: &[[u64; 2]], fill: [u8; 2]| {
+        std::thread::scope(|s| {
+            for (i, node) in pair.nodes.iter().enumerate() {
+                s.spawn(move || blocks.iter().for_each(|b| node.write_block(b[i], fill[i])));
+            }
+        });
+    };
+    let mut rng = Rng::new(seed);
+    let before: Vec<[u64; 2]> = (0..40).map(|_| [rng.below(512), rng.below(512)]).collect();
+    write_both(&before, [0x1A, 0x1B]);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    assert_eq!(pair.sha1(0), pair.sha1(1), "replicas differ before the partition (seed {seed})");
+    let split = common::nft::Split::new(IPS_15[0], IPS_15[1]);
+    // Each side writes its own blocks and some of the other's, all in a range the writes before
+    // the partition did not touch.
+    let apart: Vec<[u64; 2]> = (0..30).map(|k| [1000 + 3 * k, 1000 + 3 * k + 2 * (k % 2)]).collect();
+    write_both(&apart, [0xA0, 0xB0]);
+    let changed = |i: usize| apart.iter().map(|b| b[i]).collect::<std::collections::BTreeSet<u64>>();
+    let union: std::collections::BTreeSet<u64> = changed(0).union(&changed(1)).copied().collect();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let s = status_json(n);
+        assert_ne!(s["connection"], "Connected", "{s}");
+        assert_eq!(s["out_of_sync_bytes"], changed(i).len() as u64 * BLOCK, "node {i}: {s}");
+    }
+    drop(split);
+    for n in &pair.nodes {
+        n.wait_for(
+            |s| s["last_refusal"].as_str().is_some_and(|r| r.contains("split brain")),
+            "the split brain refusal after the partition",
+        );
+    }
+    assert!(o2fs_admin("discard-my-data", beta).status.success());
+    alpha.call(json!({"cmd": "connect"}));
+    pair.assert_images_equal();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let s = status_json(n);
+        assert_eq!(s["last_resync"]["blocks"], union.len() as u64, "node {i} (seed {seed}): {s}");
+        assert_eq!(s["out_of_sync_bytes"], 0, "node {i}: {s}");
+    }
+    for &b in &union {
+        let want = if changed(0).contains(&b) { 0xA0 } else { 0 };
+        let got = image_block(&pair.image(1), b);
+        assert!(got.iter().all(|&x| x == want), "block {b}: beta holds {:#x}, not alpha's {want:#x}", got[0]);
+    }
 }
