@@ -514,7 +514,8 @@ fn o2fs_admin(cmd: &str, node: &Node) -> std::process::Output {
 }
 
 /// `become-primary-on alpha` without allow-two-primaries: alpha is primary from the start,
-/// beta secondary and read-only until the administrator moves the role (DRBD's roles).
+/// beta secondary, refusing writes and reads until the administrator moves the role (DRBD's
+/// roles).
 #[test]
 fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
     init_log();
@@ -541,8 +542,11 @@ fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
     let refused = alpha.try_call(json!({"cmd": "write", "offset": 3 * BLOCK, "hex": hex})).unwrap_err();
     assert!(refused.contains("this node is secondary"), "{refused}");
     pair.assert_images_equal();
-    let read = alpha.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
+    let read = beta.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
     assert_eq!(read["hex"], "b2");
+    // Nor does a secondary serve reads (DRBD 8 refuses to open one).
+    let refused = alpha.try_call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1})).unwrap_err();
+    assert!(refused.contains("cannot be read until it is promoted"), "{refused}");
 }
 
 /// `disk { fencing resource-and-stonith; }` read by `o2fs mirror up`: a lost peer freezes

@@ -105,6 +105,8 @@ struct ReadRec {
     first: u64,
     count: u64,
     issue: u64,
+    /// Submitted to a secondary with explicit roles: it must be refused.
+    on_secondary: bool,
 }
 
 struct Node {
@@ -144,6 +146,8 @@ struct Sim {
     split_brains: u32,
     /// Writes refused because their node was secondary (explicit roles).
     secondary_refusals: u32,
+    /// Reads refused likewise.
+    secondary_read_refusals: u32,
     /// Blocks asked for by resync requests.
     resync_requests: u64,
     /// Blocks a sync source answered as all zeros.
@@ -257,6 +261,7 @@ impl Sim {
             log: Vec::new(),
             split_brains: 0,
             secondary_refusals: 0,
+            secondary_read_refusals: 0,
             resync_requests: 0,
             zero_blocks: 0,
             written_out: 0,
@@ -490,6 +495,13 @@ impl Sim {
             }
             Output::ReadDone { id, result } => {
                 let Some(r) = self.reads[id as usize].take() else { return };
+                // A fenced node refuses everything first.
+                let fenced = result == Err(IoFailure::Fenced);
+                if !fenced && r.on_secondary != (result == Err(IoFailure::SecondaryRead)) {
+                    let role = if r.on_secondary { "secondary" } else { "primary" };
+                    self.fail(format!("read {id} submitted to node {} as {role}: {result:?}", r.node));
+                }
+                self.secondary_read_refusals += u32::from(r.on_secondary && !fenced);
                 let Ok(data) = result else { return };
                 for (k, b) in (r.first..r.first + r.count).enumerate() {
                     let v = u64::from_le_bytes(data[k * BM_BLOCK as usize..][..8].try_into().unwrap());
@@ -598,7 +610,8 @@ impl Sim {
         let first = self.rng.below(BLOCKS);
         let count = (1 + self.rng.below(3)).min(BLOCKS - first);
         let id = self.reads.len() as u64;
-        self.reads.push(Some(ReadRec { node: i, first, count, issue: self.now }));
+        let on_secondary = self.explicit && self.engine(i).status().role != "Primary";
+        self.reads.push(Some(ReadRec { node: i, first, count, issue: self.now, on_secondary }));
         let now = self.now;
         self.engine(i).read(now, id, first * BM_BLOCK, count * BM_BLOCK);
     }
@@ -895,23 +908,26 @@ fn random_faults_never_lose_an_acknowledged_write() {
     };
     let started = std::time::Instant::now();
     let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks, mut written_out) = (0, 0, 0, 0, 0);
+    let mut secondary_read_refusals = 0;
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
         zero_blocks += sim.zero_blocks;
         written_out += sim.written_out;
         secondary_refusals += sim.secondary_refusals;
+        secondary_read_refusals += sim.secondary_read_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
         "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
-         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, \
+         {secondary_refusals} writes and {secondary_read_refusals} reads refused on a secondary, {zero_blocks} blocks resynced as zeros, \
          {written_out} local writes left to their callers, {:?}",
         started.elapsed()
     );
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
+        assert!(secondary_read_refusals > 0, "no read met a secondary: its refusal went untested");
         assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
         assert!(written_out > 0, "no local write was left to its caller: write_out went untested");
     }

@@ -20,6 +20,11 @@ pub enum DevError {
     ReadOnly,
     #[error("this node is fenced: it writes nothing more until restarted")]
     Fenced,
+    /// The device refuses the request in its present role (a mirror node that is secondary);
+    /// `errno` is what a caller that needs one reports: EROFS for a write, EMEDIUMTYPE for a
+    /// read (what DRBD 8 answers to an open of a Secondary).
+    #[error("{op} of {len} bytes at offset {offset}: {reason}")]
+    Refused { op: &'static str, offset: u64, len: u64, errno: i32, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, DevError>;

@@ -96,6 +96,10 @@ pub enum IoFailure {
     PeerIsPrimary,
     #[error("this node is secondary: its replica is read-only until it is promoted (`o2fs primary`)")]
     Secondary,
+    /// As DRBD 8 refuses to open a Secondary: with roles set by `become-primary-on`, only a
+    /// primary serves reads (resync, verify and the peer's reads use the replica all the same).
+    #[error("this node is secondary: its replica cannot be read until it is promoted (`o2fs primary`)")]
+    SecondaryRead,
     #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
     PeerReadTooLarge { len: u64 },
 }
@@ -365,6 +369,12 @@ impl Engine {
 
     fn is_primary(&self) -> bool {
         self.sup.flags & flags::PRIMARY != 0
+    }
+
+    /// A secondary under roles set by `become-primary-on` and the administrator: it serves
+    /// neither reads nor writes (without such roles a node is promoted by its first write).
+    fn closed_as_secondary(&self) -> bool {
+        !self.is_primary() && self.cfg.promotion != Promotion::OnWrite
     }
 
     fn consistent(&self) -> bool {
