@@ -46,6 +46,13 @@ pub trait BlockDevice: Send + Sync {
     fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
         write_zeros(self, offset, len)
     }
+    /// The parts `(offset, len)` of `[offset, offset+len)` that may hold data, in order; the
+    /// rest reads as zeros (holes of a sparse file), so a reader may skip it. Backends that
+    /// cannot tell return the whole range.
+    fn data_ranges(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        check_range("seek", offset, len, self.size())?;
+        Ok(if len == 0 { Vec::new() } else { vec![(offset, len)] })
+    }
 
     /// Reads block `blkno` of `buf.len()` bytes.
     fn read_block(&self, blkno: u64, buf: &mut [u8]) -> Result<()> {
