@@ -3,7 +3,8 @@
 //!
 //! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
 //! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
-//! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
+//! their own requests, taking turns under one lock (the engine thread fdatasyncs the replica
+//! for the peer's Flush without it: `Output::FlushReplica`); tokio tasks own the sockets; they meet
 //! through channels. Tokio tasks never wait for the disk: they send on unbounded channels, and
 //! hand a message to the engine themselves only when its lock is free at once and handling it
 //! flushes nothing ([`Engine::receive_quick`]: an acknowledgement, or the peer's small write,
@@ -71,11 +72,28 @@ pub struct MirrorOptions {
 }
 
 enum Event {
-    Up { conn: u64, peer: String, wire: Wire },
-    Down { conn: u64, reason: String },
-    Peer { conn: u64, msg: Msg },
-    Admin { request: Value, reply: mpsc::Sender<Value> },
+    Up {
+        conn: u64,
+        peer: String,
+        wire: Wire,
+    },
+    Down {
+        conn: u64,
+        reason: String,
+    },
+    Peer {
+        conn: u64,
+        msg: Msg,
+    },
+    Admin {
+        request: Value,
+        reply: mpsc::Sender<Value>,
+    },
     Cluster(Verdict),
+    /// Flush the replica for the peer ([`Output::FlushReplica`]), before taking the engine.
+    FlushReplica {
+        token: u64,
+    },
     Shutdown,
 }
 
@@ -99,6 +117,8 @@ struct Core {
     /// The id of the connection the engine uses.
     conn: Option<u64>,
     outbox: Outbox,
+    /// To the engine thread: flushes of the replica for the peer.
+    events: mpsc::Sender<Event>,
     wants: watch::Sender<bool>,
     start: Instant,
     /// The engine was shut down: requests fail.
@@ -333,6 +353,7 @@ impl Mirror {
             next_id: 0,
             conn: None,
             outbox,
+            events: events.clone(),
             wants: wants_tx,
             start: Instant::now(),
             stopped: false,
@@ -356,10 +377,10 @@ impl Mirror {
         if node_id == 0 {
             runtime.spawn(link.connect_loop(wants_rx));
         }
-        let shared = turns.clone();
+        let (shared, flushed) = (turns.clone(), replica.clone());
         let engine = std::thread::Builder::new()
             .name("o2fs-mirror".into())
-            .spawn(move || engine_loop(&shared, rx))
+            .spawn(move || engine_loop(&shared, &flushed, rx))
             .map_err(MirrorError::Runtime)?;
         tracing::info!(resource = %res.name, node = %opts.node, size, "mirror up");
         Ok(Mirror {
@@ -630,10 +651,16 @@ fn take_msg(turns: &Turns, conn: u64, msg: Msg) {
     }
 }
 
-/// The engine thread: applies events in order and ticks every 10 ms.
-fn engine_loop(turns: &Turns, rx: mpsc::Receiver<Event>) {
+/// The engine thread: applies events in order and ticks every 10 ms. It flushes `replica` for
+/// the peer before it takes the engine's lock: the fdatasync holds up neither this node's callers
+/// nor the peer's writes that the network task applies meanwhile.
+fn engine_loop(turns: &Turns, replica: &Arc<dyn BlockDevice>, rx: mpsc::Receiver<Event>) {
     loop {
         let event = rx.recv_timeout(Duration::from_millis(10));
+        let flushed = match &event {
+            Ok(Event::FlushReplica { .. }) => replica.flush().map_err(|e| IoFailure::Device(e.to_string())),
+            _ => Ok(()),
+        };
         let mut core = turns.core.lock();
         let now = core.now();
         let Core { engine, conn, outbox, .. } = &mut *core;
@@ -670,6 +697,7 @@ fn engine_loop(turns: &Turns, rx: mpsc::Receiver<Event>) {
                 }
             }
             Ok(Event::Cluster(Verdict::Fence)) => engine.fence(now),
+            Ok(Event::FlushReplica { token }) => engine.replica_flushed(now, token, flushed),
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Err(e) = engine.down() {
                     tracing::error!(error = %e, "clean shutdown of the mirror");
@@ -726,6 +754,9 @@ impl Core {
                     if let Some(Waiter::Flush(w)) = self.waiters.remove(&id) {
                         let _ = w.send(result);
                     }
+                }
+                Output::FlushReplica { token } => {
+                    let _ = self.events.send(Event::FlushReplica { token });
                 }
             }
         }

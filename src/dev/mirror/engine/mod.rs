@@ -132,6 +132,12 @@ pub enum Output {
         id: u64,
         result: Result<(), IoFailure>,
     },
+    /// The peer asked for a flush: flush the local replica without the engine (its callers and
+    /// the peer's writes go on meanwhile), then report with [`Engine::replica_flushed`]. The
+    /// peer's writes before its Flush are in the replica by now; later ones need not be covered.
+    FlushReplica {
+        token: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -230,6 +236,8 @@ struct Link {
     peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
+    /// The peer's Flush ids by [`Output::FlushReplica`] token, until the replica is flushed.
+    peer_flushes: HashMap<u64, u64>,
     /// [`Hello::head`] as this node sent it: later local writes do not count.
     head_sent: Option<[u8; 20]>,
 }
@@ -280,6 +288,9 @@ pub struct Engine {
     last_verify: Option<VerifyStatus>,
     last_refusal: Option<String>,
     bitmap_saved_ms: u64,
+    /// The last [`Output::FlushReplica`] token (unique for the engine's life, so that a flush
+    /// of a lost connection is not answered on the next).
+    flush_token: u64,
 }
 
 impl Engine {
@@ -353,6 +364,7 @@ impl Engine {
             last_verify: None,
             last_refusal: None,
             bitmap_saved_ms: now,
+            flush_token: 0,
             cfg,
         })
     }

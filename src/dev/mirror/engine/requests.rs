@@ -152,6 +152,17 @@ impl Engine {
         self.flushes.push(PendingFlush { id, peer, local: None });
     }
 
+    /// The local replica was flushed for the peer's Flush behind `token` ([`Output::FlushReplica`]):
+    /// acknowledged, unless the connection it came on is gone.
+    pub fn replica_flushed(&mut self, now: u64, token: u64, result: Result<(), IoFailure>) {
+        self.now = now;
+        let Some(id) = self.link.peer_flushes.remove(&token) else { return };
+        match result {
+            Ok(()) => self.send(Msg::FlushAck { id }),
+            Err(e) => self.protocol_error(format!("local flush for the peer failed: {e}")),
+        }
+    }
+
     /// Flushes the local replica (and meta-disk) once for every flush waiting for it.
     pub(super) fn flush_local(&mut self) {
         if self.flushes.iter().all(|f| f.local.is_some()) {
