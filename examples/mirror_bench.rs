@@ -11,6 +11,8 @@
 //!   machine weighs on them alike; and, as a figure the machine's load hardly moves, how many
 //!   times a thread of this process went to sleep waiting (voluntary context switches), per
 //!   request and per loopback round trip;
+//! - 4 KiB write+flush from both nodes at once, each to its own blocks, median: a node's flush
+//!   has its peer fdatasync for it while the peer serves its own writes;
 //! - resync of the blocks written while the peer was down: achieved / configured rate.
 
 use std::net::TcpListener;
@@ -96,11 +98,15 @@ fn seq_write(devs: &[&dyn BlockDevice], total: u64, streams: u64) -> Timed {
     Timed { writes, flush: t.elapsed().as_secs_f64() - writes }
 }
 
-/// One 4 KiB write, with or without a flush after it.
+/// One 4 KiB write to block `i` of the first 1024, with or without a flush after it.
 fn write_4k(dev: &dyn BlockDevice, i: u64, flush: bool) -> Duration {
+    write_4k_at(dev, i % 1024, flush)
+}
+
+fn write_4k_at(dev: &dyn BlockDevice, block: u64, flush: bool) -> Duration {
     let buf = [0xA5u8; 4096];
     let t = Instant::now();
-    dev.write_at(&buf, (i % 1024) * 4096).unwrap();
+    dev.write_at(&buf, block * 4096).unwrap();
     if flush {
         dev.flush().unwrap();
     }
@@ -214,6 +220,7 @@ fn main() {
     }
 
     let mut echo = Echo::new();
+    let mut alone = Duration::ZERO;
     for flush in [false, true] {
         let (mut plain_v, mut mirror_v, mut rtt_v) = (vec![], vec![], vec![]);
         for i in 0..1000 {
@@ -223,6 +230,7 @@ fn main() {
         }
         let (plain_lat, mirror_lat, rtt) = (median(plain_v), median(mirror_v), median(rtt_v));
         let extra = mirror_lat.saturating_sub(plain_lat);
+        alone = mirror_lat;
         let mirror_sleeps = sleeps_per(300, |i| {
             write_4k(&dev, i, flush);
         });
@@ -239,6 +247,16 @@ fn main() {
         );
     }
     echo.close();
+    // Both nodes write+flush at once, each to blocks of its own (two mounted nodes): each
+    // flush has the other node fdatasync for it while that node serves its own writes.
+    let dev_b = b.device();
+    let both = std::thread::scope(|s| {
+        let on_b = s.spawn(|| (0..1000).map(|i| write_4k_at(&dev_b, 1024 + i % 1024, true)).collect::<Vec<_>>());
+        let mut v: Vec<Duration> = (0..1000).map(|i| write_4k(&dev, i, true)).collect();
+        v.extend(on_b.join().unwrap());
+        v
+    });
+    println!("4 KiB write+flush from both nodes at once, median: {:?} (one node alone: {alone:?})", median(both));
 
     drop(b);
     let blocks = (total / 2) >> 12;

@@ -1,6 +1,7 @@
 //! The mirror over real sockets: two `o2fs mirror up` processes on 127.0.0.1 and 127.0.0.2 (or
-//! 127.0.34.1 and .2 for the later tests), each with its own resource file, replica and
-//! meta-disk in a temporary folder and ports of its own.
+//! 127.0.34.1 and .2, 127.0.15.1 and .2 for the nftables partition, 127.0.16.x for the later
+//! tests), each with its own resource file, replica and meta-disk in a temporary folder and
+//! ports of its own.
 //! Writes and reads go through the admin socket's `write`/`read` (the MirrorDevice path).
 //! Daemons are killed by PID when a test ends, even when it fails.
 
@@ -513,7 +514,8 @@ fn o2fs_admin(cmd: &str, node: &Node) -> std::process::Output {
 }
 
 /// `become-primary-on alpha` without allow-two-primaries: alpha is primary from the start,
-/// beta secondary and read-only until the administrator moves the role (DRBD's roles).
+/// beta secondary, refusing writes and reads until the administrator moves the role (DRBD's
+/// roles).
 #[test]
 fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
     init_log();
@@ -540,8 +542,11 @@ fn become_primary_on_one_node_leaves_the_other_secondary_until_promoted() {
     let refused = alpha.try_call(json!({"cmd": "write", "offset": 3 * BLOCK, "hex": hex})).unwrap_err();
     assert!(refused.contains("this node is secondary"), "{refused}");
     pair.assert_images_equal();
-    let read = alpha.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
+    let read = beta.call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1}));
     assert_eq!(read["hex"], "b2");
+    // Nor does a secondary serve reads (DRBD 8 refuses to open one).
+    let refused = alpha.try_call(json!({"cmd": "read", "offset": 2 * BLOCK, "len": 1})).unwrap_err();
+    assert!(refused.contains("cannot be read until it is promoted"), "{refused}");
 }
 
 /// `disk { fencing resource-and-stonith; }` read by `o2fs mirror up`: a lost peer freezes
@@ -665,4 +670,175 @@ fn a_full_sync_of_a_mostly_empty_volume_moves_far_less_than_the_volume() {
     assert!(moved < BIG / 64, "the full sync received {moved} bytes for a {BIG}-byte volume");
     let allocated = std::fs::metadata(pair.image(1)).unwrap().blocks() * 512;
     assert!(allocated < 16 << 20, "beta's replica has {allocated} bytes allocated");
+}
+
+/// Addresses of the tests of a crashed primary, reads on a secondary and sparse resync (127.0.15.x
+/// is the partition test's: its nftables rule drops everything between .1 and .2).
+const IPS_16: [&str; 2] = ["127.0.16.1", "127.0.16.2"];
+
+/// Reads block `block` of an image file.
+fn image_block(path: &Path, block: u64) -> Vec<u8> {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; BLOCK as usize];
+    f.seek(SeekFrom::Start(block * BLOCK)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// A node primary from the start (`become-primary-on both`) killed with SIGKILL while it writes
+/// restarts as a crashed primary: the extents of its activity log (two of sixteen) are marked out
+/// of sync and resynced from it — a write that reached only its own replica (a block changed
+/// behind the mirror's back after the kill, inside a hot extent) reaches the peer too — and
+/// nothing else moves. Every acknowledged write is on both replicas, which end byte-identical.
+#[test]
+fn a_primary_killed_while_writing_restarts_as_a_crashed_primary() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_log();
+    const BIG: u64 = 64 << 20;
+    const EXTENT_BLOCKS: u64 = (4 << 20) / BLOCK;
+    let edit = |text: String| text.replace("\tnet {", "\tstartup { become-primary-on both; }\n\tnet {");
+    let mut pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "100M", None, IPS_16, BIG, edit);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    assert_eq!(pair.nodes[0].status()["role"], "Primary");
+    let seed = o2fs::testutil::seed_from_env(13);
+    let socket = pair.nodes[0].socket().to_path_buf();
+    let count = AtomicUsize::new(0);
+    // Two writers on alpha, one in extent 2 and one in extent 5, each block once; each keeps the
+    // blocks whose write was acknowledged, and the block it was writing when alpha died.
+    let extent_block = |t: u64, k: u64| [2, 5][t as usize] * EXTENT_BLOCKS + (k * 7 + seed) % EXTENT_BLOCKS;
+    let fill = |block: u64| 1 + (block % 251) as u8;
+    let results: Vec<(Vec<u64>, u64)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (socket, count) = (&socket, &count);
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    for k in 0..EXTENT_BLOCKS {
+                        let block = extent_block(t, k);
+                        let hex: String = std::iter::repeat_n(format!("{:02x}", fill(block)), BLOCK as usize).collect();
+                        let req = json!({"cmd": "write", "offset": block * BLOCK, "hex": hex});
+                        match admin::request(socket, &req, Duration::from_secs(20)) {
+                            Ok(reply) if reply["ok"] == true => acked.push(block),
+                            _ => return (acked, block),
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (acked, u64::MAX)
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count.load(Ordering::Relaxed) < 100 {
+            assert!(Instant::now() < deadline, "alpha wrote too slowly:\n{}", pair.nodes[0].log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pair.nodes[0].kill();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let written: std::collections::HashSet<u64> =
+        results.iter().flat_map(|(acked, last)| acked.iter().copied().chain([*last])).collect();
+    // A write that reached alpha's replica and not beta's: a block of extent 2 nobody wrote.
+    let torn = (2 * EXTENT_BLOCKS..3 * EXTENT_BLOCKS).find(|b| !written.contains(b)).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(pair.image(0)).unwrap();
+    f.seek(SeekFrom::Start(torn * BLOCK)).unwrap();
+    f.write_all(&[0xEE; BLOCK as usize]).unwrap();
+    drop(f);
+    pair.restart(0);
+    let log = pair.nodes[0].log();
+    assert!(log.contains("crashed while primary"), "{log}");
+    pair.assert_images_equal();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let last = n.status()["last_resync"].clone();
+        assert_eq!(last["blocks"], 2 * EXTENT_BLOCKS, "node {i}: only the two hot extents move: {last}");
+        assert_eq!(n.status()["role"], "Primary");
+    }
+    assert!(image_block(&pair.image(1), torn).iter().all(|&b| b == 0xEE), "the crashed primary was not the source");
+    for (acked, _) in &results {
+        for &b in acked {
+            for i in 0..2 {
+                let data = image_block(&pair.image(i), b);
+                assert!(data.iter().all(|&x| x == fill(b)), "node {i}: block {b} lacks its acknowledged write");
+            }
+        }
+    }
+    eprintln!("seed {seed}: {} acknowledged writes before the kill", results.iter().map(|r| r.0.len()).sum::<usize>());
+}
+
+/// The partition test's addresses: its nftables rule drops every packet between them.
+const IPS_15: [&str; 2] = ["127.0.15.1", "127.0.15.2"];
+
+/// `o2fs status --json` of a node, through the command line: its mirror section.
+fn status_json(node: &Node) -> Value {
+    let out = common::run(
+        Command::new(common::bin("o2fs"))
+            .args(["status", "--json", "--node", &node.daemon.name, "--socket"])
+            .arg(node.socket()),
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    reply["mirror"].clone()
+}
+
+/// A network partition by nftables between two `o2fs mirror up` nodes that both write: both go
+/// on degraded (each marks what it changes), and once the rule is gone they meet as a split
+/// brain, refused until one side discards its changes; the resync then moves exactly the
+/// blocks either side changed while apart (the union, as `o2fs status --json` counts it), and
+/// the replicas end equal, with the survivor's data.
+#[test]
+fn nftables_partition_while_both_write_resyncs_what_changed_apart() {
+    init_log();
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_15, SIZE, |text| text);
+    let [alpha, beta] = &pair.nodes;
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    let seed = o2fs::testutil::seed_from_env(17);
+    let write_both = |blocks: &[[u64; 2]], fill: [u8; 2]| {
+        std::thread::scope(|s| {
+            for (i, node) in pair.nodes.iter().enumerate() {
+                s.spawn(move || blocks.iter().for_each(|b| node.write_block(b[i], fill[i])));
+            }
+        });
+    };
+    let mut rng = Rng::new(seed);
+    let before: Vec<[u64; 2]> = (0..40).map(|_| [rng.below(512), rng.below(512)]).collect();
+    write_both(&before, [0x1A, 0x1B]);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    assert_eq!(pair.sha1(0), pair.sha1(1), "replicas differ before the partition (seed {seed})");
+    let split = common::nft::Split::new(IPS_15[0], IPS_15[1]);
+    // Each side writes its own blocks and some of the other's, all in a range the writes before
+    // the partition did not touch.
+    let apart: Vec<[u64; 2]> = (0..30).map(|k| [1000 + 3 * k, 1000 + 3 * k + 2 * (k % 2)]).collect();
+    write_both(&apart, [0xA0, 0xB0]);
+    let changed = |i: usize| apart.iter().map(|b| b[i]).collect::<std::collections::BTreeSet<u64>>();
+    let union: std::collections::BTreeSet<u64> = changed(0).union(&changed(1)).copied().collect();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let s = status_json(n);
+        assert_ne!(s["connection"], "Connected", "{s}");
+        assert_eq!(s["out_of_sync_bytes"], changed(i).len() as u64 * BLOCK, "node {i}: {s}");
+    }
+    drop(split);
+    for n in &pair.nodes {
+        n.wait_for(
+            |s| s["last_refusal"].as_str().is_some_and(|r| r.contains("split brain")),
+            "the split brain refusal after the partition",
+        );
+    }
+    assert!(o2fs_admin("discard-my-data", beta).status.success());
+    alpha.call(json!({"cmd": "connect"}));
+    pair.assert_images_equal();
+    for (i, n) in pair.nodes.iter().enumerate() {
+        let s = status_json(n);
+        assert_eq!(s["last_resync"]["blocks"], union.len() as u64, "node {i} (seed {seed}): {s}");
+        assert_eq!(s["out_of_sync_bytes"], 0, "node {i}: {s}");
+    }
+    for &b in &union {
+        let want = if changed(0).contains(&b) { 0xA0 } else { 0 };
+        let got = image_block(&pair.image(1), b);
+        assert!(got.iter().all(|&x| x == want), "block {b}: beta holds {:#x}, not alpha's {want:#x}", got[0]);
+    }
 }

@@ -44,6 +44,8 @@ struct Replica {
     writes: AtomicU64,
     /// Flushes that reached it.
     flushes: AtomicU64,
+    /// The write id of each block at the last flush: what a crash would leave.
+    durable: Mutex<Vec<u64>>,
 }
 
 impl BlockDevice for Replica {
@@ -69,6 +71,7 @@ impl BlockDevice for Replica {
     }
     fn flush(&self) -> Result<(), DevError> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        *self.durable.lock() = (0..BLOCKS).map(|b| self.block_id(b)).collect();
         Ok(())
     }
 }
@@ -105,6 +108,15 @@ struct ReadRec {
     first: u64,
     count: u64,
     issue: u64,
+    /// Submitted to a secondary with explicit roles: it must be refused.
+    on_secondary: bool,
+}
+
+struct FlushRec {
+    node: usize,
+    conn: u64,
+    /// Writes of the node acknowledged as replicated on this connection when it was issued.
+    covers: Vec<usize>,
 }
 
 struct Node {
@@ -115,6 +127,8 @@ struct Node {
     local_out: Vec<(u64, u64, Arc<Vec<u8>>)>,
     /// Completions of those writes that came before their local write ended.
     done_early: HashMap<u64, Result<Written, IoFailure>>,
+    /// Flushes of the replica for the peer (`Output::FlushReplica`) not yet done, by token.
+    replica_flushes: Vec<u64>,
     meta_dev: Arc<dyn BlockDevice>,
     meta_base: u64,
     fenced: bool,
@@ -144,6 +158,17 @@ struct Sim {
     split_brains: u32,
     /// Writes refused because their node was secondary (explicit roles).
     secondary_refusals: u32,
+    /// Flushes in flight by id: the writes the peer must have made durable when one completes
+    /// with the peer's part done (issued and completed on one connection).
+    flush_recs: HashMap<u64, FlushRec>,
+    /// Flushes so checked on the peer's replica.
+    peer_flushes_checked: u32,
+    /// Flushes completed successfully, by id.
+    flushes_done: Vec<u64>,
+    /// Leave the replicas' flushes for the peer (`Output::FlushReplica`) pending.
+    hold_replica_flushes: bool,
+    /// Reads refused likewise.
+    secondary_read_refusals: u32,
     /// Blocks asked for by resync requests.
     resync_requests: u64,
     /// Blocks a sync source answered as all zeros.
@@ -209,6 +234,7 @@ impl Sim {
                     failing: AtomicBool::new(false),
                     writes: AtomicU64::new(0),
                     flushes: AtomicU64::new(0),
+                    durable: Mutex::new(vec![0; BLOCKS as usize]),
                 });
                 let (meta_dev, meta_base): (Arc<dyn BlockDevice>, u64) = if internal {
                     let (data, base) = meta::internal_layout(DATA + meta_len).unwrap();
@@ -224,6 +250,7 @@ impl Sim {
                     replica,
                     local_out: Vec::new(),
                     done_early: HashMap::new(),
+                    replica_flushes: Vec::new(),
                     meta_dev,
                     meta_base,
                     fenced: false,
@@ -262,6 +289,11 @@ impl Sim {
             log: Vec::new(),
             split_brains: 0,
             secondary_refusals: 0,
+            flush_recs: HashMap::new(),
+            peer_flushes_checked: 0,
+            flushes_done: Vec::new(),
+            hold_replica_flushes: false,
+            secondary_read_refusals: 0,
             resync_requests: 0,
             zero_blocks: 0,
             written_out: 0,
@@ -366,6 +398,7 @@ impl Sim {
         // Local writes under way are cut short: their callers never hear of them.
         self.nodes[i].local_out.clear();
         self.nodes[i].done_early.clear();
+        self.nodes[i].replica_flushes.clear();
         let now = self.now;
         for w in self.writes.iter_mut().filter(|w| w.node == i && w.end.is_none()) {
             w.end = Some(now);
@@ -510,13 +543,54 @@ impl Sim {
             }
             Output::ReadDone { id, result } => {
                 let Some(r) = self.reads[id as usize].take() else { return };
+                // A fenced node refuses everything first.
+                let fenced = result == Err(IoFailure::Fenced);
+                if !fenced && r.on_secondary != (result == Err(IoFailure::SecondaryRead)) {
+                    let role = if r.on_secondary { "secondary" } else { "primary" };
+                    self.fail(format!("read {id} submitted to node {} as {role}: {result:?}", r.node));
+                }
+                self.secondary_read_refusals += u32::from(r.on_secondary && !fenced);
                 let Ok(data) = result else { return };
                 for (k, b) in (r.first..r.first + r.count).enumerate() {
                     let v = u64::from_le_bytes(data[k * BM_BLOCK as usize..][..8].try_into().unwrap());
                     self.check_read(&r, b, v, id);
                 }
             }
-            Output::FlushDone { .. } => {}
+            Output::FlushReplica { token } => self.nodes[i].replica_flushes.push(token),
+            Output::FlushDone { id, result } => {
+                if result.is_ok() {
+                    self.flushes_done.push(id);
+                }
+                let Some(f) = self.flush_recs.remove(&id) else { return };
+                if result.is_err() || !self.up || self.conn_no != f.conn {
+                    return;
+                }
+                self.peer_flushes_checked += 1;
+                let durable = self.nodes[1 - f.node].replica.durable.lock().clone();
+                for &w in &f.covers {
+                    let a = &self.writes[w];
+                    if let Some(b) = (a.first..a.first + a.count).find(|&b| !self.not_older(durable[b as usize], a)) {
+                        let v = durable[b as usize];
+                        self.fail(format!("flush {id} of node {i} done, but the peer's durable block {b} holds {v}, older than write {w}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replica is flushed for some of the peer's flushes, in any order.
+    fn finish_replica_flushes(&mut self, i: usize) {
+        let mut k = 0;
+        while k < self.nodes[i].replica_flushes.len() {
+            if self.hold_replica_flushes || self.rng.below(2) != 0 {
+                k += 1;
+                continue;
+            }
+            let token = self.nodes[i].replica_flushes.remove(k);
+            let result = self.nodes[i].replica.flush().map_err(|e| IoFailure::Device(e.to_string()));
+            let now = self.now;
+            self.engine(i).replica_flushed(now, token, result);
+            self.drain();
         }
     }
 
@@ -618,7 +692,8 @@ impl Sim {
         let first = self.rng.below(BLOCKS);
         let count = (1 + self.rng.below(3)).min(BLOCKS - first);
         let id = self.reads.len() as u64;
-        self.reads.push(Some(ReadRec { node: i, first, count, issue: self.now }));
+        let on_secondary = self.explicit && self.engine(i).status().role != "Primary";
+        self.reads.push(Some(ReadRec { node: i, first, count, issue: self.now, on_secondary }));
         let now = self.now;
         self.engine(i).read(now, id, first * BM_BLOCK, count * BM_BLOCK);
     }
@@ -720,6 +795,7 @@ impl Sim {
         for i in 0..2 {
             if self.alive(i) {
                 self.finish_local_writes(i);
+                self.finish_replica_flushes(i);
             }
             if let Some(e) = self.nodes[i].engine.as_mut() {
                 e.tick(now);
@@ -779,6 +855,16 @@ impl Sim {
             547..=556 => {
                 let now = self.now;
                 let id = self.rng.next();
+                if self.up && self.engine(i).conn_state() == ConnState::Connected {
+                    let conn = self.conn_no;
+                    let covers = (0..self.writes.len())
+                        .filter(|&w| {
+                            let a = &self.writes[w];
+                            a.node == i && a.replicated && a.conn == conn
+                        })
+                        .collect();
+                    self.flush_recs.insert(id, FlushRec { node: i, conn, covers });
+                }
                 self.engine(i).flush(now, id);
             }
             557..=561 if self.nodes[i].fenced => {
@@ -917,6 +1003,7 @@ fn random_faults_never_lose_an_acknowledged_write() {
     let mut resent = 0;
     let started = std::time::Instant::now();
     let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks, mut written_out) = (0, 0, 0, 0, 0);
+    let (mut secondary_read_refusals, mut peer_flushes_checked) = (0, 0);
     for seed in first..first + count {
         let sim = run(seed, 400);
         split_brains += sim.split_brains;
@@ -924,18 +1011,22 @@ fn random_faults_never_lose_an_acknowledged_write() {
         written_out += sim.written_out;
         resent += sim.resent;
         secondary_refusals += sim.secondary_refusals;
+        secondary_read_refusals += sim.secondary_read_refusals;
+        peer_flushes_checked += sim.peer_flushes_checked;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
     eprintln!(
         "{count} seeds from {first}: {writes} acknowledged writes, {split_brains} split brains, \
-         {secondary_refusals} writes refused on a secondary, {zero_blocks} blocks resynced as zeros, \
-         {written_out} local writes left to their callers, {:?}",
+         {secondary_refusals} writes and {secondary_read_refusals} reads refused on a secondary, {zero_blocks} blocks resynced as zeros, \
+         {written_out} local writes left to their callers, {peer_flushes_checked} flushes checked on the peer, {:?}",
         started.elapsed()
     );
     eprintln!("{resent} writes frozen by a lost link were sent again after a reconnect");
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
+        assert!(secondary_read_refusals > 0, "no read met a secondary: its refusal went untested");
+        assert!(peer_flushes_checked > 0, "no flush completed with the peer's part: FlushReplica went untested");
         assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
         assert!(written_out > 0, "no local write was left to its caller: write_out went untested");
         assert!(resent > 0, "no frozen write was sent again: the resend after a reconnect went untested");
@@ -980,6 +1071,49 @@ fn resync_moves_only_the_changed_blocks_at_the_rate() {
     assert_eq!(sim.resync_requests, oos, "only the out-of-sync blocks move");
     let expected = oos * BM_BLOCK * 1000 / rate;
     assert!(ms * 4 >= expected * 3 && ms * 4 <= expected * 5, "{oos} blocks in {ms} ms at {rate} B/s");
+    sim.check_converged();
+}
+
+/// The peer flushes its replica outside its engine (`Output::FlushReplica`): while that flush is
+/// under way the peer still applies and acknowledges writes and serves its own, and the
+/// flushing node's flush waits for it; a replica flush that ends after its connection was lost
+/// is answered on no later connection.
+#[test]
+fn the_peers_replica_flush_runs_outside_its_engine() {
+    init_log();
+    let mut sim = connected_pair(4 << 20);
+    sim.hold_replica_flushes = true;
+    write_blocks(&mut sim, 0, &[1]);
+    let now = sim.now;
+    sim.engine(0).flush(now, 77);
+    for _ in 0..100 {
+        sim.step(1);
+    }
+    assert_eq!(sim.nodes[1].replica_flushes.len(), 1, "node 1 was not asked to flush its replica");
+    assert!(!sim.flushes_done.contains(&77), "node 0's flush ended before node 1's replica flush");
+    write_blocks(&mut sim, 0, &[2]);
+    write_blocks(&mut sim, 1, &[3]);
+    assert!(sim.writes[1..].iter().all(|w| w.replicated), "a write waited for the replica flush");
+    sim.hold_replica_flushes = false;
+    while !sim.flushes_done.contains(&77) {
+        sim.step(1);
+    }
+    // A flush of a connection since lost.
+    sim.hold_replica_flushes = true;
+    let now = sim.now;
+    sim.engine(0).flush(now, 78);
+    while sim.nodes[1].replica_flushes.is_empty() {
+        sim.step(1);
+    }
+    sim.cut("test link loss");
+    sim.heal();
+    assert!(sim.flushes_done.contains(&78), "a flush whose peer part was lost completes locally");
+    let token = sim.nodes[1].replica_flushes.remove(0);
+    let now = sim.now;
+    sim.engine(1).replica_flushed(now, token, Ok(()));
+    while let Some(out) = sim.engine(1).poll() {
+        assert!(!matches!(out, Output::Send(Msg::FlushAck { .. })), "a stale flush answered on a new connection");
+    }
     sim.check_converged();
 }
 

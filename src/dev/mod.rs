@@ -20,6 +20,11 @@ pub enum DevError {
     ReadOnly,
     #[error("this node is fenced: it writes nothing more until restarted")]
     Fenced,
+    /// The device refuses the request in its present role (a mirror node that is secondary);
+    /// `errno` is what a caller that needs one reports: EROFS for a write, EMEDIUMTYPE for a
+    /// read (what DRBD 8 answers to an open of a Secondary).
+    #[error("{op} of {len} bytes at offset {offset}: {reason}")]
+    Refused { op: &'static str, offset: u64, len: u64, errno: i32, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, DevError>;
@@ -40,6 +45,13 @@ pub trait BlockDevice: Send + Sync {
     /// cheaper than writing zeros (a hole punch).
     fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
         write_zeros(self, offset, len)
+    }
+    /// The parts `(offset, len)` of `[offset, offset+len)` that may hold data, in order; the
+    /// rest reads as zeros (holes of a sparse file), so a reader may skip it. Backends that
+    /// cannot tell return the whole range.
+    fn data_ranges(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        check_range("seek", offset, len, self.size())?;
+        Ok(if len == 0 { Vec::new() } else { vec![(offset, len)] })
     }
 
     /// Reads block `blkno` of `buf.len()` bytes.

@@ -79,6 +79,8 @@ impl FsError {
             FsError::ReadOnly => libc_errno::EROFS,
             FsError::NotSupported => libc_errno::EOPNOTSUPP,
             FsError::Nxio => libc_errno::ENXIO,
+            // A mirror secondary's refusal (EROFS, EMEDIUMTYPE): the volume is not damaged.
+            FsError::Dev(DevError::Refused { errno, .. }) => *errno,
             _ => libc_errno::EIO,
         }
     }

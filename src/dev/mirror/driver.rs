@@ -3,7 +3,8 @@
 //!
 //! DESIGN's threading rule: the engine (synchronous, it does the disk I/O) runs on plain threads
 //! — the engine thread for peer messages, admin commands and ticks, and the device's callers for
-//! their own requests, taking turns under one lock; tokio tasks own the sockets; they meet
+//! their own requests, taking turns under one lock (the engine thread fdatasyncs the replica
+//! for the peer's Flush without it: `Output::FlushReplica`); tokio tasks own the sockets; they meet
 //! through channels. Tokio tasks never wait for the disk: they send on unbounded channels, and
 //! hand a message to the engine themselves only when its lock is free at once and handling it
 //! flushes nothing ([`Engine::receive_quick`]: an acknowledgement, or the peer's small write,
@@ -26,7 +27,6 @@
 //! both sides).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,11 +72,28 @@ pub struct MirrorOptions {
 }
 
 enum Event {
-    Up { conn: u64, peer: String, wire: Wire },
-    Down { conn: u64, reason: String },
-    Peer { conn: u64, msg: Msg },
-    Admin { request: Value, reply: mpsc::Sender<Value> },
+    Up {
+        conn: u64,
+        peer: String,
+        wire: Wire,
+    },
+    Down {
+        conn: u64,
+        reason: String,
+    },
+    Peer {
+        conn: u64,
+        msg: Msg,
+    },
+    Admin {
+        request: Value,
+        reply: mpsc::Sender<Value>,
+    },
     Cluster(Verdict),
+    /// Flush the replica for the peer ([`Output::FlushReplica`]), before taking the engine.
+    FlushReplica {
+        token: u64,
+    },
     Shutdown,
 }
 
@@ -100,6 +117,8 @@ struct Core {
     /// The id of the connection the engine uses.
     conn: Option<u64>,
     outbox: Outbox,
+    /// To the engine thread: flushes of the replica for the peer.
+    events: mpsc::Sender<Event>,
     wants: watch::Sender<bool>,
     start: Instant,
     /// The engine was shut down: requests fail.
@@ -334,6 +353,7 @@ impl Mirror {
             next_id: 0,
             conn: None,
             outbox,
+            events: events.clone(),
             wants: wants_tx,
             start: Instant::now(),
             stopped: false,
@@ -357,10 +377,10 @@ impl Mirror {
         if node_id == 0 {
             runtime.spawn(link.connect_loop(wants_rx));
         }
-        let shared = turns.clone();
+        let (shared, flushed) = (turns.clone(), replica.clone());
         let engine = std::thread::Builder::new()
             .name("o2fs-mirror".into())
-            .spawn(move || engine_loop(&shared, rx))
+            .spawn(move || engine_loop(&shared, &flushed, rx))
             .map_err(MirrorError::Runtime)?;
         tracing::info!(resource = %res.name, node = %opts.node, size, "mirror up");
         Ok(Mirror {
@@ -631,10 +651,16 @@ fn take_msg(turns: &Turns, conn: u64, msg: Msg) {
     }
 }
 
-/// The engine thread: applies events in order and ticks every 10 ms.
-fn engine_loop(turns: &Turns, rx: mpsc::Receiver<Event>) {
+/// The engine thread: applies events in order and ticks every 10 ms. It flushes `replica` for
+/// the peer before it takes the engine's lock: the fdatasync holds up neither this node's callers
+/// nor the peer's writes that the network task applies meanwhile.
+fn engine_loop(turns: &Turns, replica: &Arc<dyn BlockDevice>, rx: mpsc::Receiver<Event>) {
     loop {
         let event = rx.recv_timeout(Duration::from_millis(10));
+        let flushed = match &event {
+            Ok(Event::FlushReplica { .. }) => replica.flush().map_err(|e| IoFailure::Device(e.to_string())),
+            _ => Ok(()),
+        };
         let mut core = turns.core.lock();
         let now = core.now();
         let Core { engine, conn, outbox, .. } = &mut *core;
@@ -671,6 +697,7 @@ fn engine_loop(turns: &Turns, rx: mpsc::Receiver<Event>) {
                 }
             }
             Ok(Event::Cluster(Verdict::Fence)) => engine.fence(now),
+            Ok(Event::FlushReplica { token }) => engine.replica_flushed(now, token, flushed),
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Err(e) = engine.down() {
                     tracing::error!(error = %e, "clean shutdown of the mirror");
@@ -728,6 +755,9 @@ impl Core {
                         let _ = w.send(result);
                     }
                 }
+                Output::FlushReplica { token } => {
+                    let _ = self.events.send(Event::FlushReplica { token });
+                }
             }
         }
     }
@@ -760,9 +790,14 @@ impl MirrorDevice {
     ) -> crate::dev::Result<T> {
         check_range(op, offset, len, self.size)?;
         let fail = |e: IoFailure| {
-            // A secondary's replica is read-only (EROFS to a caller that asks for the errno).
-            let kind = if e == IoFailure::Secondary { ErrorKind::ReadOnlyFilesystem } else { ErrorKind::Other };
-            DevError::Io { op, offset, len, source: std::io::Error::new(kind, e.to_string()) }
+            // A secondary is closed: its replica is read-only (EROFS), and not even that to a
+            // reader (EMEDIUMTYPE, as DRBD 8's open of a Secondary).
+            let errno = match e {
+                IoFailure::Secondary => libc::EROFS,
+                IoFailure::SecondaryRead => libc::EMEDIUMTYPE,
+                _ => return DevError::Io { op, offset, len, source: std::io::Error::other(e.to_string()) },
+            };
+            DevError::Refused { op, offset, len, errno, reason: e.to_string() }
         };
         let stopped =
             || DevError::Io { op, offset, len, source: std::io::Error::other("the mirror engine has stopped") };
@@ -841,14 +876,14 @@ impl BlockDevice for MirrorDevice {
 mod tests {
     use super::*;
 
-    /// Resource `r` of nodes a and b at `ips` (a port of a's), with `net` options, and their
-    /// disks of `size` bytes in `dir`.
-    fn resource(dir: &Path, ips: [&str; 2], net: &str, size: u64) -> ResourceConfig {
+    /// Resource `r` of nodes a and b at `ips` (a port of a's), with `net` options and the
+    /// `startup` section `startup` (none if empty), and their disks of `size` bytes in `dir`.
+    fn resource(dir: &Path, ips: [&str; 2], net: &str, startup: &str, size: u64) -> ResourceConfig {
         let port = std::net::TcpListener::bind((ips[0], 0)).unwrap().local_addr().unwrap().port();
         let d = dir.display();
         let [ip_a, ip_b] = ips;
         let text = format!(
-            "resource r {{ protocol C; net {{ cram-hmac-alg sha1; shared-secret \"s\"; {net} }}\n\
+            "resource r {{ protocol C; {startup} net {{ cram-hmac-alg sha1; shared-secret \"s\"; {net} }}\n\
              on a {{ device /dev/o2fs0; disk {d}/a.img; address {ip_a}:{port}; meta-disk {d}/a.meta[0]; }}\n\
              on b {{ device /dev/o2fs0; disk {d}/b.img; address {ip_b}:{port}; meta-disk {d}/b.meta[0]; }} }}\n"
         );
@@ -868,7 +903,7 @@ mod tests {
     #[test]
     fn a_device_outliving_its_mirror_fails_its_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let res = resource(dir.path(), ["127.0.40.1", "127.0.40.2"], "", 1 << 20);
+        let res = resource(dir.path(), ["127.0.40.1", "127.0.40.2"], "", "", 1 << 20);
         let mirror = start(&res, "a");
         let dev = mirror.device();
         dev.write_at(&[7; 4096], 8192).unwrap();
@@ -891,7 +926,7 @@ mod tests {
     #[test]
     fn large_writes_from_both_nodes_at_once_leave_equal_replicas() {
         let dir = tempfile::tempdir().unwrap();
-        let res = resource(dir.path(), ["127.0.0.46", "127.0.0.47"], "allow-two-primaries;", 16 << 20);
+        let res = resource(dir.path(), ["127.0.0.46", "127.0.0.47"], "allow-two-primaries;", "", 16 << 20);
         let (a, b) = (start(&res, "a"), start(&res, "b"));
         while !(established_and_quiet(&a) && established_and_quiet(&b)) {
             std::thread::sleep(Duration::from_millis(10));
@@ -920,6 +955,85 @@ mod tests {
             buf
         };
         assert!(read(&a) == read(&b), "the replicas differ after concurrent large writes");
+    }
+
+    fn wait(m: &Mirror, what: &str, ok: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = m.admin(&json!({"cmd": "status"}))["mirror"].clone();
+            if ok(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "waited 20 s for {what}: {s}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn admin_ok(m: &Mirror, cmd: &str) {
+        let reply = m.admin(&json!({ "cmd": cmd }));
+        assert_eq!(reply["ok"], true, "{cmd}: {reply}");
+    }
+
+    fn refused_errno(r: crate::dev::Result<()>) -> Option<i32> {
+        match r {
+            Err(DevError::Refused { errno, .. }) => Some(errno),
+            _ => None,
+        }
+    }
+
+    /// With `become-primary-on` roles a secondary serves no reads (EMEDIUMTYPE, as DRBD 8
+    /// refuses to open a Secondary) and no writes (EROFS), yet its replica still serves what the
+    /// mirror reads itself: an online verify it runs, a resync of which it is the source and
+    /// the peer's reads during that resync; and a node lingering after its unmount (demoted,
+    /// connected while the peer is primary) still receives the peer's writes.
+    #[test]
+    fn a_secondary_refuses_reads_but_serves_verify_resync_and_lingers() {
+        let dir = tempfile::tempdir().unwrap();
+        // 512 KiB/s: the verify and the resync of the 1 MiB each take two seconds.
+        let startup = "syncer { rate 512K; } startup { become-primary-on both; }";
+        let res = resource(dir.path(), ["127.0.16.3", "127.0.16.4"], "allow-two-primaries;", startup, 1 << 20);
+        let (a, b) = (start(&res, "a"), start(&res, "b"));
+        while !(established_and_quiet(&a) && established_and_quiet(&b)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (da, db) = (a.device(), b.device());
+        da.write_at(&vec![0x11; 1 << 20], 0).unwrap();
+        let mut buf = [0u8; 4096];
+        db.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [0x11; 4096], "a primary reads");
+        admin_ok(&b, "secondary");
+        assert_eq!(refused_errno(db.read_at(&mut buf, 0)), Some(libc::EMEDIUMTYPE));
+        assert_eq!(refused_errno(db.write_at(&buf, 0)), Some(libc::EROFS));
+        let e = db.read_at(&mut buf, 0).unwrap_err().to_string();
+        assert!(e.contains("cannot be read until it is promoted"), "{e}");
+        // The secondary verifies (its replica is read for the digests)...
+        admin_ok(&b, "verify");
+        wait(&b, "the verify", |s| s["verify"]["finished"] == true);
+        assert_eq!(b.admin(&json!({"cmd": "status"}))["mirror"]["verify"]["out_of_sync_blocks"], 0);
+        // ... and is the source of a full resync, during which a's reads go to it.
+        admin_ok(&a, "invalidate");
+        wait(&a, "the resync into a", |s| s["replication"] == "SyncTarget");
+        // The last block is resynced last.
+        da.read_at(&mut buf, 255 * 4096).unwrap();
+        assert_eq!(buf, [0x11; 4096]);
+        let s = a.admin(&json!({"cmd": "status"}))["mirror"].clone();
+        assert_eq!(s["replication"], "SyncTarget", "the resync ended before the read: {s}");
+        wait(&a, "the end of the resync", |s| s["last_resync"]["blocks"] == 256 && s["quiet"] == true);
+        // Lingering after an unmount: a's later writes still reach b until a stops being primary.
+        std::thread::scope(|s| {
+            let linger = s.spawn(|| b.linger_while_peer_primary());
+            da.write_at(&[0x22; 4096], 8192).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!linger.is_finished(), "b stopped lingering while a is primary");
+            admin_ok(&a, "secondary");
+            linger.join().unwrap();
+        });
+        b.replica.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf, [0x22; 4096], "a's write while b lingered");
+        assert_eq!(refused_errno(da.read_at(&mut buf, 0)), Some(libc::EMEDIUMTYPE));
+        admin_ok(&a, "primary");
+        da.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf, [0x22; 4096]);
     }
 
     #[test]

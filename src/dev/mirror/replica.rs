@@ -56,6 +56,10 @@ impl<D: BlockDevice> BlockDevice for Replica<D> {
         r
     }
 
+    fn data_ranges(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        self.dev.data_ranges(offset, len)
+    }
+
     fn flush(&self) -> Result<()> {
         let _flushing = self.flushing.lock();
         if self.dirty.swap(false, Ordering::AcqRel) {

@@ -74,11 +74,9 @@ impl Engine {
                 None => self.protocol_error(format!("write ack for unknown request {seq}")),
             },
             Msg::Flush { id } => {
-                let ok = self.data.flush();
-                match ok {
-                    Ok(()) => self.send(Msg::FlushAck { id }),
-                    Err(e) => self.protocol_error(format!("local flush for the peer failed: {e}")),
-                }
+                self.flush_token += 1;
+                self.link.peer_flushes.insert(self.flush_token, id);
+                self.out.push_back(Output::FlushReplica { token: self.flush_token });
             }
             Msg::FlushAck { id } => {
                 for f in self.flushes.iter_mut().filter(|f| f.peer == Some(id)) {

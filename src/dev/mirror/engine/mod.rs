@@ -101,6 +101,10 @@ pub enum IoFailure {
     PeerIsPrimary,
     #[error("this node is secondary: its replica is read-only until it is promoted (`o2fs primary`)")]
     Secondary,
+    /// As DRBD 8 refuses to open a Secondary: with roles set by `become-primary-on`, only a
+    /// primary serves reads (resync, verify and the peer's reads use the replica all the same).
+    #[error("this node is secondary: its replica cannot be read until it is promoted (`o2fs primary`)")]
+    SecondaryRead,
     #[error("a read of {len} bytes from the peer is larger than {MAX_PEER_READ}; read less at a time during a resync")]
     PeerReadTooLarge { len: u64 },
 }
@@ -132,6 +136,12 @@ pub enum Output {
     FlushDone {
         id: u64,
         result: Result<(), IoFailure>,
+    },
+    /// The peer asked for a flush: flush the local replica without the engine (its callers and
+    /// the peer's writes go on meanwhile), then report with [`Engine::replica_flushed`]. The
+    /// peer's writes before its Flush are in the replica by now; later ones need not be covered.
+    FlushReplica {
+        token: u64,
     },
 }
 
@@ -231,6 +241,8 @@ struct Link {
     peer_primary: bool,
     next_id: u64,
     reads: HashMap<u64, (u64, u64, u64)>,
+    /// The peer's Flush ids by [`Output::FlushReplica`] token, until the replica is flushed.
+    peer_flushes: HashMap<u64, u64>,
     /// [`Hello::head`] as this node sent it: later local writes do not count.
     head_sent: Option<[u8; 20]>,
 }
@@ -283,6 +295,9 @@ pub struct Engine {
     last_verify: Option<VerifyStatus>,
     last_refusal: Option<String>,
     bitmap_saved_ms: u64,
+    /// The last [`Output::FlushReplica`] token (unique for the engine's life, so that a flush
+    /// of a lost connection is not answered on the next).
+    flush_token: u64,
 }
 
 impl Engine {
@@ -357,6 +372,7 @@ impl Engine {
             last_verify: None,
             last_refusal: None,
             bitmap_saved_ms: now,
+            flush_token: 0,
             cfg,
         })
     }
@@ -373,6 +389,12 @@ impl Engine {
 
     fn is_primary(&self) -> bool {
         self.sup.flags & flags::PRIMARY != 0
+    }
+
+    /// A secondary under roles set by `become-primary-on` and the administrator: it serves
+    /// neither reads nor writes (without such roles a node is promoted by its first write).
+    fn closed_as_secondary(&self) -> bool {
+        !self.is_primary() && self.cfg.promotion != Promotion::OnWrite
     }
 
     fn consistent(&self) -> bool {

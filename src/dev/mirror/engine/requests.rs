@@ -75,7 +75,7 @@ impl Engine {
             self.meta.write_al(&hot).map_err(|e| IoFailure::Device(e.to_string()))?;
         }
         let linked = self.linked();
-        if !self.is_primary() && self.cfg.promotion != Promotion::OnWrite {
+        if self.closed_as_secondary() {
             return Err(IoFailure::Secondary);
         }
         if linked && !self.cfg.two_primaries && self.link.peer_primary {
@@ -111,12 +111,14 @@ impl Engine {
     }
 
     /// Submits a read; it completes as `Output::ReadDone { id }`. Blocks the local replica lacks
-    /// (sync target) are read from the peer.
+    /// (sync target) are read from the peer. A secondary with explicit roles refuses it.
     pub fn read(&mut self, now: u64, id: u64, offset: u64, len: u64) {
         self.now = now;
         let result = self.check_range(offset, len).and_then(|()| {
             if self.io == IoState::Fenced {
                 Err(IoFailure::Fenced)
+            } else if self.closed_as_secondary() {
+                Err(IoFailure::SecondaryRead)
             } else if self.local_good(offset, len) {
                 self.local_read(offset, len).map(Some)
             } else if len > MAX_PEER_READ {
@@ -148,6 +150,17 @@ impl Engine {
             self.link.next_id
         });
         self.flushes.push(PendingFlush { id, peer, local: None });
+    }
+
+    /// The local replica was flushed for the peer's Flush behind `token` ([`Output::FlushReplica`]):
+    /// acknowledged, unless the connection it came on is gone.
+    pub fn replica_flushed(&mut self, now: u64, token: u64, result: Result<(), IoFailure>) {
+        self.now = now;
+        let Some(id) = self.link.peer_flushes.remove(&token) else { return };
+        match result {
+            Ok(()) => self.send(Msg::FlushAck { id }),
+            Err(e) => self.protocol_error(format!("local flush for the peer failed: {e}")),
+        }
     }
 
     /// Flushes the local replica (and meta-disk) once for every flush waiting for it.

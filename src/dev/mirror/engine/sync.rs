@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::dev::mirror::generation::JUST_CREATED;
-use crate::dev::mirror::resync::{zero_runs, MAX_RUN};
+use crate::dev::mirror::resync::{block_runs, MAX_RUN};
 
 impl Engine {
     /// Blocks `[block, block + count)` make a resync run inside the replica.
@@ -15,19 +15,19 @@ impl Engine {
         if self.repl != Repl::SyncSource || !self.run_in_range(block, count) {
             return self.protocol_error(format!("resync request for blocks {block}+{count} in {:?}", self.repl));
         }
-        let data = match self.local_read(block * BM_BLOCK, count * BM_BLOCK) {
-            Ok(data) => data,
+        let runs = match block_runs(&*self.data, block, count) {
+            Ok(runs) => runs,
             Err(e) => return self.protocol_error(format!("reading blocks {block}+{count} for the peer: {e}")),
         };
-        for (first, n, zero) in zero_runs(&data) {
-            if zero {
-                if let Some(p) = &mut self.progress {
-                    p.zero_blocks += n;
+        for run in runs {
+            match run.data {
+                Some(data) => self.send(Msg::ResyncData { block: run.block, data }),
+                None => {
+                    if let Some(p) = &mut self.progress {
+                        p.zero_blocks += run.count;
+                    }
+                    self.send(Msg::ResyncZeros { block: run.block, count: run.count });
                 }
-                self.send(Msg::ResyncZeros { block: block + first, count: n });
-            } else {
-                let bytes = data[(first * BM_BLOCK) as usize..((first + n) * BM_BLOCK) as usize].to_vec();
-                self.send(Msg::ResyncData { block: block + first, data: bytes });
             }
         }
     }
@@ -61,16 +61,16 @@ impl Engine {
     }
 
     /// Blocks all zeros on the source: ours are made to read as zeros where they do not already
-    /// (a hole punched in the replica file), so a fresh sparse replica stays sparse.
+    /// (a hole punched in the replica file), so a fresh sparse replica stays sparse; its holes
+    /// are not read.
     pub(super) fn on_resync_zeros(&mut self, block: u64, count: u64) {
         match self.take_answer("resync zeros", block, count) {
             Ok(t) => t.zeros_answered(count),
             Err(e) => return self.protocol_error(e),
         }
-        let zeroed = self.local_read(block * BM_BLOCK, count * BM_BLOCK).and_then(|ours| {
-            for (first, n, _) in zero_runs(&ours).into_iter().filter(|&(_, _, zero)| !zero) {
-                let (offset, len) = ((block + first) * BM_BLOCK, n * BM_BLOCK);
-                self.data.zero_range(offset, len).map_err(|e| IoFailure::Device(e.to_string()))?;
+        let zeroed = block_runs(&*self.data, block, count).and_then(|ours| {
+            for run in ours.into_iter().filter(|r| r.data.is_some()) {
+                self.data.zero_range(run.block * BM_BLOCK, run.count * BM_BLOCK)?;
             }
             Ok(())
         });
