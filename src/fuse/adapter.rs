@@ -6,7 +6,7 @@
 
 use super::attr::{attr, kind_of_dirent};
 use super::flock::Flocks;
-use super::kcache::KernelCache;
+use super::kcache::{KernelCache, Req};
 use super::options::{ErrorsBehavior, MountOptions};
 use super::orphans::{reap_if_unused, reap_orphans};
 use crate::format::inode::{Inode, S_IFMT, S_IFREG};
@@ -481,7 +481,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.kcache.counts.lookup.fetch_add(1, Ordering::Relaxed);
+        self.kcache.counts.count(Req::Lookup);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         match self.with(false, &[meta(parent)], |m, _| m.core.lookup(parent, name.as_bytes())) {
@@ -491,11 +491,12 @@ impl Filesystem for O2Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.kcache.counts.count(Req::Forget);
         self.kcache.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.kcache.counts.getattr.fetch_add(1, Ordering::Relaxed);
+        self.kcache.counts.count(Req::Getattr);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
             Ok(inode) => reply.attr(&self.kcache.attr_ttl(), &self.entry_attr(&inode)),
@@ -521,6 +522,7 @@ impl Filesystem for O2Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.kcache.counts.count(Req::Setattr);
         let blk = self.blk(ino);
         let now = Time::now();
         let change = SetAttr {
@@ -539,6 +541,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.kcache.counts.count(Req::Readlink);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| m.core.readlink(blk)) {
             Ok(t) => reply.data(&t),
@@ -547,6 +550,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Mknod);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -560,6 +564,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Mkdir);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -573,6 +578,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Unlink);
         let parent = self.blk(parent);
         // On a cluster mount the inode may be open on another node: it is orphaned, then freed
         // (before the reply, so that the space is back when unlink returns) if the try-lock on
@@ -590,6 +596,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Rmdir);
         let parent = self.blk(parent);
         match self
             .with(true, &[meta(parent), self.inode_alloc], |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now()))
@@ -600,6 +607,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Symlink);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -621,6 +629,7 @@ impl Filesystem for O2Fuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Rename);
         let (p, np) = (self.blk(parent), self.blk(newparent));
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL));
@@ -643,6 +652,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Link);
         let name_ttl = self.kcache.name_ttl(newparent.0);
         let (blk, np) = (self.blk(ino), self.blk(newparent));
         match self.with(true, &[meta(blk), meta(np)], |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
@@ -652,6 +662,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.kcache.counts.count(Req::Open);
         match self.open_inode(self.blk(ino), None) {
             Ok(_) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
@@ -669,6 +680,7 @@ impl Filesystem for O2Fuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.kcache.counts.count(Req::Read);
         let blk = self.blk(ino);
         // The data is copied outside the core's mutex (crate::fs::read_gate).
         let planned = |m: &mut Mounted, _: &mut HashMap<u64, u32>| {
@@ -693,6 +705,7 @@ impl Filesystem for O2Fuse {
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.kcache.counts.count(Req::Write);
         let blk = self.blk(ino);
         // O_APPEND: the end of the file as the volume has it now, under the lock, rather than
         // the size the kernel knew (on a cluster mount another node may have appended since).
@@ -713,6 +726,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Flush);
         reply.ok();
     }
 
@@ -726,6 +740,7 @@ impl Filesystem for O2Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Release);
         let blk = self.blk(ino);
         // The last close of a file description that flocked the file (FUSE_RELEASE_FLOCK_UNLOCK).
         if let (Some(f), Some(owner)) = (&self.flocks, lock_owner) {
@@ -771,6 +786,7 @@ impl Filesystem for O2Fuse {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Other);
         match &self.flocks {
             Some(f) => f.set(self.blk(ino), lock_owner.0, typ, sleep, reply),
             None => reply.error(Errno::ENOSYS),
@@ -778,6 +794,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Fsync);
         match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -785,6 +802,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.kcache.counts.count(Req::Readdir);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| {
             let dir = m.core.read_inode(blk)?;
@@ -808,6 +826,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Fsync);
         match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -815,6 +834,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.kcache.counts.count(Req::Statfs);
         match self.with(false, &[], |m, _| m.core.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -844,19 +864,24 @@ impl Filesystem for O2Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Access);
         let blk = self.blk(ino);
         let (uid, gid) = (req.uid(), req.gid());
         match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
@@ -896,6 +921,7 @@ impl Filesystem for O2Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.kcache.counts.count(Req::Create);
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
@@ -926,6 +952,7 @@ impl Filesystem for O2Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Other);
         let blk = self.blk(ino);
         if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0
             || (mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0)
@@ -950,6 +977,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        self.kcache.counts.count(Req::Other);
         let blk = self.blk(ino);
         let what = match whence {
             SEEK_DATA => Seek::Data,

@@ -35,19 +35,59 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// The kernel's notification code for "names from before are stale" (fuse_notify_code).
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 
-/// Requests served, for `o2fs status --json`: how much of the kernel's traffic the caches spare.
+/// The requests a mount counts, for `o2fs status --json` (`fuse_requests`): how much of the
+/// kernel's traffic the caches spare, and what one operation costs in requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    Lookup,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Readdir,
+    Statfs,
+    Xattr,
+    Access,
+    Create,
+    /// Every other kind (setlk, fallocate, lseek…).
+    Other,
+}
+
+/// The names `o2fs status --json` shows, in `Req`'s order.
+const REQ_NAMES: [&str; 24] = [
+    "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename",
+    "link", "open", "read", "write", "flush", "release", "fsync", "readdir", "statfs", "xattr", "access", "create",
+    "other",
+];
+
+/// Requests served per kind (every kind is shown, zero or not).
 #[derive(Default)]
 pub struct RequestCounts {
-    pub lookup: AtomicU64,
-    pub getattr: AtomicU64,
+    served: [AtomicU64; REQ_NAMES.len()],
 }
 
 impl RequestCounts {
+    pub fn count(&self, req: Req) {
+        self.served[req as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "lookup": self.lookup.load(Ordering::Relaxed),
-            "getattr": self.getattr.load(Ordering::Relaxed),
-        })
+        let counts = REQ_NAMES.iter().zip(&self.served);
+        let map = counts.map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed).into())).collect();
+        serde_json::Value::Object(map)
     }
 }
 
