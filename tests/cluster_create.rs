@@ -1,0 +1,83 @@
+//! What a file creation costs on a cluster mount (issue 6, "Lock costs"), counted rather than
+//! timed: lock messages and FUSE requests per create of a small file, as bench/cluster.sh's
+//! create.py makes them (open O_CREAT|O_EXCL, write 1 KiB, close).
+//! Nodes on 127.0.16.1 and 127.0.16.2.
+
+mod common;
+
+use common::nodes::Shared;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Enough files to go past the first inode group mkfs made for each slot (1024 inodes on the
+/// bench's volume, where slot 1's group straddles two lock-mastery chunks of different masters).
+const FILES: usize = 1500;
+
+/// Two nodes on one image made as bench/cluster.sh makes it (1 GiB, 4 slots, 4K blocks and
+/// clusters).
+fn bench_volume() -> Shared {
+    let s = Shared::new("127.0.16");
+    std::fs::File::create(&s.image).unwrap().set_len(1 << 30).unwrap();
+    let out = std::process::Command::new(common::bin("mkfs.o2fs"))
+        .args(["-q", "-N", "4", "-b", "4K", "-C", "4K", "-F"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfs.o2fs: {}", String::from_utf8_lossy(&out.stderr));
+    s
+}
+
+/// Creates `n` files of 1 KiB in `dir` as bench/cluster.sh's create.py does.
+fn create(dir: &Path, prefix: &str, n: usize) {
+    let payload = [b'x'; 1024];
+    for i in 0..n {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(dir.join(format!("{prefix}{i:06}")))
+            .unwrap();
+        f.write_all(&payload).unwrap();
+    }
+}
+
+fn lock_messages(s: &Shared, i: usize) -> u64 {
+    let st = s.status(i);
+    st["lock_messages_sent"].as_u64().unwrap_or_else(|| panic!("no lock_messages_sent in {st}"))
+}
+
+/// Two nodes creating files at once, each in a directory of its own, send next to no lock
+/// message: every new inode is placed where its creator masters its locks (metadata and open
+/// lock), including the inodes of the first group mkfs made for each slot, whatever chunks it
+/// spans. What is left is the global bitmap's lock, taken when an inode allocator grows.
+#[test]
+fn creates_in_separate_directories_send_next_to_no_lock_message() {
+    let s = bench_volume();
+    // n1 first: it takes slot 0, whose first inode group (mkfs made it) begins in a chunk
+    // n1 masters and ends in one n0 masters.
+    let (mut m1, b) = s.mount(1);
+    let (mut m0, a) = s.mount(0);
+    let dirs = [a.join("d0"), b.join("d1")];
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+        create(d, "warm", 1);
+    }
+    let before = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    std::thread::scope(|sc| {
+        for d in &dirs {
+            sc.spawn(move || create(d, "f", FILES));
+        }
+    });
+    let after = [lock_messages(&s, 0), lock_messages(&s, 1)];
+    for i in 0..2 {
+        let sent = after[i] - before[i];
+        assert!(sent <= FILES as u64 / 50, "n{i} sent {sent} lock messages during {FILES} creates");
+    }
+    for d in [&a, &b] {
+        for sub in ["d0", "d1"] {
+            assert_eq!(std::fs::read_dir(d.join(sub)).unwrap().count(), FILES + 1, "{sub} seen from {d:?}");
+        }
+    }
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
+}
