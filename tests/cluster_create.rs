@@ -1,7 +1,7 @@
 //! What a file creation costs on a cluster mount (issue 6, "Lock costs"), counted rather than
 //! timed: lock messages and FUSE requests per create of a small file, as bench/cluster.sh's
 //! create.py makes them (open O_CREAT|O_EXCL, write 1 KiB, close).
-//! Nodes on 127.0.16.1 and 127.0.16.2.
+//! Nodes on 127.0.16.1-4.
 
 mod common;
 
@@ -14,10 +14,10 @@ use std::path::Path;
 /// bench's volume, where slot 1's group straddles two lock-mastery chunks of different masters).
 const FILES: usize = 1500;
 
-/// Two nodes on one image made as bench/cluster.sh makes it (1 GiB, 4 slots, 4K blocks and
-/// clusters).
-fn bench_volume() -> Shared {
-    let s = Shared::new("127.0.16");
+/// Two nodes, on `addresses`, on one image made as bench/cluster.sh makes it (1 GiB, 4 slots,
+/// 4K blocks and clusters).
+fn bench_volume(addresses: [&str; 2]) -> Shared {
+    let s = Shared::at(&addresses.map(String::from));
     std::fs::File::create(&s.image).unwrap().set_len(1 << 30).unwrap();
     let out = std::process::Command::new(common::bin("mkfs.o2fs"))
         .args(["-q", "-N", "4", "-b", "4K", "-C", "4K", "-F"])
@@ -53,7 +53,7 @@ fn lock_messages(s: &Shared, i: usize) -> u64 {
 /// spans. What is left is the global bitmap's lock, taken when an inode allocator grows.
 #[test]
 fn creates_in_separate_directories_send_next_to_no_lock_message() {
-    let s = bench_volume();
+    let s = bench_volume(["127.0.16.1", "127.0.16.2"]);
     // n1 first: it takes slot 0, whose first inode group (mkfs made it) begins in a chunk
     // n1 masters and ends in one n0 masters.
     let (mut m1, b) = s.mount(1);
@@ -79,5 +79,40 @@ fn creates_in_separate_directories_send_next_to_no_lock_message() {
             assert_eq!(std::fs::read_dir(d.join(sub)).unwrap().count(), FILES + 1, "{sub} seen from {d:?}");
         }
     }
+    s.unmount_and_judge(&mut [&mut m0, &mut m1]);
+}
+
+/// FUSE requests node `i`'s daemon served so far, by kind (`o2fs status --json`).
+fn requests(s: &Shared, i: usize) -> serde_json::Value {
+    let st = s.status(i);
+    st["fuse_requests"].clone()
+}
+
+/// The FUSE requests one create of a small file costs a cluster mount, by kind: LOOKUP (the
+/// new name), CREATE, WRITE, RELEASE and the GETATTRs the kernel's permission checks make —
+/// no FLUSH (files of a cluster mount have no page cache to write back at close).
+#[test]
+fn requests_per_create() {
+    const N: u64 = 300;
+    let s = bench_volume(["127.0.16.3", "127.0.16.4"]);
+    let (mut m0, a) = s.mount(0);
+    let (mut m1, _) = s.mount(1);
+    let d = a.join("d");
+    std::fs::create_dir(&d).unwrap();
+    create(&d, "warm", 1);
+    let before = requests(&s, 0);
+    create(&d, "f", N as usize);
+    let after = requests(&s, 0);
+    let n = |kind: &str| {
+        let count = |v: &serde_json::Value| v[kind].as_u64().unwrap_or_else(|| panic!("no {kind} count in {v}"));
+        count(&after) - count(&before)
+    };
+    let spent = format!("{N} creates took {after} requests after {before}");
+    for kind in ["create", "write", "release"] {
+        assert_eq!(n(kind), N, "{kind}: {spent}");
+    }
+    assert_eq!(n("flush") + n("open") + n("setattr"), 0, "{spent}");
+    assert!(n("lookup") <= N + 2, "{spent}");
+    assert!(n("getattr") <= 2 * N + 2, "{spent}");
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }

@@ -258,10 +258,13 @@ impl O2Fuse {
     }
 
     /// O_DIRECT opens bypass the page cache; so does every open of a cluster mount, where
-    /// another node's write must be seen by the next read here.
+    /// another node's write must be seen by the next read here. Such a file has no dirty pages
+    /// for a close to write back (shared mappings of it are refused without
+    /// FUSE_DIRECT_IO_ALLOW_MMAP), and `flush` does nothing: the kernel is told not to send
+    /// FLUSH at its closes (one request less per open).
     fn open_flags(&self, flags: i32) -> FopenFlags {
         if flags & O_DIRECT != 0 || self.cluster.is_some() {
-            FopenFlags::FOPEN_DIRECT_IO
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::empty()
         }
