@@ -233,6 +233,14 @@ impl O2Fuse {
         opened
     }
 
+    /// Gives back a handle `create` counted (and its open lock) when its reply is an error.
+    fn close_inode(&self, blk: u64) {
+        if let Some(l) = &self.cluster {
+            l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
+        }
+        close_handle(&mut self.state.lock().open, blk);
+    }
+
     /// Maps a failed request's error; a corruption may turn the mount read-only
     /// (errors=remount-ro) or stop the daemon (errors=panic).
     fn failed(&self, e: FsError) -> Errno {
@@ -434,6 +442,17 @@ fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval
             }
         }
     });
+}
+
+/// One open handle of `blk` less in `open`; true if it was the last.
+fn close_handle(open: &mut HashMap<u64, u32>, blk: u64) -> bool {
+    match open.get_mut(&blk) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        _ => open.remove(&blk).is_some(),
+    }
 }
 
 /// The lock of inode `blkno`'s metadata.
@@ -754,16 +773,7 @@ impl Filesystem for O2Fuse {
         if let Some(l) = &self.cluster {
             l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
         }
-        let orphan = self.with(false, &[meta(blk)], |m, open| {
-            let last = match open.get_mut(&blk) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => open.remove(&blk).is_some(),
-            };
-            Ok(last && m.core.is_orphan(blk)?)
-        });
+        let orphan = self.with(false, &[meta(blk)], |m, open| Ok(close_handle(open, blk) && m.core.is_orphan(blk)?));
         match orphan {
             Ok(orphan) => {
                 if orphan {
@@ -928,12 +938,32 @@ impl Filesystem for O2Fuse {
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
-        // Opened as any other file once created: another node may unlink and free it before
-        // this one holds its open lock (then the generation differs or the inode is gone).
-        let created = self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
-            m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())
+        // Opened within the request that creates it when its open lock can be taken at once
+        // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked
+        // it yet. Otherwise opened as any other file once created: another node may unlink and
+        // free it before this one holds its open lock (then the generation differs or the
+        // inode is gone).
+        let mut opened = None;
+        let created = self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
+            let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
+            let open_lock = LockResource::InodeOpen { blkno: inode.blkno };
+            if self.cluster.as_ref().is_none_or(|l| l.take_now(open_lock, LockMode::Pr)) {
+                *open.entry(inode.blkno).or_insert(0) += 1;
+                opened = Some(inode.blkno);
+            }
+            Ok(inode)
         });
-        match created.and_then(|inode| self.open_inode(inode.blkno, Some(inode.generation))) {
+        let opened = match (created, opened) {
+            (Ok(inode), Some(_)) => Ok(inode),
+            (Ok(inode), None) => self.open_inode(inode.blkno, Some(inode.generation)),
+            // The request failed after it opened the file (its commit did): no handle to close.
+            (Err(e), Some(blk)) => {
+                self.close_inode(blk);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        };
+        match opened {
             Ok(inode) => reply.created(
                 &self.kcache.handed_out(self.ino(inode.blkno)),
                 &self.entry_attr(&inode),
