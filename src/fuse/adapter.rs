@@ -935,37 +935,46 @@ impl Filesystem for O2Fuse {
         reply: ReplyCreate,
     ) {
         self.kcache.counts.count(Req::Create);
+        let names = !self.kcache.name_ttl(parent.0).is_zero();
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
         // Opened within the request that creates it when its open lock can be taken at once
         // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked
-        // it yet. Otherwise opened as any other file once created: another node may unlink and
-        // free it before this one holds its open lock (then the generation differs or the
-        // inode is gone).
+        // it yet, and the reply's TTL is settled before the locks go (`KernelCache::created`).
+        // Otherwise opened as any other file once created: another node may unlink and free it
+        // before this one holds its open lock (then the generation differs or the inode is gone).
         let mut opened = None;
         let created = self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
             let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
             let open_lock = LockResource::InodeOpen { blkno: inode.blkno };
             if self.cluster.as_ref().is_none_or(|l| l.take_now(open_lock, LockMode::Pr)) {
                 *open.entry(inode.blkno).or_insert(0) += 1;
-                opened = Some(inode.blkno);
+                let ino = self.ino(inode.blkno);
+                // fuser's CREATE reply has one TTL for the name and the attributes.
+                let ttl = if names { self.kcache.created(ino) } else { self.kcache.handed_out(ino) };
+                opened = Some((inode.blkno, ttl));
             }
             Ok(inode)
         });
         let opened = match (created, opened) {
-            (Ok(inode), Some(_)) => Ok(inode),
-            (Ok(inode), None) => self.open_inode(inode.blkno, Some(inode.generation)),
-            // The request failed after it opened the file (its commit did): no handle to close.
-            (Err(e), Some(blk)) => {
+            (Ok(inode), Some((_, ttl))) => Ok((inode, ttl)),
+            (Ok(inode), None) => self.open_inode(inode.blkno, Some(inode.generation)).map(|inode| {
+                let ttl = self.kcache.handed_out(self.ino(inode.blkno));
+                (inode, ttl)
+            }),
+            // The request failed after it opened the file (its commit did): no handle to close,
+            // no entry handed out.
+            (Err(e), Some((blk, _))) => {
                 self.close_inode(blk);
+                self.kcache.forget(self.ino(blk), 1);
                 Err(e)
             }
             (Err(e), None) => Err(e),
         };
         match opened {
-            Ok(inode) => reply.created(
-                &self.kcache.handed_out(self.ino(inode.blkno)),
+            Ok((inode, ttl)) => reply.created(
+                &ttl,
                 &self.entry_attr(&inode),
                 Generation(inode.generation as u64),
                 FileHandle(0),
