@@ -204,11 +204,12 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 /// new group of `cl_cpg` clusters from the global bitmap when it is full. Returns
 /// (block number, bit, group blkno). With `place` (an inode allocator on a cluster mount) the
 /// block is taken where this node masters the new inode's cluster lock if it can be: first
-/// from the blocks of its groups that lie in chunks it masters, then from a new group placed on a chunk this node masters
-/// (`Geometry::lock_chunk_blocks`), and only then anywhere. When the global bitmap has no room
-/// for a new group, the slot's local-alloc window `la_blkno` (which may hold every free
-/// cluster of a small volume) goes back to it first: OCFS2 grows suballocators from the window
-/// for the same reason.
+/// from the blocks of its groups that lie in chunks it masters, then from a new group placed
+/// on chunks this node masters (`Geometry::lock_chunk_blocks`) — taken from the slot's
+/// local-alloc window `la_blkno` if it has such a run (no global bitmap lock then), else from
+/// the global bitmap — and only then anywhere. When the global bitmap has no room for a new
+/// group, the window (which may hold every free cluster of a small volume) goes back to it
+/// first: OCFS2 grows suballocators from the window for the same reason.
 pub fn alloc_block(
     cache: &mut MetaCache,
     geo: &Geometry,
@@ -222,6 +223,17 @@ pub fn alloc_block(
         let sub = cache.read_inode(sub_blkno)?;
         let groups = groups_of(cache, &sub)?;
         let mut found = alloc_bits_in(cache, sub, 1, 1, groups, |cache, g, nbits| local_bits(cache, geo, g, nbits))?;
+        if found.is_none() {
+            // From the window first: no global bitmap lock.
+            let len = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
+            let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+            let window = (la_blkno, bitmap_blkno, place.window);
+            let fits = |cache: &MetaCache, c: u64| chunks_local(cache, geo, c, len as u64);
+            if let Some(cluster) = local_alloc::take_aligned(cache, geo, window, len, chunk, fits)? {
+                let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
+                found = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?;
+            }
+        }
         if found.is_none() && place.seek_chunks {
             match alloc_local_clusters(cache, geo, sub_blkno, bitmap_blkno)? {
                 Some(cluster) => {
@@ -262,11 +274,14 @@ pub struct Placement {
     /// when none is found (each look scans the global bitmap under its cluster lock), set again
     /// when the allocator grows anyway.
     pub seek_chunks: bool,
+    /// The size of the local-alloc window to open for a new group when none is open, in
+    /// clusters (0: groups never come from the window).
+    pub window: u32,
 }
 
 impl Default for Placement {
     fn default() -> Self {
-        Placement { seek_chunks: true }
+        Placement { seek_chunks: true, window: 0 }
     }
 }
 
@@ -293,7 +308,7 @@ fn alloc_local_clusters(
         while c + len <= end {
             let bit = (c - first) as usize;
             let free = (bit..bit + len as usize).all(|b| !bitmap::test(&gd.bitmap, b));
-            if free && (c..c + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k))) {
+            if free && chunks_local(cache, geo, c, len) {
                 claim(cache, &mut bitmap, &mut gd, bit, len as usize)?;
                 return Ok(Some(c));
             }
@@ -303,9 +318,17 @@ fn alloc_local_clusters(
     Ok(None)
 }
 
-/// Adds a group at `cluster` (claimed in the global bitmap) to a suballocator (§6.4 "Grow a
-/// suballocator"): zeroes its `cl_cpg` clusters (so stale blocks never look like live
-/// inodes), writes the descriptor, and pushes it at the head of the chain with the fewest bits.
+/// Whether this node masters the locks of every chunk (`Geometry::lock_chunk_blocks`) that the
+/// `len` clusters from cluster `first` (a chunk boundary) cover.
+fn chunks_local(cache: &MetaCache, geo: &Geometry, first: u64, len: u64) -> bool {
+    let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+    (first..first + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k)))
+}
+
+/// Adds a group at `cluster` (claimed in the global bitmap or the local-alloc window) to a
+/// suballocator (§6.4 "Grow a suballocator"): zeroes its `cl_cpg` clusters (so stale blocks
+/// never look like live inodes), writes the descriptor, and pushes it at the head of the chain
+/// with the fewest bits.
 fn grow_at(cache: &mut MetaCache, geo: &Geometry, sub_blkno: u64, cluster: u64) -> Result<u64> {
     let mut sub = cache.read_inode(sub_blkno)?;
     let cl = chain_of(&sub)?.clone();
