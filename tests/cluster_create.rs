@@ -84,10 +84,18 @@ fn creates_in_separate_directories_send_next_to_no_lock_message() {
     s.unmount_and_judge(&mut [&mut m0, &mut m1]);
 }
 
-/// FUSE requests node `i`'s daemon served so far, by kind (`o2fs status --json`).
+/// FUSE requests node `i`'s daemon served so far, by kind (`o2fs status --json`), once every
+/// file created has had its RELEASE (the kernel sends it after close returns).
 fn requests(s: &Shared, i: usize) -> serde_json::Value {
-    let st = s.status(i);
-    st["fuse_requests"].clone()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = s.status(i);
+        let counts = st["fuse_requests"].clone();
+        if counts["release"] == counts["create"] || std::time::Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The FUSE requests one create of a small file costs a cluster mount, by kind: LOOKUP (the

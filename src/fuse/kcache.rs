@@ -280,20 +280,22 @@ impl KernelCache {
         }
         let channel = self.channel.lock();
         let Some(ch) = channel.as_ref() else { return };
-        if attrs {
-            self.inval_attrs(&ch.notifier, ino);
-        }
+        let wait = attrs && self.inval_attrs(&ch.notifier, ino);
         if let (true, Some(f)) = (names, &ch.epoch) {
             if let Err(e) = inc_epoch(f) {
                 tracing::warn!("invalidating the kernel's names: {e}");
             }
         }
+        drop(channel);
+        if wait {
+            std::thread::sleep(CREATE_TTL + JIFFIES_SLACK);
+        }
     }
 
     /// Drops the kernel's attributes of `ino`. After a recent CREATE reply with `CREATE_TTL`
-    /// (see the module documentation): until the kernel has the inode (or forgot it, or
-    /// `CREATE_SETTLE` passed), then until the reply's TTL is over.
-    fn inval_attrs(&self, notifier: &Notifier, ino: u64) {
+    /// (see the module documentation) it retries until the kernel has the inode (or forgot it,
+    /// or `CREATE_SETTLE` passed), and returns true: the caller then waits the reply's TTL out.
+    fn inval_attrs(&self, notifier: &Notifier, ino: u64) -> bool {
         let replied = self.created.lock().iter().rev().find(|&&(_, i)| i == ino).map(|&(t, _)| t);
         let replied = replied.filter(|t| t.elapsed() < CREATE_SETTLE);
         loop {
@@ -305,15 +307,13 @@ impl KernelCache {
                         && self.known.lock().contains_key(&ino);
                     if !pending {
                         tracing::debug!(ino, "invalidating the kernel's attributes: {e}");
-                        return;
+                        return false;
                     }
                     std::thread::sleep(Duration::from_micros(500));
                 }
             }
         }
-        if replied.is_some() {
-            std::thread::sleep(CREATE_TTL + JIFFIES_SLACK);
-        }
+        replied.is_some()
     }
 }
 
