@@ -113,6 +113,44 @@ div() { # A B: A/B with two decimals, or "-" unless both are numbers and B is no
   printf '%.2f' "$(echo "$1 / $2" | bc -l)"
 }
 
+drop_caches() { # the host's page cache goes (unless DROP_CACHES=0), so the next read comes from the target
+  [ "${DROP_CACHES:-1}" = 1 ] || return 0
+  timeout 60 sync || true
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+# postmark_in DIR FILES TRANSACTIONS TIMEOUT OUT: postmark's fixed configuration (small files,
+# as a mail server's) in DIR, its report in OUT. Prints the file operations it counts (created,
+# read, appended, deleted) per second of wall time; returns timeout's status, or 1 if postmark
+# did not finish.
+postmark_in() {
+  local dir=$1 out=$5 rc=0 t0 t1
+  mkdir -p "$dir"
+  cat >"$out.cfg" <<EOF
+set location $dir
+set number $2
+set transactions $3
+set size 500 10000
+set read 512
+set write 512
+set buffering true
+set bias read 5
+set bias create 5
+set subdirectories 0
+set seed 42
+set report verbose
+run
+quit
+EOF
+  t0=$(date +%s.%N)
+  timeout -k 10 "$4" postmark "$out.cfg" >"$out" 2>&1 || rc=$?
+  t1=$(date +%s.%N)
+  [ "$rc" -eq 0 ] || return "$rc"
+  grep -q 'Deleting files...Done' "$out" || return 1
+  awk -v s="$(echo "$t1 - $t0" | bc -l)" '
+    /^\t[0-9]+ (created|read|appended|deleted) \(/ { n += $1 } END { printf "%.1f", n / s }' "$out"
+}
+
 # Rounds (bench/run.sh, bench/cluster.sh): the whole sequence runs `rounds` times with the
 # targets' order rotated; each round's figures go from res[] into rounds_of[], and the table
 # shows their medians. Uses the caller's res, rows and targets.

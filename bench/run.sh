@@ -108,12 +108,6 @@ fail() { # TARGET ROW MESSAGE
   echo "  FAIL $1 $2: $3" >&2
 }
 
-drop_caches() {
-  [ "$drop" = 1 ] || return 0
-  timeout 60 sync || true
-  echo 3 >/proc/sys/vm/drop_caches
-}
-
 healthy() { # is the current target still answering?
   [ -z "$pid" ] && return 0
   kill -0 "$pid" 2>/dev/null && is_mounted "$mnt" && timeout 10 stat -f "$mnt" >/dev/null 2>&1
@@ -167,35 +161,13 @@ run_files() { # TARGET
 }
 
 run_postmark() { # TARGET
-  local t=$1 out=$work/logs/$1-postmark.out rc=0 t0 t1
-  mkdir -p "$mnt/pm"
-  cat >"$work/postmark.cfg" <<EOF
-set location $mnt/pm
-set number $pm_files
-set transactions $pm_tx
-set size 500 10000
-set read 512
-set write 512
-set buffering true
-set bias read 5
-set bias create 5
-set subdirectories 0
-set seed 42
-set report verbose
-run
-quit
-EOF
-  t0=$(date +%s.%N)
-  timeout -k 10 "$slow_timeout" postmark "$work/postmark.cfg" >"$out" 2>&1 || rc=$?
-  t1=$(date +%s.%N)
-  if [ "$rc" -ne 0 ] || ! grep -q 'Deleting files...Done' "$out"; then
-    local why; why=$(why_rc "$rc" "$slow_timeout")
-    fail "$t" postmark "$why: $(grep -v '^$' "$out" | tail -2 | tr '\n' ' ')"
+  local t=$1 out=$work/logs/$1-postmark.out rc=0 rate
+  rate=$(postmark_in "$mnt/pm" "$pm_files" "$pm_tx" "$slow_timeout" "$out") || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    fail "$t" postmark "$(why_rc "$rc" "$slow_timeout"): $(grep -v '^$' "$out" | tail -2 | tr '\n' ' ')"
     after_failure "$t"; return 0
   fi
-  # File operations postmark counts (created, read, appended, deleted) over the wall time.
-  res[$t,postmark]=$(awk -v s="$(echo "$t1 - $t0" | bc -l)" '
-    /^\t[0-9]+ (created|read|appended|deleted) \(/ { n += $1 } END { printf "%.1f", n / s }' "$out")
+  res[$t,postmark]=$rate
 }
 
 rss() { # TARGET: VmRSS and VmHWM of the daemon, MiB

@@ -225,6 +225,15 @@ fn main() {
     } else {
         Cli::parse()
     };
+    // Commands that print a report end quietly when their reader goes (`o2fs status | head`), as
+    // coreutils do: Rust ignores SIGPIPE, and println! would then panic on EPIPE. Not daemons:
+    // their sockets must see EPIPE as an error.
+    if matches!(cli.cmd, Cmd::Mounted(_) | Cmd::Locks(_) | Cmd::Status(_)) {
+        // SAFETY: restores one signal's default disposition; no other thread exists yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.cmd {
         Cmd::Mount(a) => cmd_mount(a),
         Cmd::Mounted(a) => cmd_mounted(a),
@@ -426,7 +435,8 @@ fn serve_cluster(
         }
     });
     if let Some((m, peer)) = &mirror {
-        // A mirror that lost its peer freezes until the cluster says the peer is out.
+        // A mirror that lost its peer freezes until the cluster says the peer is out (or its
+        // link returns first: the frozen writes are sent again).
         let (m, peer) = (m.clone(), *peer);
         stack.on_membership(move |members| m.peer_in_cluster(members.contains(&peer)));
     }

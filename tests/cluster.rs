@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::cluster::{rand_u16, Cluster};
+use common::cluster::Cluster;
+use common::nft::Split;
 use common::{bin, run};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,32 +79,6 @@ fn killed_holder_and_master_do_not_stop_the_others() {
     for r in ["a", "b", "c", "d"] {
         let out = run(&mut c.lock_cmd(1, &[r], &["true"]));
         assert!(out.status.success(), "lock {r} after the master died: {}\n{}", common::text(&out), c.logs());
-    }
-}
-
-/// An nftables table of the test's own dropping traffic between two loopback addresses;
-/// deleted on drop.
-struct Split(String);
-
-impl Split {
-    fn new(a: &str, b: &str) -> Split {
-        let name = format!("o2fs_split_{}_{}", std::process::id(), rand_u16());
-        let rules = format!(
-            "table ip {name} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
-             ip saddr {a} ip daddr {b} drop\n    ip saddr {b} ip daddr {a} drop\n  }}\n}}\n"
-        );
-        let file = std::env::temp_dir().join(format!("{name}.nft"));
-        std::fs::write(&file, rules).unwrap();
-        let out = run(Command::new("nft").arg("-f").arg(&file));
-        let _ = std::fs::remove_file(&file);
-        assert!(out.status.success(), "nft: {}", common::text(&out));
-        Split(name)
-    }
-}
-
-impl Drop for Split {
-    fn drop(&mut self) {
-        let _ = run(Command::new("nft").args(["delete", "table", "ip", &self.0]));
     }
 }
 

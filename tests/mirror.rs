@@ -575,6 +575,60 @@ fn fencing_from_the_resource_file_freezes_until_resume_io() {
     pair.assert_images_equal();
 }
 
+/// Under `fencing resource-and-stonith` (nodes on 127.0.42.1/2), an nftables rule of the
+/// test's own cuts only the mirror's link (no cluster here: nobody tells the nodes to resume or
+/// fence) for about three seconds while both nodes write, some blocks on both: both freeze with
+/// writes in flight, reconnect once the rule is gone and send the frozen writes again; every
+/// write completes, both go on Running with nothing out of sync, and the replicas are equal.
+#[test]
+fn frozen_writes_complete_after_an_nftables_cut_of_the_mirror_link() {
+    init_log();
+    let edit = |text: String| text.replace("\tnet {", "\tdisk { fencing resource-and-stonith; }\n\tnet {");
+    let pair = Pair::start_edited(["Ohg8Eec0ahth"; 2], "20M", None, IPS_42, SIZE, edit);
+    for n in &pair.nodes {
+        n.wait_established();
+    }
+    for b in 0..8 {
+        pair.nodes[b as usize % 2].write_block(b, 0x10 + b as u8);
+    }
+    let cut = common::nft::Split::new(IPS_42[0], IPS_42[1]);
+    let started = Instant::now();
+    std::thread::scope(|sc| {
+        // Three writers per node; blocks 4..8 are written by both.
+        let writers: Vec<_> = (0..6u64)
+            .map(|k| {
+                let node = &pair.nodes[k as usize % 2];
+                sc.spawn(move || {
+                    for round in 0..3u64 {
+                        let block = if round == 1 { 4 + k % 4 } else { 16 + k * 3 + round };
+                        node.write_block(block, (0x40 + k * 16 + round) as u8);
+                    }
+                })
+            })
+            .collect();
+        for n in &pair.nodes {
+            n.wait_for(|s| s["io"] == "Frozen", "the freeze");
+        }
+        assert!(writers.iter().all(|w| !w.is_finished()), "a write completed while frozen");
+        std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+        drop(cut);
+        for w in writers {
+            w.join().unwrap();
+        }
+    });
+    eprintln!("writes in flight during the cut completed {:?} after it began", started.elapsed());
+    for n in &pair.nodes {
+        n.wait_established();
+        let s = n.status();
+        assert_eq!((s["io"].as_str(), s["out_of_sync_bytes"].as_u64()), (Some("Running"), Some(0)), "{s}");
+    }
+    let resent = |n: &Node| n.log().contains("sent again");
+    assert!(resent(&pair.nodes[0]) || resent(&pair.nodes[1]), "no frozen write was sent again");
+    pair.assert_images_equal();
+}
+
+const IPS_42: [&str; 2] = ["127.0.42.1", "127.0.42.2"];
+
 /// A first full sync of a mostly empty 1 GiB volume: blocks that are zeros on the source move
 /// as a count of them, not as data, and the target only clears what is not zero already — far
 /// fewer bytes on the wire than the volume, the target's replica stays sparse, and both end

@@ -150,6 +150,11 @@ struct Sim {
     zero_blocks: u64,
     /// Writes whose local write the engine left to the caller.
     written_out: u64,
+    /// The connection each write's data was last sent on (by the id in its first block).
+    sent_on: HashMap<u64, u64>,
+    /// Writes sent on one connection and again on a later one: frozen by a lost link, then
+    /// sent again.
+    resent: u64,
     /// The node told to discard its data, until its resync starts.
     victim: Option<usize>,
 }
@@ -260,6 +265,8 @@ impl Sim {
             resync_requests: 0,
             zero_blocks: 0,
             written_out: 0,
+            sent_on: HashMap::new(),
+            resent: 0,
             victim: None,
         };
         sim.note(format!("protocol {protocol:?} dual {dual} fencing {fencing:?} internal meta {internal}"));
@@ -310,8 +317,16 @@ impl Sim {
         self.nodes[i].engine.as_mut().expect("alive")
     }
 
-    /// Closes the connection: in-flight messages are lost, both engines hear of it.
+    /// Closes the connection and lets the cluster decide for frozen nodes.
     fn cut(&mut self, why: &str) {
+        self.cut_link(why);
+        self.decide_freeze();
+    }
+
+    /// Closes the connection: in-flight messages are lost, both engines hear of it. The
+    /// cluster does not hear of it (only the mirror's TCP link broke, or the cluster's own came
+    /// back within its grace): both nodes stay members, frozen nodes stay frozen.
+    fn cut_link(&mut self, why: &str) {
         if !self.up {
             return;
         }
@@ -324,7 +339,6 @@ impl Sim {
                 e.disconnected(now, why);
             }
         }
-        self.decide_freeze();
     }
 
     /// The cluster's quorum decision for frozen nodes (DESIGN "Freeze, then decide"): alone, a
@@ -438,9 +452,15 @@ impl Sim {
         let now = self.now;
         match out {
             Output::Send(msg) => {
-                match msg {
-                    Msg::ResyncRequest { count, .. } => self.resync_requests += count,
-                    Msg::ResyncZeros { count, .. } => self.zero_blocks += count,
+                match &msg {
+                    Msg::Write { data, .. } if self.up && data.len() >= 8 => {
+                        let id = u64::from_le_bytes(data[..8].try_into().unwrap());
+                        if self.sent_on.insert(id, self.conn_no).is_some_and(|c| c != self.conn_no) {
+                            self.resent += 1;
+                        }
+                    }
+                    Msg::ResyncRequest { count, .. } => self.resync_requests += *count,
+                    Msg::ResyncZeros { count, .. } => self.zero_blocks += *count,
                     _ => {}
                 }
                 if self.up {
@@ -732,6 +752,7 @@ impl Sim {
                 self.cut("partition");
             }
             515..=521 => self.crash(i),
+            572..=581 => self.cut_link("mirror link reset, both nodes stay cluster members"),
             522..=526 => {
                 let now = self.now;
                 let started = self.engine(i).start_verify(now);
@@ -893,6 +914,7 @@ fn random_faults_never_lose_an_acknowledged_write() {
             (env("O2FS_SIM_FIRST", 0), env("O2FS_SIM_SEEDS", 2000))
         }
     };
+    let mut resent = 0;
     let started = std::time::Instant::now();
     let (mut split_brains, mut writes, mut secondary_refusals, mut zero_blocks, mut written_out) = (0, 0, 0, 0, 0);
     for seed in first..first + count {
@@ -900,6 +922,7 @@ fn random_faults_never_lose_an_acknowledged_write() {
         split_brains += sim.split_brains;
         zero_blocks += sim.zero_blocks;
         written_out += sim.written_out;
+        resent += sim.resent;
         secondary_refusals += sim.secondary_refusals;
         writes += sim.writes.iter().filter(|w| w.ok).count();
     }
@@ -909,11 +932,13 @@ fn random_faults_never_lose_an_acknowledged_write() {
          {written_out} local writes left to their callers, {:?}",
         started.elapsed()
     );
+    eprintln!("{resent} writes frozen by a lost link were sent again after a reconnect");
     if count > 1 {
         assert!(split_brains > 0, "no seed produced a split brain: the refusal path went untested");
         assert!(secondary_refusals > 0, "no write met a secondary: explicit roles went untested");
         assert!(zero_blocks > 0, "no block resynced as zeros: ResyncZeros went untested");
         assert!(written_out > 0, "no local write was left to its caller: write_out went untested");
+        assert!(resent > 0, "no frozen write was sent again: the resend after a reconnect went untested");
     }
 }
 
@@ -1019,6 +1044,153 @@ fn a_failed_local_write_fails_and_its_blocks_resync() {
     sim.check_converged();
 }
 
+/// A quiet connected pair under `fencing resource-and-stonith` (protocol C, dual primary).
+fn frozen_pair(seed: u64) -> Sim {
+    let mut sim = Sim::with(seed, Rng::new(seed), Protocol::C, true, Fencing::Freeze, seed % 2 == 0, 4 << 20);
+    for i in 0..2 {
+        sim.start(i);
+    }
+    sim.heal();
+    sim
+}
+
+/// A [`frozen_pair`] whose mirror link alone breaks with a write of `node` to `block` in
+/// flight; returns the write's id.
+fn one_write_frozen(seed: u64, node: usize, block: u64) -> (Sim, usize) {
+    let mut sim = frozen_pair(seed);
+    let id = sim.writes.len();
+    sim.issue_write(node, block, 1, false);
+    sim.cut_link("test: the mirror's link alone breaks");
+    (sim, id)
+}
+
+/// Steps until every write issued so far has ended (10 s of simulated time at most).
+fn until_writes_end(sim: &mut Sim) {
+    let deadline = sim.now + 10_000;
+    while sim.writes.iter().any(|w| w.end.is_none()) {
+        if sim.now > deadline {
+            let states: Vec<String> = (0..2)
+                .map(|i| {
+                    let e = sim.nodes[i].engine.as_ref().unwrap();
+                    format!("{:?} {:?} {:?}", e.conn_state(), e.repl_state(), e.io_state())
+                })
+                .collect();
+            sim.fail(format!("writes still pending after 10 s: {states:?}"));
+        }
+        sim.step(1);
+    }
+}
+
+/// The mirror's link breaks with writes of both nodes in flight (some overlapping, some left
+/// to their callers' local writes) while the cluster keeps both nodes as members: both freeze,
+/// reconnect, send the frozen writes again, and every write completes replicated; the replicas
+/// end equal with no resync. Over 300 seeds (`O2FS_SEED=N` replays one), the link breaks after
+/// a random delay, so the peer had applied some frozen writes before the break (applied twice)
+/// and not others.
+#[test]
+fn frozen_writes_are_sent_again_when_the_link_returns_and_both_stay_members() {
+    init_log();
+    let seeds = match std::env::var("O2FS_SEED") {
+        Ok(_) => {
+            let s = o2fs::testutil::seed_from_env(0);
+            s..s + 1
+        }
+        Err(_) => 0..300,
+    };
+    let (mut applied_before, mut not_applied_before) = (0, 0);
+    for seed in seeds {
+        let mut sim = frozen_pair(seed);
+        let resyncs = sim.resync_requests;
+        let first = sim.writes.len();
+        for (node, block, count) in [(0, 1, 2), (1, 2, 1), (0, 5, 1), (1, 9, 2), (1, 5, 1), (0, 12, 1)] {
+            let out = sim.rng.below(2) == 0;
+            sim.issue_write(node, block, count, out);
+        }
+        let wait = sim.rng.below(8);
+        for _ in 0..wait {
+            sim.step(1);
+        }
+        let pending: Vec<usize> = (first..sim.writes.len()).filter(|&id| sim.writes[id].end.is_none()).collect();
+        for &id in &pending {
+            let w = &sim.writes[id];
+            match sim.nodes[1 - w.node].replica.reached.lock().contains(&(id as u64)) {
+                true => applied_before += 1,
+                false => not_applied_before += 1,
+            }
+        }
+        sim.note(format!("writes {pending:?} pending at the break"));
+        sim.cut_link("test: the mirror's link alone breaks");
+        if !pending.is_empty() && (0..2).any(|i| sim.nodes[i].engine.as_ref().unwrap().io_state() != IoState::Frozen) {
+            sim.fail("a node with writes pending did not freeze".into());
+        }
+        until_writes_end(&mut sim);
+        for id in first..sim.writes.len() {
+            if !sim.writes[id].replicated {
+                sim.fail(format!("write {id} did not complete replicated"));
+            }
+        }
+        sim.heal();
+        sim.check_converged();
+        if sim.resync_requests != resyncs {
+            sim.fail(format!("{} blocks resynced: the frozen writes' marks were not cleared", sim.resync_requests));
+        }
+    }
+    eprintln!("frozen writes the peer had applied before the break: {applied_before}, not: {not_applied_before}");
+    if not_applied_before > 0 {
+        assert!(applied_before > 0, "no frozen write had reached the peer: applying twice went untested");
+    }
+}
+
+/// The link breaks with a write of node 1 in flight; the cluster excludes node 1 for a while
+/// (node 0 resumes alone and overwrites that block and another), then takes it back without a
+/// restart. The handshake makes node 1 the sync target: its frozen write fails (it must not be
+/// sent again over node 0's newer data, nor completed after the resync overwrote it), the
+/// resync brings node 0's data, the replicas end equal.
+#[test]
+fn a_frozen_write_of_the_sync_target_fails_instead_of_overwriting_newer_data() {
+    init_log();
+    let (mut sim, lost) = one_write_frozen(7, 1, 3);
+    let now = sim.now;
+    assert_eq!(sim.nodes[1].engine.as_ref().unwrap().io_state(), IoState::Frozen);
+    sim.engine(0).peer_in_cluster(now, false).unwrap();
+    write_blocks(&mut sim, 0, &[3, 8]);
+    let newer = sim.writes.len() - 2;
+    assert!(sim.writes[newer].ok && !sim.writes[newer].replicated, "written alone");
+    let now = sim.now;
+    sim.engine(0).peer_in_cluster(now, true).unwrap();
+    until_writes_end(&mut sim);
+    assert!(!sim.writes[lost].ok, "the frozen write of the sync target failed");
+    sim.heal();
+    sim.check_converged();
+    assert_eq!(sim.nodes[1].replica.block_id(3), newer as u64, "node 0's newer data won");
+    assert!(sim.log.iter().any(|l| l.contains("Superseded")), "failed as superseded");
+}
+
+/// A frozen node reconnects; the cluster's verdict that the peer is out comes while the Hellos
+/// are still on their way. The node drops the handshake before its frozen write completes
+/// degraded in a new generation (its Hello showed the old one, so the peer would take the two
+/// replicas as in sync while this node resyncs from itself); the peer fences, restarts, and
+/// the resync brings the write.
+#[test]
+fn resume_io_during_a_handshake_drops_it_before_completing_frozen_writes() {
+    init_log();
+    let (mut sim, id) = one_write_frozen(3, 0, 4);
+    sim.try_connect();
+    sim.drain();
+    assert_eq!(sim.nodes[0].engine.as_ref().unwrap().conn_state(), ConnState::Handshake);
+    let now = sim.now;
+    sim.engine(0).resume_io(now).unwrap();
+    sim.drain();
+    assert!(sim.writes[id].ok && !sim.writes[id].replicated, "completed degraded");
+    assert_ne!(sim.nodes[0].engine.as_ref().unwrap().conn_state(), ConnState::Handshake, "handshake dropped");
+    // The peer's fence takes a while to come.
+    for _ in 0..50 {
+        sim.step(1);
+    }
+    sim.heal();
+    sim.check_converged();
+}
+
 fn random_msg(rng: &mut Rng) -> Msg {
     use o2fs::dev::mirror::generation::GenIds;
     use o2fs::dev::mirror::proto::Hello;
@@ -1051,6 +1223,7 @@ fn random_msg(rng: &mut Rng) -> Msg {
                 fresh_in_sync: rng.below(2) == 0,
                 primary: rng.below(2) == 0,
                 oos: (0..rng.below(4)).map(|_| (num(rng), num(rng))).collect(),
+                frozen: (0..rng.below(3)).map(|_| (num(rng), num(rng))).collect(),
                 head: (rng.below(2) == 0).then(|| [rng.below(256) as u8; 20]),
             })
         }
@@ -1083,7 +1256,9 @@ fn hostile_peer_messages_never_panic() {
     init_log();
     let mut states = HashSet::new();
     for seed in 0..300u64 {
-        let mut sim = Sim::with(seed, Rng::new(seed), Protocol::C, true, Fencing::DontCare, seed % 2 == 0, 4 << 20);
+        // A third under fencing: writes freeze on a lost link and meet the next Hello.
+        let fencing = if seed % 3 == 0 { Fencing::Freeze } else { Fencing::DontCare };
+        let mut sim = Sim::with(seed, Rng::new(seed), Protocol::C, true, fencing, seed % 2 == 0, 4 << 20);
         sim.start(0);
         let mut rng = Rng::new(seed ^ 0x5EED);
         let engine = sim.nodes[0].engine.as_mut().unwrap();

@@ -331,6 +331,7 @@ async fn serve_admin(
                 }
                 if let Some(k) = &mount {
                     reply["fuse_requests"] = k.counts.to_json();
+                    reply["request_reruns"] = o2fs::fs::lockset::reruns().into();
                 }
                 reply
             }

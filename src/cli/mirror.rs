@@ -67,10 +67,11 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
     // The resource file's fencing: dont-care (the default) goes on degraded after a split;
-    // resource-and-stonith freezes until `o2fs resume-io` (no cluster decides here).
+    // resource-and-stonith freezes until `o2fs resume-io` or the link returns (no cluster
+    // decides here).
     let fencing = res.fencing();
     if fencing == Fencing::Freeze {
-        tracing::info!("fencing resource-and-stonith: a lost peer freezes I/O until `o2fs resume-io`");
+        tracing::info!("fencing resource-and-stonith: a lost peer freezes I/O until `o2fs resume-io` or its return");
     }
     let mirror = start_with(&res, &a.node.node, a.keepalive_ms, a.idle_timeout_ms, fencing)?;
     let path = a.node.socket();
@@ -106,8 +107,9 @@ fn up(a: &UpArgs, res: ResourceConfig, mut ready: Ready) -> Result<()> {
 /// `fencing resource-and-stonith`): no write is acknowledged by a node that may yet be fenced.
 ///
 /// The mirror's link waits twice as long as the cluster's before it gives up: a stall the
-/// cluster's link rides out (a reconnect within its grace keeps the peer a member) must not
-/// freeze the mirror, which would then wait for a verdict that never comes.
+/// cluster's link rides out (a reconnect within its grace keeps the peer a member) should not
+/// freeze the mirror, which then gets no verdict and waits for its own link to return (its
+/// frozen writes are sent again then).
 pub fn start(res: &ResourceConfig, node: &str, timing: &TimingArgs) -> Result<Arc<Mirror>> {
     start_with(res, node, timing.keepalive_ms, 2 * timing.idle_timeout_ms, Fencing::Freeze)
 }

@@ -353,6 +353,11 @@ impl LockService {
         guard
     }
 
+    /// Whether this node holds `res` cached at EX.
+    pub fn cached_exclusive(&self, res: &ResName) -> bool {
+        self.inner.lock().cache.get(res).is_some_and(|c| c.covers(Mode::Ex))
+    }
+
     /// Whether this node masters `res` in the current view.
     pub fn masters(&self, res: &ResName) -> bool {
         self.inner.lock().dlm.masters(res)

@@ -176,6 +176,11 @@ impl ClusterLocks for DlmLocks {
         true
     }
 
+    fn cached_exclusive(&self, res: LockResource) -> bool {
+        let name = self.names.lock().of(res, self.chunk_blocks);
+        self.service().is_ok_and(|svc| svc.cached_exclusive(&name))
+    }
+
     fn is_local(&self, res: LockResource) -> bool {
         // Not remembered: placing an inode group asks about many candidate chunks.
         self.service().is_ok_and(|svc| svc.masters(&DlmLocks::name(res, self.chunk_blocks)))

@@ -59,6 +59,8 @@ pub trait ClusterLocks: Send + Sync {
     /// with nothing in the way); false otherwise. Safe to call in the middle of a request: it
     /// never runs a downconvert callback on the calling thread.
     fn take_now(&self, res: LockResource, mode: LockMode) -> bool;
+    /// Whether this node holds `res` cached at EX (taking it at EX then needs no message).
+    fn cached_exclusive(&self, res: LockResource) -> bool;
     /// Whether taking `res` would be decided on this node (it masters the lock): where a new
     /// inode is best placed.
     fn is_local(&self, res: LockResource) -> bool;
@@ -83,6 +85,9 @@ impl ClusterLocks for LocalLocks {
         Ok(true)
     }
     fn take_now(&self, _res: LockResource, _mode: LockMode) -> bool {
+        true
+    }
+    fn cached_exclusive(&self, _res: LockResource) -> bool {
         true
     }
     fn is_local(&self, _res: LockResource) -> bool {

@@ -11,6 +11,16 @@
 use super::error::{FsError, Result};
 use super::lock::{ClusterLocks, LockMode, LockResource};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Requests run again for a missing lock, in this process (`o2fs status`: each costs a run of
+/// the request, and the indexes of the directories it had changed).
+static RERUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times requests of this process ran again for a missing lock.
+pub fn reruns() -> u64 {
+    RERUNS.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct LockSet {
@@ -71,6 +81,7 @@ pub fn run_locked<T>(
             }
         };
         tracing::trace!(?res, ?mode, "request reruns with one more cluster lock");
+        RERUNS.fetch_add(1, Ordering::Relaxed);
         if set.locks.last_key_value().is_none_or(|(&last, _)| last < res) {
             // Taken on top of the others, in order: they are not given up meanwhile (a peer
             // waiting for one of them would get it between the two runs).

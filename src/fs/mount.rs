@@ -289,17 +289,16 @@ impl Mounted {
     }
 
     /// Second half, as an ordinary operation under cluster locks once the cluster runs again
-    /// (as OCFS2's ocfs2_complete_recovery), with the super lock exclusive among them: the dead
-    /// node's local-alloc window and truncate log go back — unless a node mounted in the slot
-    /// meanwhile, which did that at its mount. Its orphans stay: other nodes may have them open
-    /// (the caller frees those nobody has open). Returns whether it did.
-    pub fn finish_recovery(&mut self, slot: usize) -> Result<bool> {
-        let Some(loc) = &self.slot_map else { return Ok(false) };
-        if loc.read(&mut self.core)?.slots.get(slot).copied().flatten().is_some() {
-            return Ok(false);
-        }
-        finish_slot(&mut self.core, slot, false)?;
-        Ok(true)
+    /// (as OCFS2's ocfs2_complete_recovery): the dead node's local-alloc window and truncate log
+    /// go back. Its orphans stay: other nodes may have them open (the caller frees those nobody
+    /// has open). Needs no super lock: a node may have mounted in the slot meanwhile (and
+    /// finished it at its mount), but a window and a truncate log live wholly in their system
+    /// inodes, read under their own locks, so closing a window or flushing a log its new owner
+    /// uses only makes that node open a new window or find an empty log. Holding the super lock
+    /// here, while waiting for the allocators' locks, would stop the recovery of a node that dies
+    /// holding one of them (its recovery takes the super lock).
+    pub fn finish_recovery(&mut self, slot: usize) -> Result<()> {
+        finish_slot(&mut self.core, slot, false)
     }
 
     /// First step of a clean unmount, an ordinary operation (on a cluster mount under the locks

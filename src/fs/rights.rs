@@ -32,6 +32,8 @@ pub struct Rights {
     held: BTreeMap<LockResource, LockMode>,
     /// The locks the running request took on its way (part of `held`).
     taken: Vec<(LockResource, LockMode)>,
+    /// The running request changes something (it holds a lock exclusive).
+    mutating: bool,
 }
 
 impl Rights {
@@ -47,7 +49,7 @@ impl Rights {
         for blkno in [sys.slot_map, sys.heartbeat] {
             system.insert(blkno, LockResource::Super);
         }
-        Rights { system: Some(system), locks: Some(locks), held: BTreeMap::new(), taken: Vec::new() }
+        Rights { system: Some(system), locks: Some(locks), held: BTreeMap::new(), taken: Vec::new(), mutating: false }
     }
 
     /// The lock covering the blocks of `owner`; None on a single-node mount.
@@ -64,12 +66,29 @@ impl Rights {
             return Ok(());
         }
         // Held weaker: converting it up may have to wait for this very request's hold.
-        if !self.held.contains_key(&res) && self.locks.as_ref().is_some_and(|l| l.take_now(res, mode)) {
-            self.held.insert(res, mode);
-            self.taken.push((res, mode));
-            return Ok(());
+        if self.held.contains_key(&res) {
+            return Err(FsError::NeedLock(res, mode));
         }
-        Err(FsError::NeedLock(res, mode))
+        // A changing request mostly reads a block to change it next (an allocator, a window, a
+        // log, an orphan directory, the inode it renames): with the lock cached here exclusive,
+        // it is taken exclusive at once, and the write does not find it held weaker and rerun
+        // the request (which also costs the index of a directory it changed). Only a lock
+        // cached at EX: claiming EX anew would take from other nodes what they only read.
+        let locks = self.locks.as_ref();
+        let strongest = if mode == LockMode::Pr && self.mutating && locks.is_some_and(|l| l.cached_exclusive(res)) {
+            LockMode::Ex
+        } else {
+            mode
+        };
+        let tries: &[LockMode] = if strongest == mode { &[mode] } else { &[strongest, mode] };
+        match tries.iter().copied().find(|&m| locks.is_some_and(|l| l.take_now(res, m))) {
+            Some(m) => {
+                self.held.insert(res, m);
+                self.taken.push((res, m));
+                Ok(())
+            }
+            None => Err(FsError::NeedLock(res, strongest)),
+        }
     }
 
     /// Whether this is a cluster mount's (blocks are used under cluster locks).
@@ -86,6 +105,7 @@ impl Rights {
     pub fn hold(&mut self, held: &BTreeMap<LockResource, LockMode>) {
         self.held.clone_from(held);
         self.taken.clear();
+        self.mutating = held.values().any(|&m| m == LockMode::Ex);
     }
 
     /// The request ends: it holds nothing more here; returns the locks it took on its way, which

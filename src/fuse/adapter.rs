@@ -265,14 +265,11 @@ impl O2Fuse {
         errno(&e)
     }
 
-    /// O_DIRECT opens bypass the page cache; so does every open of a cluster mount, where
-    /// another node's write must be seen by the next read here. Such a file has no dirty pages
-    /// for a close to write back (shared mappings of it are refused without
-    /// FUSE_DIRECT_IO_ALLOW_MMAP), and `flush` does nothing: the kernel is told not to send
-    /// FLUSH at its closes (one request less per open).
+    /// O_DIRECT opens bypass the page cache. Other opens use it, on a cluster mount too (the
+    /// kernel drops a file's pages when its mtime or size changed: see `fuse::kcache`).
     fn open_flags(&self, flags: i32) -> FopenFlags {
-        if flags & O_DIRECT != 0 || self.cluster.is_some() {
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+        if flags & O_DIRECT != 0 {
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
         }
@@ -397,13 +394,10 @@ fn register_cluster_callbacks(locks: &Arc<dyn ClusterLocks>, state: &Arc<Mutex<S
         // Then the orphans nobody has open any more: the dead node's open locks are gone.
         let st = st.clone();
         std::thread::spawn(move || {
-            let mut set = LockSet::default();
-            set.want(LockResource::Super, LockMode::Ex);
-            let finished = request(Some(&*locks), &st, set, |m, _| m.finish_recovery(slot))
-                .and_then(|finished| reap_orphans(Some(&*locks), &st).map(|()| finished));
+            let finished = request(Some(&*locks), &st, LockSet::default(), |m, _| m.finish_recovery(slot))
+                .and_then(|()| reap_orphans(Some(&*locks), &st));
             match finished {
-                Ok(true) => tracing::info!("slot {slot} recovered"),
-                Ok(false) => {}
+                Ok(()) => tracing::info!("slot {slot} recovered"),
                 Err(e) => tracing::error!("recovering node {node}: {e}"),
             }
         });
@@ -466,9 +460,14 @@ fn caller(req: &Request) -> Caller {
 
 impl Filesystem for O2Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.flocks.is_some() {
+        if self.cluster.is_some() {
             // flock requests come to us; fcntl locks stay with the kernel (node-local).
             let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+            // The kernel checks a file's attributes before each read and drops its pages when
+            // another node changed it (fuse::kcache).
+            config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA).map_err(|_| {
+                std::io::Error::other("the kernel cannot check cached file data (FUSE_AUTO_INVAL_DATA)")
+            })?;
         }
         Ok(())
     }
@@ -557,7 +556,19 @@ impl Filesystem for O2Fuse {
             ctime: ctime.map(to_time),
         };
         match self.with(true, &[meta(blk)], |m, _| m.core.setattr(blk, change, now)) {
-            Ok(inode) => reply.attr(&self.kcache.changed_ttl(), &self.entry_attr(&inode)),
+            Ok(inode) => {
+                let mut attr = self.entry_attr(&inode);
+                if inode.mode & S_IFMT == S_IFREG && self.kcache.take_unverified(ino.0) {
+                    // The kernel takes a SETATTR reply's mtime without comparing it with its
+                    // pages' (fuse::kcache): one it has not seen makes its next read compare
+                    // the true mtime with it and drop the pages. The reply's TTL is 0, so no
+                    // stat shows it.
+                    let ns = Duration::from_nanos(1);
+                    attr.mtime =
+                        attr.mtime.checked_sub(ns).or_else(|| attr.mtime.checked_add(ns)).unwrap_or(attr.mtime);
+                }
+                reply.attr(&self.kcache.changed_ttl(), &attr)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -704,14 +715,23 @@ impl Filesystem for O2Fuse {
     ) {
         self.kcache.counts.count(Req::Read);
         let blk = self.blk(ino);
-        // The data is copied outside the core's mutex (crate::fs::read_gate).
+        // The data is copied outside the core's mutex (crate::fs::read_gate) and replied
+        // before the cluster lock is let go: the kernel's pages must hold it before another
+        // node can change it (fuse::kcache).
         let planned = |m: &mut Mounted, _: &mut HashMap<u64, u32>| {
             let inode = m.core.read_inode(blk)?;
             m.core.read_plan(&inode, offset, size as u64)
         };
-        match self.with_then(false, &[meta(blk)], planned, |plan| plan.run()) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        let mut reply = Some(reply);
+        let served = self.with_then(false, &[meta(blk)], planned, |plan| {
+            let data = plan.run()?;
+            if let Some(r) = reply.take() {
+                r.data(&data);
+            }
+            Ok(())
+        });
+        if let (Err(e), Some(r)) = (served, reply) {
+            r.error(e);
         }
     }
 

@@ -24,7 +24,25 @@
 //!   given up (a deadlock). The kernel samples the epoch before it sends a request, so a name
 //!   replied after the bump is stale too. Without the epoch notification (older kernels, or no
 //!   descriptor of our own for /dev/fuse), names get TTL 0.
-//! The page cache is not kept on cluster mounts (files open with FOPEN_DIRECT_IO).
+//! - file data (the page cache): the kernel drops a file's pages itself when it sees the
+//!   file's mtime or size changed, and before every read(2) it checks its attributes
+//!   (`FUSE_AUTO_INVAL_DATA`, asked for on cluster mounts): fetched again after the
+//!   invalidation above, the attributes show another node's write. That check runs in the
+//!   reader's context, holding no page lock and waiting for no cluster lock. An invalidation of
+//!   pages sent from here (`FUSE_NOTIFY_INVAL_INODE` with an offset) would instead wait for
+//!   locked pages, and the kernel keeps a page locked while its READ or WRITE request waits in
+//!   this daemon, possibly for the very lock being given up. READ replies are sent while the
+//!   request still holds the inode's lock (see `O2Fuse::read`): a page filled from data read
+//!   under the lock is in the kernel before another node can change that data.
+//!   A SETATTR reply brings a new mtime into the kernel without that comparison
+//!   (fuse_do_setattr drops pages only on a size change), so `lost` marks the file's pages
+//!   unverified, and the next SETATTR reply for it carries an mtime 1 ns off (`O2Fuse::setattr`;
+//!   with TTL 0, no stat shows it): the kernel's next read compares the true mtime with it and
+//!   drops the pages. Dropping them from the handler instead would wait for page locks that
+//!   READs not yet read from /dev/fuse hold, which can take every FUSE worker thread.
+//!   Not covered: a change that leaves mtime and size as this node's kernel last saw them
+//!   (another node setting mtime back with utimensat), and pages mapped with mmap(2) (a page
+//!   fault takes no attribute check; the next read(2) or stat drops them).
 
 use fuser::{INodeNo, Notifier};
 use parking_lot::Mutex;
@@ -132,6 +150,8 @@ pub struct KernelCache {
     parents: Mutex<HashSet<u64>>,
     /// The CREATE replies of the last `CREATE_SETTLE` that carried `CREATE_TTL`, oldest first.
     created: Mutex<VecDeque<(Instant, u64)>>,
+    /// FUSE inodes whose pages the kernel may hold from before this node lost their lock.
+    unverified: Mutex<HashSet<u64>>,
     pub counts: RequestCounts,
 }
 
@@ -145,6 +165,7 @@ impl KernelCache {
             known: Mutex::default(),
             parents: Mutex::default(),
             created: Mutex::default(),
+            unverified: Mutex::default(),
             counts: RequestCounts::default(),
         }
     }
@@ -257,6 +278,7 @@ impl KernelCache {
             *c = c.saturating_sub(n);
             if *c == 0 {
                 known.remove(&ino);
+                self.unverified.lock().remove(&ino);
             }
         }
     }
@@ -277,6 +299,9 @@ impl KernelCache {
         };
         if !attrs && !names {
             return;
+        }
+        if attrs {
+            self.unverified.lock().insert(ino);
         }
         let channel = self.channel.lock();
         let Some(ch) = channel.as_ref() else { return };
@@ -314,6 +339,13 @@ impl KernelCache {
             }
         }
         replied.is_some()
+    }
+
+    /// Whether the kernel may hold pages of `ino` from before this node last lost the file's
+    /// lock (a read may have checked them since; then telling it costs a re-read); answered
+    /// true once per loss (see the module's comment).
+    pub fn take_unverified(&self, ino: u64) -> bool {
+        self.unverified.lock().remove(&ino)
     }
 }
 

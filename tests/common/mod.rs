@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod netns;
+pub mod nft;
 pub mod nodes;
 pub mod rng;
 

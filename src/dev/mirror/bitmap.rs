@@ -29,6 +29,18 @@ pub struct Bitmap {
     dirty: BTreeSet<usize>,
 }
 
+/// Ascending block numbers as runs `(first, count)`.
+pub fn runs_of(blocks: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for b in blocks {
+        match out.last_mut() {
+            Some((first, n)) if *first + *n == b => *n += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    out
+}
+
 impl Bitmap {
     /// An empty bitmap of `bits` bits.
     pub fn new(bits: u64) -> Bitmap {
@@ -124,16 +136,7 @@ impl Bitmap {
 
     /// The set bits as runs `(first, count)`, the compact form sent to the peer.
     pub fn runs(&self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut at = 0;
-        while let Some(b) = self.next_set(at) {
-            match out.last_mut() {
-                Some((first, n)) if *first + *n == b => *n += 1,
-                _ => out.push((b, 1)),
-            }
-            at = b + 1;
-        }
-        out
+        runs_of(std::iter::successors(self.next_set(0), |&b| self.next_set(b + 1)))
     }
 
     /// Sets every bit of `runs` (a peer's [`Bitmap::runs`]); runs past the end are clamped.

@@ -11,8 +11,9 @@ use super::generation::GenIds;
 /// Version of these messages, checked in the network handshake (`net::Identity::version`): a
 /// change to [`Msg`] or [`Hello`] must raise it, so that two builds refuse each other with both
 /// versions named instead of misreading each other's bytes. 2: resync runs and zeros, the
-/// replicas' head digest in the Hello (session 4).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// replicas' head digest in the Hello (session 4). 3: the Hello's `frozen` blocks (writes frozen
+/// by a lost link are sent again after a reconnect).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest read one node asks of the other (a sync target's read of blocks it lacks); it must
 /// fit a frame with room to spare.
@@ -123,8 +124,12 @@ pub struct Hello {
     pub fresh_in_sync: bool,
     /// The sender is primary (it wrote since it started, and was not demoted).
     pub primary: bool,
-    /// The out-of-sync bitmap as runs `(first block, count)`.
+    /// The out-of-sync bitmap as runs `(first block, count)`, without `frozen`.
     pub oos: Vec<(u64, u64)>,
+    /// Blocks marked out of sync only because writes froze on them when the link was lost
+    /// (`fencing resource-and-stonith`), as runs. If the generations did not move apart, the
+    /// writes are sent again and these blocks are not resynced; else they join the resync.
+    pub frozen: Vec<(u64, u64)>,
     /// sha1 of the replica's first [`HEAD_BYTES`] (where a volume keeps its superblock), if it
     /// could be read: two replicas that are both "just created" must agree on it.
     pub head: Option<[u8; 20]>,

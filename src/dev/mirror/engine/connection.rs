@@ -1,7 +1,16 @@
 //! The peer connection: up and down, freeze and fence, administrator commands, and the
 //! handshake that compares generations and starts a resync.
+//!
+//! Writes frozen by a lost link (`fencing resource-and-stonith`) do not keep the node from
+//! reconnecting: the cluster may keep the peer as a member (its own link came back within its
+//! grace, or only the mirror's connection broke) and never decide. Their blocks are marked out
+//! of sync, and the marks only they made are sent apart in the Hello (`frozen`), so that both
+//! sides decide alike: if neither side started a generation meanwhile, those marks are cleared
+//! and the writes are sent again; otherwise the marks join the resync, the sync source sends
+//! its frozen writes again and the sync target's fail ([`IoFailure::Superseded`]).
 
 use super::*;
+use crate::dev::mirror::bitmap::runs_of;
 use crate::dev::mirror::generation::JUST_CREATED;
 use crate::dev::mirror::proto::HEAD_BYTES;
 
@@ -22,11 +31,32 @@ impl Engine {
             discard_my_data: self.discard_my_data,
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
             primary: self.is_primary(),
-            oos: self.bitmap.runs(),
+            oos: self.runs_without_frozen(),
+            frozen: runs_of(self.frozen_bits.iter().copied()),
             head: self.head_digest(),
         };
         self.link.head_sent = hello.head;
         self.send(Msg::Hello(hello));
+    }
+
+    /// The out-of-sync runs, without the blocks only frozen writes marked.
+    fn runs_without_frozen(&mut self) -> Vec<(u64, u64)> {
+        self.mark_frozen_bits(false);
+        let runs = self.bitmap.runs();
+        self.mark_frozen_bits(true);
+        runs
+    }
+
+    /// Sets or clears the blocks only frozen writes marked. Cleared, they stay covered: the
+    /// frozen writes keep their activity-log extents in use until they are decided, so a crash
+    /// marks them again.
+    fn mark_frozen_bits(&mut self, on: bool) {
+        for &b in &self.frozen_bits {
+            match on {
+                true => self.bitmap.set_range(b, b + 1),
+                false => self.bitmap.clear(b) as u64,
+            };
+        }
     }
 
     fn head_digest(&self) -> Option<[u8; 20]> {
@@ -76,27 +106,48 @@ impl Engine {
         let mut marked = Ok(());
         // Messages of the lost connection held behind local writes go with it.
         self.held.clear();
-        for r in &reqs {
-            self.extents_done(r.id, r.extents);
+        let freeze = self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running && !self.peer_excluded;
+        let (done, pending): (Vec<Request>, Vec<Request>) = reqs.into_iter().partition(|r| r.completed);
+        // Writes that froze come last: the blocks only they mark are told apart (`frozen_bits`).
+        // They keep their activity-log extents until they are decided (`take_frozen`).
+        for (r, frozen) in done.iter().map(|r| (r, false)).chain(pending.iter().map(|r| (r, freeze))) {
             let (first, end) = Bitmap::blocks_of(r.offset, r.len);
+            if frozen {
+                self.frozen_bits.extend((first..end).filter(|&b| !self.bitmap.test(b)));
+            } else {
+                self.extents_done(r.id, r.extents);
+            }
             self.bitmap.set_range(first, end);
         }
-        if !reqs.is_empty() {
+        if !done.is_empty() || !pending.is_empty() {
             marked = self.save_bitmap();
         }
-        let (done, pending): (Vec<Request>, Vec<Request>) = reqs.into_iter().partition(|r| r.completed);
         if !done.is_empty() && self.consistent() {
             // Protocol A acknowledged writes the peer may not have.
             marked = marked.and_then(|()| self.new_generation());
         }
-        if self.cfg.fencing == Fencing::Freeze && self.io == IoState::Running && !self.peer_excluded {
-            tracing::warn!(pending = pending.len(), "peer lost: I/O frozen until the cluster decides");
+        if freeze {
+            tracing::warn!(
+                pending = pending.len(),
+                "peer lost: I/O frozen until the cluster decides or the link returns"
+            );
             self.io = IoState::Frozen;
             self.frozen.extend(pending);
         } else {
             self.complete_degraded(pending, marked);
         }
         self.start_waiting();
+    }
+
+    /// Takes the frozen writes, letting their activity-log extents go; their blocks stay
+    /// marked out of sync.
+    fn take_frozen(&mut self) -> Vec<Request> {
+        self.frozen_bits.clear();
+        let frozen = std::mem::take(&mut self.frozen);
+        for r in &frozen {
+            self.al.complete(r.extents);
+        }
+        frozen
     }
 
     /// Completes writes the peer may lack: successful (after a new generation) if the local
@@ -128,9 +179,14 @@ impl Engine {
         if !self.peer_seen {
             return Err("this node has not reached its peer since it started; its data may be outdated".into());
         }
+        if self.conn == ConnState::Handshake {
+            // Our Hello showed the generation before the degraded writes below.
+            self.out.push_back(Output::Drop { reason: "I/O resumed without the peer".into() });
+            self.lose_peer("I/O resumed without the peer", ConnState::Unconnected);
+        }
         tracing::info!(pending = self.frozen.len(), "I/O resumed after the peer was lost");
         self.io = IoState::Running;
-        let frozen = std::mem::take(&mut self.frozen);
+        let frozen = self.take_frozen();
         self.complete_degraded(frozen, Ok(()));
         self.start_waiting();
         Ok(())
@@ -155,7 +211,8 @@ impl Engine {
         self.now = now;
         tracing::error!(pending = self.frozen.len() + self.waiting.len(), "fenced: failing all I/O");
         self.io = IoState::Fenced;
-        let ids: Vec<u64> = self.frozen.drain(..).map(|r| r.id).chain(self.waiting.drain(..).map(|w| w.id)).collect();
+        let frozen = self.take_frozen();
+        let ids: Vec<u64> = frozen.into_iter().map(|r| r.id).chain(self.waiting.drain(..).map(|w| w.id)).collect();
         for id in ids {
             self.out.push_back(Output::WriteDone { id, result: Err(IoFailure::Fenced) });
         }
@@ -204,6 +261,8 @@ impl Engine {
         self.now = now;
         tracing::warn!("invalidate: the whole local replica will be resynced from the peer");
         self.bitmap.set_all();
+        // No mark is a frozen write's alone any more.
+        self.frozen_bits.clear();
         self.save_bitmap()?;
         self.set_flag(flags::CONSISTENT, false)?;
         if self.established() {
@@ -300,7 +359,7 @@ impl Engine {
             consistent: self.consistent(),
             crashed_primary: self.sup.flags & flags::CRASHED_PRIMARY != 0,
             discard_my_data: self.discard_my_data,
-            has_bits: !self.bitmap.is_empty(),
+            has_bits: self.bitmap.count() > self.frozen_bits.len() as u64,
             fresh_in_sync: self.sup.flags & flags::FRESH_IN_SYNC != 0,
         };
         let peer = Side {
@@ -321,12 +380,17 @@ impl Engine {
         let lower = self.cfg.node_id < self.cfg.peer_id;
         let decision = decide(&me, &peer, lower);
         tracing::info!(?decision, ours = ?me.gens, peers = ?peer.gens, "handshake");
+        // Neither side started a generation since they last met: frozen writes are sent again.
+        let same_gen = h.gens.current == self.sup.gens.current;
+        let frozen_any = !self.frozen_bits.is_empty() || !h.frozen.is_empty();
         let result = match decision {
             Decision::Refuse(r) => return self.refuse(r.to_string()),
             // Both replicas "just created" are in sync only if they hold the same data: mkfs run
-            // on each node's disk makes two volumes, and nothing would ever resync them.
+            // on each node's disk makes two volumes, and nothing would ever resync them. (Frozen
+            // writes may be what differs: both nodes met before they froze.)
             Decision::InSync
                 if self.sup.gens.current == JUST_CREATED
+                    && !frozen_any
                     && h.head.zip(self.link.head_sent).is_some_and(|(theirs, ours)| ours != theirs) =>
             {
                 return self.refuse(
@@ -336,6 +400,7 @@ impl Engine {
                 );
             }
             Decision::InSync => {
+                self.mark_frozen_bits(false);
                 self.mark_fresh_in_sync();
                 self.sup.gens.in_sync();
                 self.sup.flags &= !flags::CRASHED_PRIMARY;
@@ -351,14 +416,70 @@ impl Engine {
         self.link.peer = Some(h);
         if let Err(e) = result {
             tracing::error!(error = %e, "meta-disk write at handshake");
+            // Still frozen, still marked.
+            self.mark_frozen_bits(true);
             return self.protocol_error(format!("local meta-disk failed: {e}"));
         }
+        let resent = self.settle_frozen(same_gen || self.repl == Repl::SyncSource);
         if self.io == IoState::Frozen && self.frozen.is_empty() {
             tracing::info!("peer connected: frozen I/O resumes");
             self.io = IoState::Running;
             self.start_waiting();
         }
+        self.after_resend(resent);
         self.plan_resync();
+    }
+
+    /// Decides the frozen writes once the handshake is done. Sent again (as new writes, with
+    /// the local replica's data of their range, in their order and before the writes that
+    /// waited behind them) when the peer cannot hold newer data for them: same generation on
+    /// both sides (a write the peer already applied is applied again with the same bytes, or
+    /// lost to a concurrent one of the lower node as any concurrent write), or this node is
+    /// the sync source. On a sync target they fail: the resync overwrites their blocks with
+    /// the peer's newer data, and completing them afterwards would acknowledge data that is
+    /// gone (their marks stay and joined the resync on both sides).
+    /// Returns the writes sent again, for [`Engine::after_resend`] once they started.
+    fn settle_frozen(&mut self, resend: bool) -> Vec<Request> {
+        self.frozen_bits.clear();
+        if self.frozen.is_empty() || !resend {
+            let frozen = self.take_frozen();
+            if !frozen.is_empty() {
+                tracing::error!(
+                    writes = frozen.len(),
+                    "the peer holds newer data: writes frozen by the lost link fail"
+                );
+            }
+            for r in frozen {
+                self.out.push_back(Output::WriteDone { id: r.id, result: Err(IoFailure::Superseded) });
+            }
+            return Vec::new();
+        }
+        let frozen = std::mem::take(&mut self.frozen);
+        tracing::info!(writes = frozen.len(), "peer back: writes frozen by the lost link are sent again");
+        let mut again = VecDeque::with_capacity(frozen.len() + self.waiting.len());
+        for r in &frozen {
+            match self.local_read(r.offset, r.len) {
+                Ok(data) => again.push_back(PendingWrite { id: r.id, offset: r.offset, data }),
+                Err(e) => self.out.push_back(Output::WriteDone { id: r.id, result: Err(e) }),
+            }
+        }
+        again.append(&mut self.waiting);
+        self.waiting = again;
+        frozen
+    }
+
+    /// After the writes sent again started: the ones not under way to the peer now (their
+    /// local read or start failed) are marked out of sync again, as their local replica holds
+    /// them; then the extents they kept while frozen go (the writes hold their own by now).
+    fn after_resend(&mut self, frozen: Vec<Request>) {
+        for r in frozen {
+            if !self.in_flight.values().any(|q| q.id == r.id) {
+                if let Err(e) = self.mark_out_of_sync(r.offset, r.len) {
+                    tracing::error!(error = %e, "marking a write sent again out of sync");
+                }
+            }
+            self.al.complete(r.extents);
+        }
     }
 
     pub(super) fn refuse(&mut self, reason: String) {
@@ -369,8 +490,13 @@ impl Engine {
 
     pub(super) fn start_resync(&mut self, source: bool, full: bool, h: &Hello) -> Result<(), IoFailure> {
         if h.gens.current == self.sup.gens.current {
-            // Both hold this generation (a repair resync): the bitmap id has served.
+            // Both hold this generation (a repair resync): the bitmap id has served. Frozen
+            // writes are sent again instead of resynced.
             self.sup.gens.in_sync();
+            self.mark_frozen_bits(false);
+        } else {
+            // The peer's frozen writes lost to newer data, or go to us by the resync.
+            self.bitmap.merge_runs(&h.frozen);
         }
         if full {
             self.bitmap.set_all();

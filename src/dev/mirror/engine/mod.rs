@@ -18,7 +18,8 @@
 //!   resource file says `become-primary-on`, else from its first write ([`Promotion`]).
 //! - Degraded writes mark the bitmap and, first, start a new generation (DRBD's new current UUID).
 //! - Fencing `resource-and-stonith`: on connection loss I/O freezes until the cluster decides
-//!   ([`Engine::resume_io`] for the survivor, [`Engine::fence`] for the loser).
+//!   ([`Engine::resume_io`] for the survivor, [`Engine::fence`] for the loser) or the link
+//!   comes back, when the frozen writes are sent again (DRBD resends its transfer log).
 //! - The sync target drives the resync; an application write waits for an outstanding resync
 //!   request of the same block (DRBD's conflict between application and resync requests).
 //!
@@ -26,7 +27,7 @@
 //! requests and the peer's writes (conflicts); `connection` link up/down, freeze/fence, admin
 //! commands and the handshake; `messages` the dispatch of peer messages; `sync` resync and verify.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -88,6 +89,10 @@ pub enum IoFailure {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("this node is fenced: no I/O until it is restarted")]
     Fenced,
+    /// A write frozen by a lost link, on a node that became the sync target when the link came
+    /// back: the peer's newer data replaces it.
+    #[error("the peer went on with newer data while this write was frozen; it was not applied on the peer")]
+    Superseded,
     #[error("no up-to-date copy of the data is reachable (local replica inconsistent, peer not connected)")]
     NoUpToDateData,
     #[error("local replica: {0}")]
@@ -256,6 +261,8 @@ pub struct Engine {
     hand_out: Option<u64>,
     handed: Option<Arc<Vec<u8>>>,
     frozen: Vec<Request>,
+    /// Blocks marked out of sync only because of the frozen writes ([`Hello::frozen`]).
+    frozen_bits: BTreeSet<u64>,
     flushes: Vec<PendingFlush>,
     /// A new generation was started since the connection was lost.
     rotated: bool,
@@ -336,6 +343,7 @@ impl Engine {
             hand_out: None,
             handed: None,
             frozen: Vec::new(),
+            frozen_bits: BTreeSet::new(),
             flushes: Vec::new(),
             rotated: false,
             discard_my_data: false,
@@ -382,12 +390,8 @@ impl Engine {
 
     /// The transport should be (re)connected.
     pub fn wants_connection(&self) -> bool {
-        // Frozen writes must be decided (completed after a new generation, or failed) before a
-        // handshake compares generations.
-        self.conn == ConnState::Unconnected
-            && self.io != IoState::Fenced
-            && self.frozen.is_empty()
-            && self.local_out.is_empty()
+        // Frozen writes are decided at the handshake (`connection`: sent again, or failed).
+        self.conn == ConnState::Unconnected && self.io != IoState::Fenced && self.local_out.is_empty()
     }
 
     /// Writes sent to the peer and not yet acknowledged by it.
