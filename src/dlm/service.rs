@@ -821,6 +821,48 @@ impl LockService {
         }
     }
 
+    /// [`lock_direct`](Self::lock_direct) only if that needs neither a wait nor a message: this
+    /// node masters `res` and nothing is in the way (the open lock of an inode just created
+    /// here, which nobody else can know yet). Like [`try_lock_now`](Self::try_lock_now) it never
+    /// waits (not for a recovery either) and never runs a downconvert callback on this thread.
+    pub fn lock_direct_now(self: &Arc<Self>, res: &ResName, mode: Mode) -> Option<DirectLock> {
+        let (mut lock, rx, downconverts) = {
+            let mut inner = self.inner.lock();
+            if inner.fenced.is_some()
+                || (inner.recovering > 0 && !IN_RECOVERY.get())
+                || !inner.dlm.grants_at_once(res, None, mode)
+            {
+                return None;
+            }
+            let id = inner.dlm.lock(res, mode, LockFlags { noqueue: true });
+            let (tx, rx) = std::sync::mpsc::channel();
+            inner.direct.insert(id, Some(tx));
+            self.pump(&mut inner);
+            (DirectLock { svc: self.clone(), id: Some(id) }, rx, !inner.downconverts.is_empty())
+        };
+        if downconverts {
+            let this = self.clone();
+            std::thread::spawn(move || this.run_downconverts());
+        }
+        match rx.try_recv() {
+            Ok(Ok(())) => Some(lock),
+            // Refused at once: the lock is gone already.
+            Ok(Err(_)) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                lock.id.take();
+                None
+            }
+            // Not expected after the check above: given up once its outcome comes, elsewhere.
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                std::thread::spawn(move || {
+                    if !matches!(rx.recv(), Ok(Ok(()))) {
+                        lock.id.take();
+                    }
+                });
+                None
+            }
+        }
+    }
+
     /// A grant or failure of a direct lock reaches its waiter; a failed lock is gone.
     fn direct_event(inner: &mut Inner, id: LockId, event: &Event) {
         let outcome = match event {

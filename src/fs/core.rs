@@ -238,6 +238,7 @@ impl Core {
     /// and writes it). On a cluster mount it is placed where this node masters its lock, if it
     /// can be: the request then takes that lock without a message (see `rights`).
     pub fn new_inode(&mut self, mode: u16, uid: u32, gid: u32, now: Time) -> Result<Inode> {
+        self.placement.window = self.window_clusters;
         let place = self.cache.rights().clustered().then_some(&mut self.placement);
         let (blkno, bit, gblk) = alloc_block(
             &mut self.cache,

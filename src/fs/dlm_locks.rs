@@ -228,6 +228,9 @@ impl ClusterLocks for DlmLocks {
     fn take_now(&self, res: LockResource, mode: LockMode) -> bool {
         let (Ok(svc), Some(dlm_mode)) = (self.service(), dlm_mode(mode)) else { return mode == LockMode::Nl };
         let name = self.names.lock().of(res, self.chunk_blocks);
+        if let LockResource::InodeOpen { blkno } = res {
+            return self.open.take_now(svc, &name, blkno, dlm_mode);
+        }
         let Some(g) = svc.try_lock_now(&name, dlm_mode) else { return false };
         self.hold(res, mode, g);
         true

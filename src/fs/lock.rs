@@ -28,7 +28,8 @@ pub enum LockResource {
     /// Held at PR by every node that has the inode open (see `ClusterLocks::try_acquire`
     /// for how long it stays after the last close); an unlinked inode is freed by the node that
     /// gets it at EX with `try_acquire`. Outside lock sets: taken at PR while holding no
-    /// other lock, at EX only without queueing, so it never waits in a cycle.
+    /// other lock or with `take_now` (no wait), at EX only without queueing, so it never waits
+    /// in a cycle.
     InodeOpen { blkno: u64 },
     /// Cross-directory renames.
     Rename,

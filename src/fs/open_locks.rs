@@ -83,6 +83,28 @@ impl OpenLocks {
         granted
     }
 
+    /// [`take`](Self::take) only if that needs no wait and no message: held here at PR already
+    /// (and `mode` is PR), or mastered here with nobody in the way (a new inode's); false
+    /// otherwise. Never waits, so a request may call it holding the core.
+    pub fn take_now(&self, svc: &Arc<LockService>, name: &ResName, blkno: u64, mode: Mode) -> bool {
+        let mut table = self.table.lock();
+        match table.get_mut(&blkno) {
+            Some(e) if e.lock.is_some() && e.mode == Mode::Pr && mode == Mode::Pr => {
+                e.users += 1;
+                true
+            }
+            // In use, or being taken or given up.
+            Some(_) => false,
+            None => match svc.lock_direct_now(name, mode) {
+                Some(lock) => {
+                    table.insert(blkno, Entry { lock: Some(lock), mode, users: 1 });
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
     /// One local user of `blkno`'s open lock at `mode` is done. PR stays cached (see the module
     /// comment); EX is unlocked at once (others' opens wait for it).
     pub fn release(&self, blkno: u64, mode: Mode) {

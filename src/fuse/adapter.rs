@@ -6,7 +6,7 @@
 
 use super::attr::{attr, kind_of_dirent};
 use super::flock::Flocks;
-use super::kcache::KernelCache;
+use super::kcache::{KernelCache, Req};
 use super::options::{ErrorsBehavior, MountOptions};
 use super::orphans::{reap_if_unused, reap_orphans};
 use crate::format::inode::{Inode, S_IFMT, S_IFREG};
@@ -233,6 +233,14 @@ impl O2Fuse {
         opened
     }
 
+    /// Gives back a handle `create` counted (and its open lock) when its reply is an error.
+    fn close_inode(&self, blk: u64) {
+        if let Some(l) = &self.cluster {
+            l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
+        }
+        close_handle(&mut self.state.lock().open, blk);
+    }
+
     /// Maps a failed request's error; a corruption may turn the mount read-only
     /// (errors=remount-ro) or stop the daemon (errors=panic).
     fn failed(&self, e: FsError) -> Errno {
@@ -430,6 +438,17 @@ fn spawn_commit_thread(state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, interval
     });
 }
 
+/// One open handle of `blk` less in `open`; true if it was the last.
+fn close_handle(open: &mut HashMap<u64, u32>, blk: u64) -> bool {
+    match open.get_mut(&blk) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        _ => open.remove(&blk).is_some(),
+    }
+}
+
 /// The lock of inode `blkno`'s metadata.
 pub(super) fn meta(blkno: u64) -> LockResource {
     LockResource::InodeMeta { blkno }
@@ -483,7 +502,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.kcache.counts.lookup.fetch_add(1, Ordering::Relaxed);
+        self.kcache.counts.count(Req::Lookup);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         match self.with(false, &[meta(parent)], |m, _| m.core.lookup(parent, name.as_bytes())) {
@@ -493,11 +512,12 @@ impl Filesystem for O2Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.kcache.counts.count(Req::Forget);
         self.kcache.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.kcache.counts.getattr.fetch_add(1, Ordering::Relaxed);
+        self.kcache.counts.count(Req::Getattr);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
             Ok(inode) => reply.attr(&self.kcache.attr_ttl(), &self.entry_attr(&inode)),
@@ -523,6 +543,7 @@ impl Filesystem for O2Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.kcache.counts.count(Req::Setattr);
         let blk = self.blk(ino);
         let now = Time::now();
         let change = SetAttr {
@@ -553,6 +574,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.kcache.counts.count(Req::Readlink);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| m.core.readlink(blk)) {
             Ok(t) => reply.data(&t),
@@ -561,6 +583,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Mknod);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -574,6 +597,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Mkdir);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -587,6 +611,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Unlink);
         let parent = self.blk(parent);
         // On a cluster mount the inode may be open on another node: it is orphaned, then freed
         // (before the reply, so that the space is back when unlink returns) if the try-lock on
@@ -604,6 +629,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Rmdir);
         let parent = self.blk(parent);
         match self
             .with(true, &[meta(parent), self.inode_alloc], |m, _| m.core.rmdir(parent, name.as_bytes(), Time::now()))
@@ -614,6 +640,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Symlink);
         let name_ttl = self.kcache.name_ttl(parent.0);
         let parent = self.blk(parent);
         let who = caller(req);
@@ -635,6 +662,7 @@ impl Filesystem for O2Fuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Rename);
         let (p, np) = (self.blk(parent), self.blk(newparent));
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(crate::fs::error::libc_errno::EINVAL));
@@ -657,6 +685,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.kcache.counts.count(Req::Link);
         let name_ttl = self.kcache.name_ttl(newparent.0);
         let (blk, np) = (self.blk(ino), self.blk(newparent));
         match self.with(true, &[meta(blk), meta(np)], |m, _| m.core.link(blk, np, newname.as_bytes(), Time::now())) {
@@ -666,6 +695,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.kcache.counts.count(Req::Open);
         match self.open_inode(self.blk(ino), None) {
             Ok(_) => reply.opened(FileHandle(0), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
@@ -683,7 +713,7 @@ impl Filesystem for O2Fuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.kcache.counts.read.fetch_add(1, Ordering::Relaxed);
+        self.kcache.counts.count(Req::Read);
         let blk = self.blk(ino);
         // The data is copied outside the core's mutex (crate::fs::read_gate) and replied
         // before the cluster lock is let go: the kernel's pages must hold it before another
@@ -717,6 +747,7 @@ impl Filesystem for O2Fuse {
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.kcache.counts.count(Req::Write);
         let blk = self.blk(ino);
         // O_APPEND: the end of the file as the volume has it now, under the lock, rather than
         // the size the kernel knew (on a cluster mount another node may have appended since).
@@ -737,6 +768,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Flush);
         reply.ok();
     }
 
@@ -750,6 +782,7 @@ impl Filesystem for O2Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Release);
         let blk = self.blk(ino);
         // The last close of a file description that flocked the file (FUSE_RELEASE_FLOCK_UNLOCK).
         if let (Some(f), Some(owner)) = (&self.flocks, lock_owner) {
@@ -760,16 +793,7 @@ impl Filesystem for O2Fuse {
         if let Some(l) = &self.cluster {
             l.release(LockResource::InodeOpen { blkno: blk }, LockMode::Pr);
         }
-        let orphan = self.with(false, &[meta(blk)], |m, open| {
-            let last = match open.get_mut(&blk) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => open.remove(&blk).is_some(),
-            };
-            Ok(last && m.core.is_orphan(blk)?)
-        });
+        let orphan = self.with(false, &[meta(blk)], |m, open| Ok(close_handle(open, blk) && m.core.is_orphan(blk)?));
         match orphan {
             Ok(orphan) => {
                 if orphan {
@@ -795,6 +819,7 @@ impl Filesystem for O2Fuse {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Other);
         match &self.flocks {
             Some(f) => f.set(self.blk(ino), lock_owner.0, typ, sleep, reply),
             None => reply.error(Errno::ENOSYS),
@@ -802,6 +827,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Fsync);
         match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -809,6 +835,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.kcache.counts.count(Req::Readdir);
         let blk = self.blk(ino);
         match self.with(false, &[meta(blk)], |m, _| {
             let dir = m.core.read_inode(blk)?;
@@ -832,6 +859,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Fsync);
         match self.with(false, &[], |m, _| if m.read_only { Ok(()) } else { m.sync() }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -839,6 +867,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.kcache.counts.count(Req::Statfs);
         match self.with(false, &[], |m, _| m.core.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -868,19 +897,24 @@ impl Filesystem for O2Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Xattr);
         reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.kcache.counts.count(Req::Access);
         let blk = self.blk(ino);
         let (uid, gid) = (req.uid(), req.gid());
         match self.with(false, &[meta(blk)], |m, _| m.core.read_inode(blk)) {
@@ -920,17 +954,47 @@ impl Filesystem for O2Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.kcache.counts.count(Req::Create);
+        let names = !self.kcache.name_ttl(parent.0).is_zero();
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
-        // Opened as any other file once created: another node may unlink and free it before
-        // this one holds its open lock (then the generation differs or the inode is gone).
-        let created = self.with(true, &[meta(parent), self.inode_alloc], |m, _| {
-            m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())
+        // Opened within the request that creates it when its open lock can be taken at once
+        // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked
+        // it yet, and the reply's TTL is settled before the locks go (`KernelCache::created`).
+        // Otherwise opened as any other file once created: another node may unlink and free it
+        // before this one holds its open lock (then the generation differs or the inode is gone).
+        let mut opened = None;
+        let created = self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
+            let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;
+            let open_lock = LockResource::InodeOpen { blkno: inode.blkno };
+            if self.cluster.as_ref().is_none_or(|l| l.take_now(open_lock, LockMode::Pr)) {
+                *open.entry(inode.blkno).or_insert(0) += 1;
+                let ino = self.ino(inode.blkno);
+                // fuser's CREATE reply has one TTL for the name and the attributes.
+                let ttl = if names { self.kcache.created(ino) } else { self.kcache.handed_out(ino) };
+                opened = Some((inode.blkno, ttl));
+            }
+            Ok(inode)
         });
-        match created.and_then(|inode| self.open_inode(inode.blkno, Some(inode.generation))) {
-            Ok(inode) => reply.created(
-                &self.kcache.handed_out(self.ino(inode.blkno)),
+        let opened = match (created, opened) {
+            (Ok(inode), Some((_, ttl))) => Ok((inode, ttl)),
+            (Ok(inode), None) => self.open_inode(inode.blkno, Some(inode.generation)).map(|inode| {
+                let ttl = self.kcache.handed_out(self.ino(inode.blkno));
+                (inode, ttl)
+            }),
+            // The request failed after it opened the file (its commit did): no handle to close,
+            // no entry handed out.
+            (Err(e), Some((blk, _))) => {
+                self.close_inode(blk);
+                self.kcache.forget(self.ino(blk), 1);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        };
+        match opened {
+            Ok((inode, ttl)) => reply.created(
+                &ttl,
                 &self.entry_attr(&inode),
                 Generation(inode.generation as u64),
                 FileHandle(0),
@@ -950,6 +1014,7 @@ impl Filesystem for O2Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.kcache.counts.count(Req::Other);
         let blk = self.blk(ino);
         if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0
             || (mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0)
@@ -974,6 +1039,7 @@ impl Filesystem for O2Fuse {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        self.kcache.counts.count(Req::Other);
         let blk = self.blk(ino);
         let what = match whence {
             SEEK_DATA => Seek::Data,

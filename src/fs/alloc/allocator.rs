@@ -11,6 +11,7 @@ use crate::fs::bitmap;
 use crate::fs::cache::MetaCache;
 use crate::fs::error::{FsError, Result};
 use crate::fs::geometry::Geometry;
+use std::ops::Range;
 
 /// Upper bound on groups walked in one chain, so a corrupt loop cannot hang a request.
 const MAX_CHAIN_LEN: usize = 1 << 20;
@@ -50,16 +51,18 @@ pub fn alloc_bits(
     let alloc = cache.read_inode(alloc_blkno)?;
     let mut groups = preferred.to_vec();
     groups.extend(groups_of(cache, &alloc)?);
-    alloc_bits_in(cache, alloc, want, min, groups)
+    alloc_bits_in(cache, alloc, want, min, groups, |_, _, nbits| vec![0..nbits])
 }
 
-/// [`alloc_bits`] in `groups` only, in that order.
+/// [`alloc_bits`] in `groups` only, in that order, and in each group only among the bits that
+/// `within(cache, group, bits)` returns.
 fn alloc_bits_in(
     cache: &mut MetaCache,
     mut alloc: Inode,
     want: u32,
     min: u32,
     groups: Vec<u64>,
+    within: impl Fn(&MetaCache, u64, usize) -> Vec<Range<usize>>,
 ) -> Result<Option<(u64, u32, u32)>> {
     let alloc_blkno = alloc.blkno;
     for gblk in groups {
@@ -67,21 +70,47 @@ fn alloc_bits_in(
         if gd.parent_dinode != alloc_blkno || (gd.free_bits_count as u32) < min {
             continue;
         }
-        let nbits = gd.bits as usize;
-        let mut from = 0;
-        while let Some(start) = bitmap::find_clear_run(&gd.bitmap, nbits, from, 1) {
-            let mut len = 0;
-            while (len as u32) < want && start + len < nbits && !bitmap::test(&gd.bitmap, start + len) {
-                len += 1;
+        let nbits = (gd.bits as usize).min(gd.bitmap.len() * 8);
+        for range in within(cache, gblk, nbits) {
+            let end = range.end.min(nbits);
+            let mut from = range.start;
+            while let Some(start) = bitmap::find_clear_run(&gd.bitmap, end, from, 1) {
+                let mut len = 0;
+                while (len as u32) < want && start + len < end && !bitmap::test(&gd.bitmap, start + len) {
+                    len += 1;
+                }
+                if len as u32 >= min {
+                    claim(cache, &mut alloc, &mut gd, start, len)?;
+                    return Ok(Some((gblk, start as u32, len as u32)));
+                }
+                from = start + len;
             }
-            if len as u32 >= min {
-                claim(cache, &mut alloc, &mut gd, start, len)?;
-                return Ok(Some((gblk, start as u32, len as u32)));
-            }
-            from = start + len;
         }
     }
     Ok(None)
+}
+
+/// The bits of inode group `gblk` (bit b is block `gblk + b`) whose inodes would have their
+/// locks mastered here: the group's blocks cut at mastery chunk boundaries
+/// (`Geometry::lock_chunk_blocks`), each piece kept if this node masters its chunk. A group
+/// made before placement existed (by mkfs, or by an older build) may straddle chunks of
+/// different masters.
+fn local_bits(cache: &MetaCache, geo: &Geometry, gblk: u64, nbits: usize) -> Vec<Range<usize>> {
+    let chunk = geo.lock_chunk_blocks().max(1);
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut b = 0;
+    while b < nbits {
+        let blkno = gblk + b as u64;
+        let end = (((blkno / chunk + 1) * chunk - gblk) as usize).min(nbits);
+        if cache.is_local(blkno) {
+            match out.last_mut() {
+                Some(last) if last.end == b => last.end = end,
+                _ => out.push(b..end),
+            }
+        }
+        b = end;
+    }
+    out
 }
 
 /// Sets the free bits `start..start + len` of group `gd` of allocator `alloc`, with the counters.
@@ -175,11 +204,12 @@ fn group_first_cluster(geo: &Geometry, gblk: u64) -> u64 {
 /// new group of `cl_cpg` clusters from the global bitmap when it is full. Returns
 /// (block number, bit, group blkno). With `place` (an inode allocator on a cluster mount) the
 /// block is taken where this node masters the new inode's cluster lock if it can be: first
-/// from such groups, then from a new group placed on a chunk this node masters
-/// (`Geometry::lock_chunk_blocks`), and only then anywhere. When the global bitmap has no room
-/// for a new group, the slot's local-alloc window `la_blkno` (which may hold every free
-/// cluster of a small volume) goes back to it first: OCFS2 grows suballocators from the window
-/// for the same reason.
+/// from the blocks of its groups that lie in chunks it masters, then from a new group placed
+/// on chunks this node masters (`Geometry::lock_chunk_blocks`) — taken from the slot's
+/// local-alloc window `la_blkno` if it has such a run (no global bitmap lock then), else from
+/// the global bitmap — and only then anywhere. When the global bitmap has no room for a new
+/// group, the window (which may hold every free cluster of a small volume) goes back to it
+/// first: OCFS2 grows suballocators from the window for the same reason.
 pub fn alloc_block(
     cache: &mut MetaCache,
     geo: &Geometry,
@@ -191,8 +221,19 @@ pub fn alloc_block(
     let mut place = place;
     if let Some(place) = place.as_deref_mut() {
         let sub = cache.read_inode(sub_blkno)?;
-        let local: Vec<u64> = groups_of(cache, &sub)?.into_iter().filter(|&g| cache.is_local(g)).collect();
-        let mut found = alloc_bits_in(cache, sub, 1, 1, local)?;
+        let groups = groups_of(cache, &sub)?;
+        let mut found = alloc_bits_in(cache, sub, 1, 1, groups, |cache, g, nbits| local_bits(cache, geo, g, nbits))?;
+        if found.is_none() {
+            // From the window first: no global bitmap lock.
+            let len = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
+            let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+            let window = (la_blkno, bitmap_blkno, place.window);
+            let fits = |cache: &MetaCache, c: u64| chunks_local(cache, geo, c, len as u64);
+            if let Some(cluster) = local_alloc::take_aligned(cache, geo, window, len, chunk, fits)? {
+                let gblk = grow_at(cache, geo, sub_blkno, cluster)?;
+                found = alloc_bits(cache, sub_blkno, 1, 1, &[gblk])?;
+            }
+        }
         if found.is_none() && place.seek_chunks {
             match alloc_local_clusters(cache, geo, sub_blkno, bitmap_blkno)? {
                 Some(cluster) => {
@@ -233,11 +274,14 @@ pub struct Placement {
     /// when none is found (each look scans the global bitmap under its cluster lock), set again
     /// when the allocator grows anyway.
     pub seek_chunks: bool,
+    /// The size of the local-alloc window to open for a new group when none is open, in
+    /// clusters (0: groups never come from the window).
+    pub window: u32,
 }
 
 impl Default for Placement {
     fn default() -> Self {
-        Placement { seek_chunks: true }
+        Placement { seek_chunks: true, window: 0 }
     }
 }
 
@@ -264,7 +308,7 @@ fn alloc_local_clusters(
         while c + len <= end {
             let bit = (c - first) as usize;
             let free = (bit..bit + len as usize).all(|b| !bitmap::test(&gd.bitmap, b));
-            if free && (c..c + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k))) {
+            if free && chunks_local(cache, geo, c, len) {
                 claim(cache, &mut bitmap, &mut gd, bit, len as usize)?;
                 return Ok(Some(c));
             }
@@ -274,9 +318,17 @@ fn alloc_local_clusters(
     Ok(None)
 }
 
-/// Adds a group at `cluster` (claimed in the global bitmap) to a suballocator (§6.4 "Grow a
-/// suballocator"): zeroes its `cl_cpg` clusters (so stale blocks never look like live
-/// inodes), writes the descriptor, and pushes it at the head of the chain with the fewest bits.
+/// Whether this node masters the locks of every chunk (`Geometry::lock_chunk_blocks`) that the
+/// `len` clusters from cluster `first` (a chunk boundary) cover.
+fn chunks_local(cache: &MetaCache, geo: &Geometry, first: u64, len: u64) -> bool {
+    let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+    (first..first + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k)))
+}
+
+/// Adds a group at `cluster` (claimed in the global bitmap or the local-alloc window) to a
+/// suballocator (§6.4 "Grow a suballocator"): zeroes its `cl_cpg` clusters (so stale blocks
+/// never look like live inodes), writes the descriptor, and pushes it at the head of the chain
+/// with the fewest bits.
 fn grow_at(cache: &mut MetaCache, geo: &Geometry, sub_blkno: u64, cluster: u64) -> Result<u64> {
     let mut sub = cache.read_inode(sub_blkno)?;
     let cl = chain_of(&sub)?.clone();

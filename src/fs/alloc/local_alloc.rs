@@ -55,6 +55,12 @@ pub fn alloc(
         return Ok(Some(got));
     }
     close(cache, geo, la_blkno, bitmap_blkno)?;
+    open(cache, geo, la_blkno, bitmap_blkno, size)?;
+    take(cache, la_blkno, want, goal)
+}
+
+/// Opens a window of up to `size` clusters from the global bitmap (the window must be closed).
+fn open(cache: &mut MetaCache, geo: &Geometry, la_blkno: u64, bitmap_blkno: u64, size: u32) -> Result<()> {
     let mut inode = cache.read_inode(la_blkno)?;
     let cap = (window(&mut inode)?.size as u32) * 8;
     let size = size.min(cap).min(u16::MAX as u32);
@@ -65,8 +71,47 @@ pub fn alloc(
     la.bm_off = first as u32;
     la.bitmap.fill(0);
     inode.set_bitmap(0, len);
+    cache.write_inode(&inode)
+}
+
+/// `len` clusters from the window of `la_blkno` that start on a multiple of `align` (in
+/// global cluster numbers) and pass `fits`, for a new suballocator group (OCFS2 grows
+/// suballocators from the window too): on a cluster mount this takes no global bitmap lock.
+/// A closed window is opened first (of `size` clusters: that takes the global bitmap once); a
+/// window without such a run is left as it is. Returns the first cluster.
+pub fn take_aligned(
+    cache: &mut MetaCache,
+    geo: &Geometry,
+    (la_blkno, bitmap_blkno, size): (u64, u64, u32),
+    len: u32,
+    align: u64,
+    fits: impl Fn(&MetaCache, u64) -> bool,
+) -> Result<Option<u64>> {
+    if size == 0 {
+        return Ok(None);
+    }
+    if cache.read_inode(la_blkno)?.bitmap_total() == 0 {
+        open(cache, geo, la_blkno, bitmap_blkno, size)?;
+    }
+    let mut inode = cache.read_inode(la_blkno)?;
+    let (total, used) = (inode.bitmap_total() as u64, inode.bitmap_used());
+    let la = window(&mut inode)?;
+    let (off, total, align) = (la.bm_off as u64, total.min(la.bitmap.len() as u64 * 8), align.max(1));
+    let mut c = off.div_ceil(align) * align;
+    let found = loop {
+        if c + len as u64 > off + total {
+            return Ok(None);
+        }
+        let start = (c - off) as usize;
+        if (start..start + len as usize).all(|b| !bitmap::test(&la.bitmap, b)) && fits(cache, c) {
+            bitmap::set_range(&mut la.bitmap, start, len as usize);
+            break c;
+        }
+        c += align;
+    };
+    inode.set_bitmap(used + len, total as u32);
     cache.write_inode(&inode)?;
-    take(cache, la_blkno, want, goal)
+    Ok(Some(found))
 }
 
 /// Hands out clusters from the open window, if it has any free.
