@@ -955,14 +955,12 @@ impl Filesystem for O2Fuse {
         reply: ReplyCreate,
     ) {
         self.kcache.counts.count(Req::Create);
-        let names = !self.kcache.name_ttl(parent.0).is_zero();
         let parent = self.blk(parent);
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
         // Opened within the request that creates it when its open lock can be taken at once
         // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked
-        // it yet, and the reply's TTL is settled before the locks go (`KernelCache::created`).
-        // Otherwise opened as any other file once created: another node may unlink and free it
+        // it yet. Otherwise opened as any other file once created: another node may unlink and free it
         // before this one holds its open lock (then the generation differs or the inode is gone).
         let mut opened = None;
         let created = self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
@@ -970,10 +968,7 @@ impl Filesystem for O2Fuse {
             let open_lock = LockResource::InodeOpen { blkno: inode.blkno };
             if self.cluster.as_ref().is_none_or(|l| l.take_now(open_lock, LockMode::Pr)) {
                 *open.entry(inode.blkno).or_insert(0) += 1;
-                let ino = self.ino(inode.blkno);
-                // fuser's CREATE reply has one TTL for the name and the attributes.
-                let ttl = if names { self.kcache.created(ino) } else { self.kcache.handed_out(ino) };
-                opened = Some((inode.blkno, ttl));
+                opened = Some((inode.blkno, self.kcache.handed_out(self.ino(inode.blkno))));
             }
             Ok(inode)
         });

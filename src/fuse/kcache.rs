@@ -11,13 +11,10 @@
 //!   check), so a reply sent after the lock went cannot leave stale attributes behind — except
 //!   where the kernel skips that check: a reply that makes a new kernel inode (the inode was
 //!   not in the kernel when the invalidation came, it finds nothing to invalidate), and the
-//!   replies of CREATE, MKNOD, MKDIR, SYMLINK, LINK and SETATTR. Those carry attribute TTL 0,
-//!   but for CREATE (see `created`): a TTL 0 there costs every create a GETATTR, the kernel's
-//!   permission check of the open that follows. A CREATE that makes a new kernel inode gets
-//!   [`CREATE_TTL`] instead, recorded before the request's locks go; losing that inode's lock
-//!   within [`CREATE_SETTLE`] of it, `lost` retries the invalidation until the kernel has the
-//!   inode, then waits out `CREATE_TTL` before the lock goes — so the reply's attributes are
-//!   expired or invalidated in the kernel by then, whichever came first.
+//!   replies of CREATE, MKNOD, MKDIR, SYMLINK, LINK and SETATTR. Those carry attribute TTL 0
+//!   (which costs every create a GETATTR, the permission check of the open that follows; a
+//!   short TTL on CREATE with a wait in `lost` was tried in session 6 and taken out: the wait
+//!   slowed every lock given up soon after a create, the lock-cache trimming's most of all).
 //! - names: `FUSE_NOTIFY_INC_EPOCH` (Linux 6.16), which makes every name the kernel looked up
 //!   before it stale. Per-name `FUSE_NOTIFY_INVAL_ENTRY` is not used: it takes the directory's
 //!   i_rwsem, which a LOOKUP or CREATE of this node holds while it waits for the very lock being
@@ -46,29 +43,15 @@
 
 use fuser::{INodeNo, Notifier};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the kernel may keep attributes and names (while the covering lock stays, on a
 /// cluster mount).
 pub const TTL: Duration = Duration::from_secs(1);
-
-/// The attribute (and name) TTL of a CREATE reply that makes a new kernel inode on a cluster
-/// mount: long enough for the permission check of the open that follows, short enough to be
-/// waited out when another node takes the lock at once.
-pub const CREATE_TTL: Duration = Duration::from_millis(10);
-
-/// How long after its CREATE reply an inode counts as possibly not yet in the kernel (its reply
-/// not processed yet) when its lock goes: `lost` waits for it that long at most. The kernel's
-/// processing needs nothing from this daemon, so it is there well before.
-const CREATE_SETTLE: Duration = Duration::from_secs(2);
-
-/// What the kernel may keep of `CREATE_TTL` beyond it: it rounds up to whole jiffies and counts
-/// the last one in (two jiffies at HZ=100).
-const JIFFIES_SLACK: Duration = Duration::from_millis(20);
 
 /// The kernel's notification code for "names from before are stale" (fuse_notify_code).
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
@@ -148,8 +131,6 @@ pub struct KernelCache {
     known: Mutex<HashMap<u64, u64>>,
     /// Directories (FUSE inodes) whose names were handed out since the last epoch bump.
     parents: Mutex<HashSet<u64>>,
-    /// The CREATE replies of the last `CREATE_SETTLE` that carried `CREATE_TTL`, oldest first.
-    created: Mutex<VecDeque<(Instant, u64)>>,
     /// FUSE inodes whose pages the kernel may hold from before this node lost their lock.
     unverified: Mutex<HashSet<u64>>,
     pub counts: RequestCounts,
@@ -164,7 +145,6 @@ impl KernelCache {
             names: AtomicBool::new(!clustered),
             known: Mutex::default(),
             parents: Mutex::default(),
-            created: Mutex::default(),
             unverified: Mutex::default(),
             counts: RequestCounts::default(),
         }
@@ -227,33 +207,6 @@ impl KernelCache {
         Duration::ZERO
     }
 
-    /// The attribute TTL of a CREATE reply for `ino`, which the kernel holds once more. To be
-    /// called before the request's cluster locks go (a `lost` from then on knows of the reply),
-    /// and the reply sent right after they went. See the module documentation.
-    pub fn created(&self, ino: u64) -> Duration {
-        if !self.clustered {
-            return TTL;
-        }
-        let fresh = {
-            let mut known = self.known.lock();
-            let n = known.entry(ino).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        // An inode the kernel still holds (its block reused) would take the reply's attributes
-        // after an invalidation that found it: TTL 0 then.
-        if !fresh {
-            return Duration::ZERO;
-        }
-        let now = Instant::now();
-        let mut created = self.created.lock();
-        while created.front().is_some_and(|&(t, _)| now.duration_since(t) > CREATE_SETTLE) {
-            created.pop_front();
-        }
-        created.push_back((now, ino));
-        CREATE_TTL
-    }
-
     /// The attribute TTL of a GETATTR reply.
     pub fn attr_ttl(&self) -> Duration {
         TTL
@@ -305,40 +258,16 @@ impl KernelCache {
         }
         let channel = self.channel.lock();
         let Some(ch) = channel.as_ref() else { return };
-        let wait = attrs && self.inval_attrs(&ch.notifier, ino);
+        if attrs {
+            if let Err(e) = ch.notifier.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!(ino, "invalidating the kernel's attributes: {e}");
+            }
+        }
         if let (true, Some(f)) = (names, &ch.epoch) {
             if let Err(e) = inc_epoch(f) {
                 tracing::warn!("invalidating the kernel's names: {e}");
             }
         }
-        drop(channel);
-        if wait {
-            std::thread::sleep(CREATE_TTL + JIFFIES_SLACK);
-        }
-    }
-
-    /// Drops the kernel's attributes of `ino`. After a recent CREATE reply with `CREATE_TTL`
-    /// (see the module documentation) it retries until the kernel has the inode (or forgot it,
-    /// or `CREATE_SETTLE` passed), and returns true: the caller then waits the reply's TTL out.
-    fn inval_attrs(&self, notifier: &Notifier, ino: u64) -> bool {
-        let replied = self.created.lock().iter().rev().find(|&&(_, i)| i == ino).map(|&(t, _)| t);
-        let replied = replied.filter(|t| t.elapsed() < CREATE_SETTLE);
-        loop {
-            match notifier.inval_inode(INodeNo(ino), -1, 0) {
-                Ok(()) => break,
-                Err(e) => {
-                    let pending = replied.is_some_and(|t| t.elapsed() < CREATE_SETTLE)
-                        && e.raw_os_error() == Some(libc::ENOENT)
-                        && self.known.lock().contains_key(&ino);
-                    if !pending {
-                        tracing::debug!(ino, "invalidating the kernel's attributes: {e}");
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            }
-        }
-        replied.is_some()
     }
 
     /// Whether the kernel may hold pages of `ino` from before this node last lost the file's
