@@ -10,8 +10,9 @@
 # of one file by one node, then of a file each by both nodes at once. (b), (c) and the two-node
 # (d) are aggregates of both nodes (creates: all files over the wall time; fio: the sum of both
 # jobs' bandwidth); (e) fio sequential read (bench/fio/seq-read.fio) by one node of the file it
-# wrote in (d), after the host's page cache was dropped, then (f) the same read again (what the
-# page cache kept); (g) postmark (the configuration of bench/run.sh) on one node; maildir
+# wrote in (d), after the host's page cache was dropped, then (f) the same read again (a new
+# open: without FOPEN_KEEP_CACHE the kernel drops a file's pages at open, on both kinds of
+# mount, so this is the daemon's path with the host's cache warm); (g) postmark (the configuration of bench/run.sh) on one node; maildir
 # delivery (bench/maildir.py: write, fsync, rename into new/, and now and then a reader moving
 # new/ to cur/) of NMAILS messages into 20 mailboxes by (h) one node, (i) both nodes into the
 # same mailboxes at once (aggregate, and every message must be there afterwards). The single
@@ -69,7 +70,7 @@ declare -A row_label=(
   [seqw1]="(d) seq write 1 MiB, one node, MiB/s"
   [seqw2]="(d) seq write 1 MiB, both nodes (a file each), MiB/s"
   [seqr]="(e) seq read 1 MiB, one node, host cache dropped, MiB/s"
-  [reread]="(f) the same read again, MiB/s"
+  [reread]="(f) the same read again (new open), MiB/s"
   [postmark]="(g) postmark $pm_files files / $pm_tx tx, one node, file ops/s"
   [mail1]="(h) maildir delivery of $nmails messages, one node, messages/s"
   [mail2]="(i) maildir delivery of 2 × $nmails messages into the same mailboxes, both nodes, messages/s")
@@ -286,7 +287,7 @@ run_target() { # the jobs of target $t on fresh volumes
   echo "  (d) seq write, one node";               fio_rows seqw1 seq-write write "${mnt[0]}/w0"
   drop_caches
   echo "  (e) seq read, one node";                fio_rows seqr seq-read read "${mnt[0]}/w0"
-  echo "  (f) the same read again";               fio_rows reread seq-read read "${mnt[0]}/w0"
+  echo "  (f) the same read again, new open";               fio_rows reread seq-read read "${mnt[0]}/w0"
   rm -f "${mnt[0]}/w0/bench.dat"
   if [ "$t" != single ]; then
     echo "  (d) seq write, both nodes";           fio_rows seqw2 seq-write write "${mnt[0]}/w0" "${mnt[1]}/w1"
