@@ -800,7 +800,7 @@ fn reused_clusters_read_zeros_where_never_written() {
     let mut expected = Vec::new();
     for i in 0..80u64 {
         let path = v.p(&format!("reuse{i:03}"));
-        let mut f = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let f = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
         let mut model = Vec::new();
         if i % 2 == 1 {
             // Unwritten extents turned written by a small write inside them.
