@@ -73,6 +73,11 @@ impl Geometry {
         self.suballoc_group_bytes() / self.block_size as u64
     }
 
+    /// The same chunks in clusters (at least 1).
+    pub fn lock_chunk_clusters(&self) -> u64 {
+        (self.lock_chunk_blocks() / self.bpc()).max(1)
+    }
+
     /// Bits (clusters) per global-bitmap group: (bs − 64) × 8.
     pub fn global_cpg(&self) -> u32 {
         group_bitmap_bytes(self.block_size) as u32 * 8

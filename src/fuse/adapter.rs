@@ -959,9 +959,10 @@ impl Filesystem for O2Fuse {
         let who = caller(req);
         let mode = S_IFREG | (mode & !umask & 0o7777) as u16;
         // Opened within the request that creates it when its open lock can be taken at once
-        // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked
-        // it yet. Otherwise opened as any other file once created: another node may unlink and free it
-        // before this one holds its open lock (then the generation differs or the inode is gone).
+        // (a lock mastered here, as placement makes a new inode's): nobody can have unlinked it
+        // yet. Otherwise opened as any other file once created: another node may unlink and
+        // free it before this one holds its open lock (then the generation differs or the inode
+        // is gone).
         let mut opened = None;
         let created = self.with(true, &[meta(parent), self.inode_alloc], |m, open| {
             let inode = m.core.create(parent, name.as_bytes(), mode, 0, who, Time::now())?;

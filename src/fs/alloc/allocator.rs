@@ -226,7 +226,7 @@ pub fn alloc_block(
         if found.is_none() {
             // From the window first: no global bitmap lock.
             let len = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u32;
-            let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+            let chunk = geo.lock_chunk_clusters();
             let window = (la_blkno, bitmap_blkno, place.window);
             let fits = |cache: &MetaCache, c: u64| chunks_local(cache, geo, c, len as u64);
             if let Some(cluster) = local_alloc::take_aligned(cache, geo, window, len, chunk, fits)? {
@@ -295,7 +295,7 @@ fn alloc_local_clusters(
     bitmap_blkno: u64,
 ) -> Result<Option<u64>> {
     let len = chain_of(&cache.read_inode(sub_blkno)?)?.cpg as u64;
-    let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+    let chunk = geo.lock_chunk_clusters();
     let mut bitmap = cache.read_inode(bitmap_blkno)?;
     for gblk in groups_of(cache, &bitmap)? {
         let mut gd = cache.read_group(gblk, bitmap_blkno)?;
@@ -321,7 +321,7 @@ fn alloc_local_clusters(
 /// Whether this node masters the locks of every chunk (`Geometry::lock_chunk_blocks`) that the
 /// `len` clusters from cluster `first` (a chunk boundary) cover.
 fn chunks_local(cache: &MetaCache, geo: &Geometry, first: u64, len: u64) -> bool {
-    let chunk = (geo.lock_chunk_blocks() / geo.bpc()).max(1);
+    let chunk = geo.lock_chunk_clusters();
     (first..first + len).step_by(chunk as usize).all(|k| cache.is_local(geo.cluster_to_blkno(k)))
 }
 
